@@ -1,0 +1,43 @@
+"""A faust transport whose worker consumer honours a configured ``fetch_max_wait_ms``.
+
+faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Real Kafka
+answers a waiting fetch as soon as data arrives, so the value rarely matters there; the
+embedded Tansu broker answers late, which turns every faust hop into 0.5–1 s (DESIGN §3).
+Faust loads transports from the ``faust.transports`` entry point by URL scheme, so the router
+uses ``npcflow://host:port`` and gets this transport: the stock aiokafka driver with only the
+fetch wait changed (default 5 ms, ``NPCFLOW_FETCH_MAX_WAIT_MS`` to override).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import aiokafka
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+ENV_FETCH_MAX_WAIT_MS = "NPCFLOW_FETCH_MAX_WAIT_MS"
+DEFAULT_FETCH_MAX_WAIT_MS = 5
+
+
+def fetch_max_wait_ms() -> int:
+    return int(os.environ.get(ENV_FETCH_MAX_WAIT_MS, DEFAULT_FETCH_MAX_WAIT_MS))
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by AIOKafkaConsumer.start() when it builds its Fetcher; the consumer is not started yet.
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms()
+        return consumer
+
+
+class Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Transport(faust_aiokafka.Transport):
+    """The aiokafka transport with a latency-friendly fetch wait; selected by ``npcflow://`` URLs."""
+
+    Consumer = Consumer

@@ -1,0 +1,135 @@
+"""The routing policy: SLA classification, tier choice and deadlines, loaded from YAML.
+
+Kept free of Kafka so it can be unit-tested and replayed over recorded traffic; the router
+only calls :meth:`RoutingPolicy.route`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from topics.catalogue import Tier
+from topics.schemas import Request, Sla
+
+ENV_POLICY_FILE = "NPCFLOW_POLICY_FILE"
+
+
+class PolicyError(ValueError):
+    """The policy file is malformed; the message names the key."""
+
+
+class Unroutable(ValueError):
+    """No tier can serve the request (e.g. more tokens than any tier allows)."""
+
+
+@dataclass(frozen=True)
+class TierLimits:
+    max_tokens: int
+    tools: bool
+    default_budget_ms: int
+    usd_per_1k_tokens: float
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes and why; ``contradiction`` is set when the request asked for the impossible."""
+
+    tier: Tier
+    sla: Sla
+    deadline_ms: int
+    reason: str
+    contradiction: str | None = None
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    default_sla: Sla
+    sla_tiers: dict[Sla, Tier]
+    sla_max_budget_ms: dict[Sla, int]
+    tiers: dict[Tier, TierLimits]
+
+    @classmethod
+    def load(cls, path: Path | str | None = None) -> RoutingPolicy:
+        """Load ``path``, or the packaged default policy when none is given."""
+        text = (
+            Path(path).read_text()
+            if path
+            else resources.files("pipeline").joinpath("policy.yaml").read_text()
+        )
+        return cls.from_dict(yaml.safe_load(text), source=str(path or "pipeline/policy.yaml"))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "policy") -> RoutingPolicy:
+        try:
+            slas = {Sla(name): spec for name, spec in data["slas"].items()}
+            tiers = {
+                Tier(name): TierLimits(
+                    max_tokens=int(spec["max_tokens"]),
+                    tools=bool(spec["tools"]),
+                    default_budget_ms=int(spec["default_budget_ms"]),
+                    usd_per_1k_tokens=float(spec.get("usd_per_1k_tokens", 0.0)),
+                )
+                for name, spec in data["tiers"].items()
+            }
+            policy = cls(
+                default_sla=Sla(data.get("default_sla", "interactive")),
+                sla_tiers={sla: Tier(spec["tier"]) for sla, spec in slas.items()},
+                sla_max_budget_ms={sla: int(spec["max_budget_ms"]) for sla, spec in slas.items()},
+                tiers=tiers,
+            )
+        except KeyError as exc:
+            raise PolicyError(f"{source}: missing key {exc}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise PolicyError(f"{source}: {exc}") from None
+        missing = set(Tier) - set(tiers)
+        if missing:
+            raise PolicyError(f"{source}: tiers missing: {sorted(t.value for t in missing)}")
+        return policy
+
+    def classify(self, request: Request) -> tuple[Sla, str]:
+        """The SLA a request asks for, and how we know."""
+        if request.sla is not None:
+            return request.sla, f"sla={request.sla.value}"
+        if request.latency_budget_ms is not None:
+            for sla, ceiling in sorted(self.sla_max_budget_ms.items(), key=lambda kv: kv[1]):
+                if request.latency_budget_ms <= ceiling:
+                    return sla, f"budget {request.latency_budget_ms} ms ≤ {ceiling} ms"
+            return Sla.ASYNC, f"budget {request.latency_budget_ms} ms exceeds every SLA"
+        return self.default_sla, f"no sla or budget: default {self.default_sla.value}"
+
+    def _cannot_serve(self, tier: Tier, request: Request) -> str | None:
+        limits = self.tiers[tier]
+        if request.max_tokens > limits.max_tokens:
+            return f"max_tokens={request.max_tokens} > {tier.value} limit {limits.max_tokens}"
+        if request.tools and not limits.tools:
+            return f"tools {request.tools} not offered by {tier.value}"
+        return None
+
+    def route(self, request: Request) -> Route:
+        """Pick the tier and the absolute deadline; raises :class:`Unroutable` if nothing fits."""
+        sla, why = self.classify(request)
+        wanted = self.sla_tiers[sla]
+        order = list(Tier)
+        problem = self._cannot_serve(wanted, request)
+        if problem is None:
+            budget = request.latency_budget_ms or self.tiers[wanted].default_budget_ms
+            return Route(wanted, sla, request.created_at_ms + budget, f"{why} → {wanted.value}")
+        for tier in order[order.index(wanted) + 1 :]:
+            if self._cannot_serve(tier, request) is None:
+                budget = max(request.latency_budget_ms or 0, self.tiers[tier].default_budget_ms)
+                contradiction = f"{why} asks {wanted.value}, but {problem}"
+                return Route(
+                    tier,
+                    sla,
+                    request.created_at_ms + budget,
+                    f"{contradiction} → demoted to {tier.value} with a {budget} ms budget",
+                    contradiction,
+                )
+        raise Unroutable(f"{why} asks {wanted.value}, but {problem}, and no slower tier can serve it")
+
+    def cost_usd(self, tier: Tier, tokens: int) -> float:
+        return round(self.tiers[tier].usd_per_1k_tokens * tokens / 1000.0, 9)

@@ -1,0 +1,98 @@
+"""Every topic npcflow uses: name, key, partitions, retention and purpose, defined once.
+
+Names take a configurable prefix (``NPCFLOW_TOPIC_PREFIX``) so a sandbox or a replay can run
+beside production on one cluster without touching its topics.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pipeline.config import ENV_TOPIC_PREFIX
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+class Tier(StrEnum):
+    """Service tiers, fastest first: the fallback order is the declaration order."""
+
+    GOLD = "gold"
+    SILVER = "silver"
+    BRONZE = "bronze"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic of the catalogue; ``base`` is the unprefixed name."""
+
+    base: str
+    key: str
+    partitions: int
+    purpose: str
+    message: str
+    retention_ms: int | None = 7 * DAY_MS
+    compacted: bool = False
+
+    def name(self, prefix: str | None = None) -> str:
+        """The topic's name on the broker, with the prefix from the environment unless one is given."""
+        return f"{topic_prefix() if prefix is None else prefix}{self.base}"
+
+    def config(self) -> dict[str, str]:
+        """Topic-level configs for CreateTopics."""
+        if self.compacted:
+            return {"cleanup.policy": "compact"}
+        assert self.retention_ms is not None
+        return {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+
+
+def topic_prefix() -> str:
+    return os.environ.get(ENV_TOPIC_PREFIX, "")
+
+
+REQUESTS = TopicSpec(
+    "npc.requests", "npc_id", 6, "Intake: game servers produce NPC inference requests here.", "Request"
+)
+REQUESTS_GOLD = TopicSpec(
+    "npc.requests.gold", "npc_id", 6, "Real-time NPC actions, routed to the Gold tier.", "Request",
+    retention_ms=1 * DAY_MS,
+)
+REQUESTS_SILVER = TopicSpec(
+    "npc.requests.silver", "npc_id", 6, "Interactive dialogue (with MCP tools), routed to the Silver tier.",
+    "Request", retention_ms=1 * DAY_MS,
+)
+REQUESTS_BRONZE = TopicSpec(
+    "npc.requests.bronze", "npc_id", 3, "Async story generation, routed to the Bronze tier.", "Request",
+    retention_ms=3 * DAY_MS,
+)
+REPLIES = TopicSpec(
+    "npc.replies", "request_id", 6, "Default reply topic: exactly one reply per accepted request.", "Reply",
+    retention_ms=1 * DAY_MS,
+)
+OUTPUTS = TopicSpec(
+    "npc.outputs", "request_id", 6, "Every reply, fanned out to the cache, Aurora, S3 and OpenSearch sinks.",
+    "Output",
+)
+ROUTING = TopicSpec(
+    "npc.routing", "request_id", 3, "One routing-decision record per request: the tier and why.",
+    "RoutingDecision",
+)
+DLQ = TopicSpec(
+    "npc.requests.dlq", "source", 1, "Dead letters: invalid or poison events with the reason and origin.",
+    "DeadLetter", retention_ms=30 * DAY_MS,
+)
+GAME_STATE = TopicSpec(
+    "game.state", "entity_id", 6, "Latest game state per entity, served to Silver's MCP tools.",
+    "GameStateUpdate", retention_ms=None, compacted=True,
+)
+
+CATALOGUE: tuple[TopicSpec, ...] = (
+    REQUESTS, REQUESTS_GOLD, REQUESTS_SILVER, REQUESTS_BRONZE, REPLIES, OUTPUTS, ROUTING, DLQ, GAME_STATE,
+)
+
+TIER_TOPICS: dict[Tier, TopicSpec] = {
+    Tier.GOLD: REQUESTS_GOLD,
+    Tier.SILVER: REQUESTS_SILVER,
+    Tier.BRONZE: REQUESTS_BRONZE,
+}

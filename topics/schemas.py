@@ -1,0 +1,246 @@
+"""The event schemas, defined once as pydantic models and exported as JSON Schema / AsyncAPI.
+
+Validation is strict on purpose: a game server written in C++ or C# generates its types from
+the exported JSON Schema, so the Python side must accept exactly what that schema accepts —
+no silent coercion of ``"8"`` to ``8``, no unknown fields. Every rejection names the field and
+the rule, and that text is what lands in the dead-letter record.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationError,
+)
+
+from topics.catalogue import Tier
+
+SCHEMA_VERSION = 1
+#: Largest event the router accepts, in bytes; larger bodies are dead-lettered unparsed.
+MAX_EVENT_BYTES = 64 * 1024
+MAX_PROMPT_CHARS = 4000
+MAX_TOKENS_LIMIT = 2000
+MAX_LATENCY_BUDGET_MS = 3_600_000
+MAX_TIMESTAMP_MS = 2**53 - 1
+
+
+def _integral_float_to_int(value: Any) -> Any:
+    """JSON Schema counts ``8.0`` as an integer; accept it here too so both validators agree."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def bounded_int(ge: int = 0, le: int = MAX_TIMESTAMP_MS) -> Any:
+    """A strict JSON integer in [ge, le]; integral floats such as ``8.0`` count, strings never do."""
+    return Annotated[int, Strict(), Field(ge=ge, le=le), BeforeValidator(_integral_float_to_int)]
+
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
+ToolName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+TimestampMs = bounded_int()
+ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ContextValue = str | bounded_int(-MAX_TIMESTAMP_MS) | float | bool
+
+
+class Sla(StrEnum):
+    """What the game server asks for; the routing policy maps it to a tier."""
+
+    REALTIME = "realtime"
+    INTERACTIVE = "interactive"
+    ASYNC = "async"
+
+
+class Event(BaseModel):
+    """Base of every event on the wire: strict, closed, immutable JSON objects."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    event_name: ClassVar[str]
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Self:
+        """Parse and validate one event; raises :class:`InvalidEvent` with a readable reason."""
+        return cls.model_validate_json(_decode_body(raw))
+
+
+class Request(Event):
+    """A game server asks one NPC to think: intake on ``npc.requests``, key = npc_id."""
+
+    event_name: ClassVar[str] = "request"
+    request_id: RequestId
+    npc_id: Identifier
+    tenant_id: Identifier = Field(description="The game server (tenant) that sent the request.")
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    max_tokens: bounded_int(1, MAX_TOKENS_LIMIT)
+    sla: Sla | None = Field(default=None, description="Omit to let the router classify by budget and size.")
+    latency_budget_ms: bounded_int(1, MAX_LATENCY_BUDGET_MS) | None = None
+    tools: Annotated[list[ToolName], Field(max_length=8)] = Field(default_factory=list)
+    context: Annotated[dict[ContextKey, ContextValue], Field(max_length=32)] = Field(default_factory=dict)
+    created_at_ms: TimestampMs
+    reply_topic: TopicName | None = Field(default=None, description="Defaults to npc.replies.")
+
+
+class TokenUsage(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    prompt: bounded_int() = 0
+    completion: bounded_int() = 0
+
+
+class Latency(BaseModel):
+    """Where the time went, in milliseconds, so a slow reply can be blamed on the right hop."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    queue_ms: Annotated[float, Field(ge=0)] = 0.0
+    engine_ms: Annotated[float, Field(ge=0)] = 0.0
+    total_ms: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Reply(Event):
+    """Exactly one per accepted request, on the request's reply topic, key = request_id."""
+
+    event_name: ClassVar[str] = "reply"
+    request_id: RequestId
+    npc_id: Identifier
+    tenant_id: Identifier
+    tier: Tier
+    served_by: Literal["engine", "cache", "default_intent"]
+    engine: Annotated[str, StringConstraints(max_length=128)] = ""
+    status: Literal["ok", "fallback", "expired", "error"]
+    late: bool = Field(default=False, description="The result arrived after the request's deadline.")
+    text: Annotated[str, StringConstraints(max_length=64_000)] = ""
+    intent: Annotated[str, StringConstraints(max_length=256)] | None = None
+    tokens: TokenUsage = Field(default_factory=TokenUsage)
+    latency: Latency = Field(default_factory=Latency)
+    cost_usd: Annotated[float, Field(ge=0)] = 0.0
+    error: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    replied_at_ms: TimestampMs
+
+
+class Output(Event):
+    """A served request with its reply, for the sinks (cache, Aurora, S3, OpenSearch); key = request_id."""
+
+    event_name: ClassVar[str] = "output"
+    request: Request
+    reply: Reply
+
+
+class RoutingDecision(Event):
+    """Why a request went where it went: one record per routed request."""
+
+    event_name: ClassVar[str] = "routing_decision"
+    request_id: RequestId
+    npc_id: Identifier
+    tenant_id: Identifier
+    tier: Tier
+    sla: Sla
+    reason: Annotated[str, StringConstraints(max_length=500)]
+    deadline_ms: TimestampMs
+    decided_at_ms: TimestampMs
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    field: str
+    rule: str
+    message: str
+
+
+class DeadLetter(Event):
+    """An event that could not be accepted, with the original bytes (base64) and where it came from."""
+
+    event_name: ClassVar[str] = "dead_letter"
+    reason: Annotated[str, StringConstraints(max_length=4000)]
+    errors: list[FieldError] = Field(default_factory=list)
+    original_b64: str
+    original_size: bounded_int()
+    source_topic: TopicName
+    source_partition: bounded_int()
+    source_offset: bounded_int()
+    stage: Literal["router", "worker"]
+    failed_at_ms: TimestampMs
+
+    def original(self) -> bytes:
+        return base64.b64decode(self.original_b64)
+
+
+JsonValue = Any
+
+
+class GameStateUpdate(Event):
+    """The latest state of one game entity; ``game.state`` is compacted on entity_id."""
+
+    event_name: ClassVar[str] = "game_state_update"
+    entity_id: Identifier
+    world_id: Identifier
+    kind: Literal["npc", "player", "item", "region", "quest"]
+    state: Annotated[dict[str, JsonValue], Field(max_length=256)]
+    version: bounded_int()
+    updated_at_ms: TimestampMs
+
+
+EVENTS: tuple[type[Event], ...] = (Request, Reply, Output, RoutingDecision, DeadLetter, GameStateUpdate)
+
+
+class InvalidEvent(ValueError):
+    """An event the pipeline refuses; ``reason`` is one line naming each bad field and its rule."""
+
+    def __init__(self, reason: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errors = errors or []
+
+
+def _decode_body(raw: bytes) -> str:
+    if not raw:
+        raise InvalidEvent("empty body: expected a JSON object", [FieldError(field="", rule="empty", message="")])
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(
+            f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES}-byte limit",
+            [FieldError(field="", rule="max_event_bytes", message=f"{len(raw)} > {MAX_EVENT_BYTES}")],
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(
+            f"body is not valid UTF-8 (byte {exc.start}: {exc.reason})",
+            [FieldError(field="", rule="utf8", message=exc.reason)],
+        ) from None
+
+
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    """Pydantic's errors as (field path, rule, message) triples."""
+    out = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in err["loc"]) or "(body)"
+        out.append(FieldError(field=path, rule=err["type"], message=err["msg"]))
+    return out
+
+
+def parse_request(raw: bytes) -> Request:
+    """Decode and validate an intake event; every failure becomes :class:`InvalidEvent`."""
+    try:
+        return Request.from_bytes(raw)
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        reason = "; ".join(f"{e.field}: {e.message} [{e.rule}]" for e in errors)
+        raise InvalidEvent(f"invalid request: {reason}", errors) from None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
