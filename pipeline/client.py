@@ -1,0 +1,204 @@
+"""The Python client a game server uses: submit requests, await their replies.
+
+Replies are correlated by request id. The client reads the whole reply topic (no consumer
+group: every client sees every reply and keeps the ones it is waiting for), starting at its
+end when the client starts, so a fresh client never sees old traffic. A reply for a request
+that already has one, or that nobody is waiting for any more (timed out), is dropped and
+counted, never returned twice — at-least-once delivery upstream makes duplicates possible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from pipeline.deadlines import now_ms
+from topics.catalogue import REPLIES, REQUESTS
+from topics.schemas import Reply, Request, Sla
+
+log = logging.getLogger("npcflow.client")
+
+#: How many recently answered request ids are remembered to recognise duplicates.
+SEEN_CAPACITY = 100_000
+
+
+class ReplyTimeout(TimeoutError):
+    """No reply arrived in time; the request may still be answered later (then counted as late)."""
+
+
+@dataclass
+class ClientStats:
+    sent: int = 0
+    replies: int = 0
+    duplicates: int = 0
+    late: int = 0
+    unsolicited: int = 0
+    undecodable: int = 0
+
+
+class NPCClient:
+    """``async with NPCClient(bootstrap, tenant_id="gs-eu-1") as client: reply = await client.request(...)``."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        tenant_id: str,
+        *,
+        prefix: str = "",
+        reply_topic: str | None = None,
+        fetch_max_wait_ms: int = 5,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.tenant_id = tenant_id
+        self.intake_topic = REQUESTS.name(prefix)
+        self.reply_topic = reply_topic or REPLIES.name(prefix)
+        #: Only a non-default reply topic is written into the request; workers default to npc.replies.
+        self._request_reply_topic = reply_topic
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.stats = ClientStats()
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._given_up: OrderedDict[str, None] = OrderedDict()
+        self._answered: OrderedDict[str, None] = OrderedDict()
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0, acks=1)
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+        )
+        await self._consumer.start()
+        partitions = await self._wait_for_partitions()
+        tps = [TopicPartition(self.reply_topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end offsets now, so no reply produced after start() is missed
+            await self._consumer.position(tp)
+        self._reader = asyncio.create_task(self._read_replies(), name="npcflow-client-replies")
+
+    async def _wait_for_partitions(self, timeout_s: float = 10.0) -> set[int]:
+        assert self._consumer is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            partitions = self._consumer.partitions_for_topic(self.reply_topic)
+            if partitions:
+                return set(partitions)
+            if loop.time() > deadline:
+                raise RuntimeError(
+                    f"reply topic {self.reply_topic!r} does not exist on {self.bootstrap}: "
+                    "run `npcflow topics create` first"
+                )
+            await self._consumer._client.force_metadata_update()  # aiokafka has no public refresh
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        for fut in self._pending.values():
+            fut.cancel()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def __aenter__(self) -> NPCClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def build_request(
+        self,
+        npc_id: str,
+        prompt: str,
+        *,
+        max_tokens: int = 32,
+        sla: Sla | str | None = None,
+        latency_budget_ms: int | None = None,
+        tools: list[str] | None = None,
+        context: dict | None = None,
+        request_id: str | None = None,
+    ) -> Request:
+        return Request(
+            request_id=request_id or uuid.uuid4().hex,
+            npc_id=npc_id,
+            tenant_id=self.tenant_id,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            sla=Sla(sla) if sla is not None else None,
+            latency_budget_ms=latency_budget_ms,
+            tools=tools or [],
+            context=context or {},
+            created_at_ms=now_ms(),
+            reply_topic=self._request_reply_topic,
+        )
+
+    async def submit(self, request: Request) -> str:
+        """Fire and forget: produce the request and return its id once the broker has it."""
+        assert self._producer is not None, "start() first"
+        fut = await self._producer.send(self.intake_topic, request.to_bytes(), key=request.npc_id.encode())
+        await fut
+        self.stats.sent += 1
+        return request.request_id
+
+    async def request(self, request: Request, timeout_s: float = 30.0) -> Reply:
+        """Produce the request and wait for its one reply; raises :class:`ReplyTimeout`."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Reply] = loop.create_future()
+        self._pending[request.request_id] = fut
+        try:
+            await self.submit(request)
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            self._remember(self._given_up, request.request_id)
+            raise ReplyTimeout(f"no reply to {request.request_id} within {timeout_s} s") from None
+        finally:
+            self._pending.pop(request.request_id, None)
+
+    @staticmethod
+    def _remember(ids: OrderedDict[str, None], request_id: str) -> None:
+        ids[request_id] = None
+        if len(ids) > SEEN_CAPACITY:
+            ids.popitem(last=False)
+
+    async def _read_replies(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    self._deliver(record.value or b"")
+
+    def _deliver(self, raw: bytes) -> None:
+        try:
+            reply = Reply.from_bytes(raw)
+        except ValueError:
+            self.stats.undecodable += 1
+            return
+        rid = reply.request_id
+        fut = self._pending.get(rid)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+            self.stats.replies += 1
+            self._remember(self._answered, rid)
+        elif rid in self._answered:
+            self.stats.duplicates += 1
+        elif rid in self._given_up:
+            self.stats.late += 1
+        else:
+            self.stats.unsolicited += 1

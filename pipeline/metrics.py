@@ -1,0 +1,34 @@
+"""Prometheus metrics shared by every npcflow process (one registry, names defined once)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+ENV_METRICS_PORT = "NPCFLOW_METRICS_PORT"
+
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 16, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+
+REPLIES = Counter(
+    "npcflow_replies_total", "Replies produced by tier workers", ["tier", "status", "served_by"]
+)
+DEAD_LETTERS = Counter("npcflow_dead_letters_total", "Events sent to the dead-letter topic", ["stage"])
+REPLY_LATENCY_MS = Histogram(
+    "npcflow_reply_latency_ms", "Request created → reply produced, milliseconds", ["tier"],
+    buckets=LATENCY_BUCKETS_MS,
+)
+ENGINE_LATENCY_MS = Histogram(
+    "npcflow_engine_latency_ms", "Time inside the engine, milliseconds", ["tier", "engine"],
+    buckets=LATENCY_BUCKETS_MS,
+)
+COST_USD = Counter("npcflow_cost_usd_total", "Estimated inference cost", ["tier", "tenant"])
+
+
+def serve_metrics_from_env() -> int | None:
+    """Expose /metrics when ``NPCFLOW_METRICS_PORT`` is set; returns the port or None."""
+    port = os.environ.get(ENV_METRICS_PORT)
+    if not port:
+        return None
+    start_http_server(int(port), addr="127.0.0.1")
+    return int(port)

@@ -1,0 +1,154 @@
+"""The router: a faust-streaming agent on ``npc.requests``.
+
+For each intake event: validate (invalid → ``npc.requests.dlq`` with the reason, the original
+bytes and where they came from), classify the SLA and pick the tier (:mod:`pipeline.policy`),
+stamp the absolute deadline in a header, forward the original bytes to the tier topic, and
+publish a routing-decision record. The agent never raises on bad input, so one poison event
+cannot stop the partition. Offsets are committed by faust after the agent has handled the
+event (at-least-once); the tier worker recognises nothing special about a replayed request,
+and the client drops the duplicate reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faust
+
+from pipeline.config import Settings
+from pipeline.deadlines import deadline_headers, now_ms
+from pipeline.policy import RoutingPolicy, Unroutable
+from pipeline.readiness import mark_ready
+from pipeline import metrics
+from topics.catalogue import DLQ, REQUESTS, ROUTING, TIER_TOPICS, Tier
+from topics.schemas import DeadLetter, InvalidEvent, Request, RoutingDecision, parse_request
+
+log = logging.getLogger("npcflow.router")
+
+ENV_SESSION_TIMEOUT = "NPCFLOW_SESSION_TIMEOUT_S"
+
+
+@dataclass
+class RouterStats:
+    routed: dict[str, int] = field(default_factory=lambda: {t.value: 0 for t in Tier})
+    dead_letters: int = 0
+
+
+def dead_letter(raw: bytes | None, reason: str, topic: str, partition: int, offset: int,
+                errors: list | None = None, stage: str = "router") -> DeadLetter:
+    import base64
+
+    body = raw or b""
+    return DeadLetter(
+        reason=reason[:4000],
+        errors=errors or [],
+        original_b64=base64.b64encode(body).decode(),
+        original_size=len(body),
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        stage=stage,  # type: ignore[arg-type]
+        failed_at_ms=now_ms(),
+    )
+
+
+def create_app(
+    bootstrap: str,
+    policy: RoutingPolicy | None = None,
+    *,
+    prefix: str | None = None,
+    app_id: str | None = None,
+    datadir: Path | None = None,
+) -> tuple[faust.App, RouterStats]:
+    """Build the router app; several processes with the same ``app_id`` share the intake."""
+    policy = policy or RoutingPolicy.load(os.environ.get("NPCFLOW_POLICY_FILE") or None)
+    prefix_value = prefix if prefix is not None else os.environ.get("NPCFLOW_TOPIC_PREFIX", "")
+    session_timeout = float(os.environ.get(ENV_SESSION_TIMEOUT, "6"))
+    app = faust.App(
+        app_id or f"{prefix_value}npcflow-router",
+        broker=f"npcflow://{bootstrap}",
+        store="memory://",
+        datadir=str(datadir or Path(tempfile.mkdtemp(prefix="npcflow-router-"))),
+        web_enabled=False,
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        producer_linger=0.0,
+        producer_acks=1,
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=min(1.0, session_timeout / 4),
+        broker_commit_interval=0.5,
+        stream_wait_empty=False,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    stats = RouterStats()
+    intake = app.topic(REQUESTS.name(prefix), key_type=bytes, value_type=bytes)
+    tier_topics = {tier: app.topic(spec.name(prefix)) for tier, spec in TIER_TOPICS.items()}
+    dlq = app.topic(DLQ.name(prefix))
+    routing = app.topic(ROUTING.name(prefix))
+
+    async def reject(message: faust.types.Message, reason: str, errors: list | None = None) -> None:
+        record = dead_letter(message.value, reason, message.topic, message.partition, message.offset, errors)
+        await dlq.send(key=message.topic.encode(), value=record.to_bytes())
+        stats.dead_letters += 1
+        metrics.DEAD_LETTERS.labels("router").inc()
+        log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
+
+    async def route_one(message: faust.types.Message) -> None:
+        raw = message.value
+        try:
+            request: Request = parse_request(raw)
+            route = policy.route(request)
+        except InvalidEvent as exc:
+            await reject(message, exc.reason, exc.errors)
+            return
+        except Unroutable as exc:
+            await reject(message, f"unroutable: {exc}")
+            return
+        await tier_topics[route.tier].send(
+            key=request.npc_id.encode(),
+            value=raw,
+            headers=deadline_headers(route.deadline_ms, route.tier.value),
+        )
+        decision = RoutingDecision(
+            request_id=request.request_id,
+            npc_id=request.npc_id,
+            tenant_id=request.tenant_id,
+            tier=route.tier,
+            sla=route.sla,
+            reason=route.reason[:500],
+            deadline_ms=route.deadline_ms,
+            decided_at_ms=now_ms(),
+        )
+        await routing.send(key=request.request_id.encode(), value=decision.to_bytes())
+        stats.routed[route.tier.value] += 1
+        if route.contradiction:
+            log.info("request %s: %s", request.request_id, route.reason)
+
+    @app.on_partitions_assigned.connect
+    async def _ready(app: faust.App, assigned: set, **_: object) -> None:
+        if assigned:
+            mark_ready(f"router assigned {len(assigned)} partitions")
+
+    @app.agent(intake, name="route")
+    async def route_requests(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            try:
+                await route_one(event.message)
+            except Exception as exc:  # a bug must not stop the partition: dead-letter and go on
+                log.exception("router failed on %s@%d", event.message.topic, event.message.offset)
+                await reject(event.message, f"router error: {type(exc).__name__}: {exc}")
+
+    return app, stats
+
+
+def run_router(settings: Settings, loglevel: str = "info") -> None:
+    """Run one router process until SIGINT/SIGTERM (the faust worker owns the event loop)."""
+    app, _ = create_app(settings.require_kafka(), prefix=settings.topic_prefix)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

