@@ -1,0 +1,1 @@
+"""Tier workers, inference engines and (later) sinks."""
