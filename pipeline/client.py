@@ -43,7 +43,10 @@ class ClientStats:
 
 
 class NPCClient:
-    """``async with NPCClient(bootstrap, tenant_id="gs-eu-1") as client: reply = await client.request(...)``."""
+    """A game server's handle on npcflow.
+
+    ``async with NPCClient(bootstrap, tenant_id="gs-eu-1") as client: await client.request(...)``
+    """
 
     def __init__(
         self,

@@ -35,7 +35,7 @@ def state_dir() -> Path:
 
 
 def load_env_file(path: Path) -> dict[str, str]:
-    """Read a ``KEY=VALUE`` file such as ``.npcflow/stack.env``; blank lines and ``#`` comments are skipped."""
+    """Read a ``KEY=VALUE`` file such as ``.npcflow/stack.env``; skips blanks and ``#`` comments."""
     values: dict[str, str] = {}
     for raw in path.read_text().splitlines():
         line = raw.strip()

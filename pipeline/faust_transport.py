@@ -2,7 +2,7 @@
 
 faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Real Kafka
 answers a waiting fetch as soon as data arrives, so the value rarely matters there; the
-embedded Tansu broker answers late, which turns every faust hop into 0.5–1 s (DESIGN §3).
+embedded Tansu broker answers late, which turns every faust hop into 0.5-1 s (DESIGN §3).
 Faust loads transports from the ``faust.transports`` entry point by URL scheme, so the router
 uses ``npcflow://host:port`` and gets this transport: the stock aiokafka driver with only the
 fetch wait changed (default 5 ms, ``NPCFLOW_FETCH_MAX_WAIT_MS`` to override).

@@ -15,11 +15,15 @@ REPLIES = Counter(
 )
 DEAD_LETTERS = Counter("npcflow_dead_letters_total", "Events sent to the dead-letter topic", ["stage"])
 REPLY_LATENCY_MS = Histogram(
-    "npcflow_reply_latency_ms", "Request created → reply produced, milliseconds", ["tier"],
+    "npcflow_reply_latency_ms",
+    "Request created → reply produced, milliseconds",
+    ["tier"],
     buckets=LATENCY_BUCKETS_MS,
 )
 ENGINE_LATENCY_MS = Histogram(
-    "npcflow_engine_latency_ms", "Time inside the engine, milliseconds", ["tier", "engine"],
+    "npcflow_engine_latency_ms",
+    "Time inside the engine, milliseconds",
+    ["tier", "engine"],
     buckets=LATENCY_BUCKETS_MS,
 )
 COST_USD = Counter("npcflow_cost_usd_total", "Estimated inference cost", ["tier", "tenant"])

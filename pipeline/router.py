@@ -11,6 +11,7 @@ and the client drops the duplicate reply.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import tempfile
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import faust
 
+from pipeline import metrics
 from pipeline.config import Settings
 from pipeline.deadlines import deadline_headers, now_ms
 from pipeline.policy import RoutingPolicy, Unroutable
 from pipeline.readiness import mark_ready
-from pipeline import metrics
 from topics.catalogue import DLQ, REQUESTS, ROUTING, TIER_TOPICS, Tier
 from topics.schemas import DeadLetter, InvalidEvent, Request, RoutingDecision, parse_request
 
@@ -38,16 +39,28 @@ class RouterStats:
     dead_letters: int = 0
 
 
-def dead_letter(raw: bytes | None, reason: str, topic: str, partition: int, offset: int,
-                errors: list | None = None, stage: str = "router") -> DeadLetter:
-    import base64
+#: Dead letters keep at most this much of the original, so one stays under the broker's message limit.
+MAX_DEAD_LETTER_ORIGINAL = 256 * 1024
 
+
+def dead_letter(
+    raw: bytes | None,
+    reason: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    errors: list | None = None,
+    stage: str = "router",
+) -> DeadLetter:
+    """The dead-letter record for one rejected event, keeping its bytes (base64) and origin."""
     body = raw or b""
+    kept = body[:MAX_DEAD_LETTER_ORIGINAL]
     return DeadLetter(
         reason=reason[:4000],
         errors=errors or [],
-        original_b64=base64.b64encode(body).decode(),
+        original_b64=base64.b64encode(kept).decode(),
         original_size=len(body),
+        original_truncated=len(kept) < len(body),
         source_topic=topic,
         source_partition=partition,
         source_offset=offset,

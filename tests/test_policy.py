@@ -57,9 +57,15 @@ def test_realtime_with_tools_goes_to_silver() -> None:
 def test_unroutable_when_no_tier_is_big_enough() -> None:
     small = RoutingPolicy.from_dict(
         {
-            "slas": {"realtime": {"tier": "gold", "max_budget_ms": 16}, "interactive": {"tier": "silver",
-                     "max_budget_ms": 250}, "async": {"tier": "bronze", "max_budget_ms": 10**6}},
-            "tiers": {t: {"max_tokens": 10, "tools": True, "default_budget_ms": 100} for t in ("gold", "silver", "bronze")},
+            "slas": {
+                "realtime": {"tier": "gold", "max_budget_ms": 16},
+                "interactive": {"tier": "silver", "max_budget_ms": 250},
+                "async": {"tier": "bronze", "max_budget_ms": 10**6},
+            },
+            "tiers": {
+                t: {"max_tokens": 10, "tools": True, "default_budget_ms": 100}
+                for t in ("gold", "silver", "bronze")
+            },
         }
     )
     with pytest.raises(Unroutable, match="no slower tier"):

@@ -37,7 +37,9 @@ def test_integral_float_is_an_integer_like_json_schema_says() -> None:
     assert parse_request(encode(with_(max_tokens=32.0))).max_tokens == 32
 
 
-@pytest.mark.parametrize(("name", "body", "field", "rule"), INVALID_JSON_BODIES, ids=[c[0] for c in INVALID_JSON_BODIES])
+@pytest.mark.parametrize(
+    ("name", "body", "field", "rule"), INVALID_JSON_BODIES, ids=[c[0] for c in INVALID_JSON_BODIES]
+)
 def test_invalid_request_names_field_and_rule(name: str, body: dict, field: str, rule: str) -> None:
     with pytest.raises(InvalidEvent) as info:
         parse_request(encode(body))
@@ -71,15 +73,33 @@ def test_exported_json_schema_agrees_with_python_validation(body: dict, valid: b
 
 def test_reply_and_dead_letter_schemas_validate_real_events() -> None:
     reply = Reply(
-        request_id="r1", npc_id="n1", tenant_id="t1", tier=Tier.GOLD, served_by="engine", engine="scripted",
-        status="ok", text="Draws a sword.", replied_at_ms=1,
+        request_id="r1",
+        npc_id="n1",
+        tenant_id="t1",
+        tier=Tier.GOLD,
+        served_by="engine",
+        engine="scripted",
+        status="ok",
+        text="Draws a sword.",
+        replied_at_ms=1,
     )
     letter = DeadLetter(
-        reason="empty body", original_b64="", original_size=0, source_topic="npc.requests",
-        source_partition=0, source_offset=7, stage="router", failed_at_ms=1,
+        reason="empty body",
+        original_b64="",
+        original_size=0,
+        source_topic="npc.requests",
+        source_partition=0,
+        source_offset=7,
+        stage="router",
+        failed_at_ms=1,
     )
     state = GameStateUpdate(
-        entity_id="npc-1", world_id="w1", kind="npc", state={"hp": 3, "pos": [1, 2]}, version=4, updated_at_ms=1
+        entity_id="npc-1",
+        world_id="w1",
+        kind="npc",
+        state={"hp": 3, "pos": [1, 2]},
+        version=4,
+        updated_at_ms=1,
     )
     for event in (reply, letter, state):
         schema = event_json_schema(type(event))

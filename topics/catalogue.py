@@ -55,40 +55,79 @@ REQUESTS = TopicSpec(
     "npc.requests", "npc_id", 6, "Intake: game servers produce NPC inference requests here.", "Request"
 )
 REQUESTS_GOLD = TopicSpec(
-    "npc.requests.gold", "npc_id", 6, "Real-time NPC actions, routed to the Gold tier.", "Request",
+    "npc.requests.gold",
+    "npc_id",
+    6,
+    "Real-time NPC actions, routed to the Gold tier.",
+    "Request",
     retention_ms=1 * DAY_MS,
 )
 REQUESTS_SILVER = TopicSpec(
-    "npc.requests.silver", "npc_id", 6, "Interactive dialogue (with MCP tools), routed to the Silver tier.",
-    "Request", retention_ms=1 * DAY_MS,
+    "npc.requests.silver",
+    "npc_id",
+    6,
+    "Interactive dialogue (with MCP tools), routed to the Silver tier.",
+    "Request",
+    retention_ms=1 * DAY_MS,
 )
 REQUESTS_BRONZE = TopicSpec(
-    "npc.requests.bronze", "npc_id", 3, "Async story generation, routed to the Bronze tier.", "Request",
+    "npc.requests.bronze",
+    "npc_id",
+    3,
+    "Async story generation, routed to the Bronze tier.",
+    "Request",
     retention_ms=3 * DAY_MS,
 )
 REPLIES = TopicSpec(
-    "npc.replies", "request_id", 6, "Default reply topic: exactly one reply per accepted request.", "Reply",
+    "npc.replies",
+    "request_id",
+    6,
+    "Default reply topic: exactly one reply per accepted request.",
+    "Reply",
     retention_ms=1 * DAY_MS,
 )
 OUTPUTS = TopicSpec(
-    "npc.outputs", "request_id", 6, "Every reply, fanned out to the cache, Aurora, S3 and OpenSearch sinks.",
+    "npc.outputs",
+    "request_id",
+    6,
+    "Every reply, fanned out to the cache, Aurora, S3 and OpenSearch sinks.",
     "Output",
 )
 ROUTING = TopicSpec(
-    "npc.routing", "request_id", 3, "One routing-decision record per request: the tier and why.",
+    "npc.routing",
+    "request_id",
+    3,
+    "One routing-decision record per request: the tier and why.",
     "RoutingDecision",
 )
 DLQ = TopicSpec(
-    "npc.requests.dlq", "source", 1, "Dead letters: invalid or poison events with the reason and origin.",
-    "DeadLetter", retention_ms=30 * DAY_MS,
+    "npc.requests.dlq",
+    "source",
+    1,
+    "Dead letters: invalid or poison events with the reason and origin.",
+    "DeadLetter",
+    retention_ms=30 * DAY_MS,
 )
 GAME_STATE = TopicSpec(
-    "game.state", "entity_id", 6, "Latest game state per entity, served to Silver's MCP tools.",
-    "GameStateUpdate", retention_ms=None, compacted=True,
+    "game.state",
+    "entity_id",
+    6,
+    "Latest game state per entity, served to Silver's MCP tools.",
+    "GameStateUpdate",
+    retention_ms=None,
+    compacted=True,
 )
 
 CATALOGUE: tuple[TopicSpec, ...] = (
-    REQUESTS, REQUESTS_GOLD, REQUESTS_SILVER, REQUESTS_BRONZE, REPLIES, OUTPUTS, ROUTING, DLQ, GAME_STATE,
+    REQUESTS,
+    REQUESTS_GOLD,
+    REQUESTS_SILVER,
+    REQUESTS_BRONZE,
+    REPLIES,
+    OUTPUTS,
+    ROUTING,
+    DLQ,
+    GAME_STATE,
 )
 
 TIER_TOPICS: dict[Tier, TopicSpec] = {

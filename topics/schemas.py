@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -21,7 +22,9 @@ from pydantic import (
     Strict,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
 from topics.catalogue import Tier
 
@@ -52,7 +55,19 @@ TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, patte
 ToolName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
 TimestampMs = bounded_int()
 ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-ContextValue = str | bounded_int(-MAX_TIMESTAMP_MS) | float | bool
+
+
+def _context_scalar(value: Any) -> Any:
+    if isinstance(value, str | int | float):  # bool is an int
+        return value
+    raise PydanticCustomError("scalar_type", "context values must be a string, number or boolean")
+
+
+ContextValue = Annotated[
+    Any,
+    AfterValidator(_context_scalar),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}),
+]
 
 
 class Sla(StrEnum):
@@ -68,6 +83,8 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     event_name: ClassVar[str]
+    #: Largest body accepted by :meth:`from_bytes` (``None``: no limit beyond the broker's).
+    max_bytes: ClassVar[int | None] = None
     schema_version: Literal[1] = SCHEMA_VERSION
 
     def to_bytes(self) -> bytes:
@@ -76,13 +93,14 @@ class Event(BaseModel):
     @classmethod
     def from_bytes(cls, raw: bytes) -> Self:
         """Parse and validate one event; raises :class:`InvalidEvent` with a readable reason."""
-        return cls.model_validate_json(_decode_body(raw))
+        return cls.model_validate_json(_decode_body(raw, cls.max_bytes))
 
 
 class Request(Event):
     """A game server asks one NPC to think: intake on ``npc.requests``, key = npc_id."""
 
     event_name: ClassVar[str] = "request"
+    max_bytes: ClassVar[int | None] = MAX_EVENT_BYTES
     request_id: RequestId
     npc_id: Identifier
     tenant_id: Identifier = Field(description="The game server (tenant) that sent the request.")
@@ -119,7 +137,9 @@ class Reply(Event):
     npc_id: Identifier
     tenant_id: Identifier
     tier: Tier
-    served_by: Literal["engine", "cache", "default_intent"]
+    served_by: Literal["engine", "cache", "default_intent", "none"] = Field(
+        description="What produced the answer; none for expired and error replies."
+    )
     engine: Annotated[str, StringConstraints(max_length=128)] = ""
     status: Literal["ok", "fallback", "expired", "error"]
     late: bool = Field(default=False, description="The result arrived after the request's deadline.")
@@ -167,8 +187,9 @@ class DeadLetter(Event):
     event_name: ClassVar[str] = "dead_letter"
     reason: Annotated[str, StringConstraints(max_length=4000)]
     errors: list[FieldError] = Field(default_factory=list)
-    original_b64: str
+    original_b64: str = Field(description="The original bytes, base64; cut to 256 KiB when larger.")
     original_size: bounded_int()
+    original_truncated: bool = False
     source_topic: TopicName
     source_partition: bounded_int()
     source_offset: bounded_int()
@@ -206,13 +227,15 @@ class InvalidEvent(ValueError):
         self.errors = errors or []
 
 
-def _decode_body(raw: bytes) -> str:
+def _decode_body(raw: bytes, max_bytes: int | None) -> str:
     if not raw:
-        raise InvalidEvent("empty body: expected a JSON object", [FieldError(field="", rule="empty", message="")])
-    if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent(
-            f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES}-byte limit",
-            [FieldError(field="", rule="max_event_bytes", message=f"{len(raw)} > {MAX_EVENT_BYTES}")],
+            "empty body: expected a JSON object", [FieldError(field="", rule="empty", message="")]
+        )
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise InvalidEvent(
+            f"event is {len(raw)} bytes, over the {max_bytes}-byte limit",
+            [FieldError(field="", rule="max_event_bytes", message=f"{len(raw)} > {max_bytes}")],
         )
     try:
         return raw.decode("utf-8")

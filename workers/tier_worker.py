@@ -205,28 +205,59 @@ class TierWorker:
         if deadline_ms is None:
             deadline_ms = request.created_at_ms + self.policy.tiers[self.tier].default_budget_ms
         if picked_ms > deadline_ms:
-            await self._reply(request, status="expired", served_by="none", picked_ms=picked_ms,
-                              deadline_ms=deadline_ms,
-                              error=f"deadline passed {picked_ms - deadline_ms:.0f} ms before a worker took it")
+            await self._reply(
+                request,
+                status="expired",
+                served_by="none",
+                picked_ms=picked_ms,
+                deadline_ms=deadline_ms,
+                error=f"deadline passed {picked_ms - deadline_ms:.0f} ms before a worker took it",
+            )
             return
         timeout_s = max(0.0, (deadline_ms - picked_ms) / 1000.0) + self.config.engine_grace_s
         self.stats.engine_calls += 1
         try:
             result = await asyncio.wait_for(self.engine.generate(request, deadline_ms), timeout_s)
         except TimeoutError:
-            await self._reply(request, status="error", served_by="none", picked_ms=picked_ms,
-                              deadline_ms=deadline_ms, error=f"engine {self.engine.name} gave no result "
-                              f"within {timeout_s:.1f} s")
+            await self._reply(
+                request,
+                status="error",
+                served_by="none",
+                picked_ms=picked_ms,
+                deadline_ms=deadline_ms,
+                error=f"engine {self.engine.name} gave no result within {timeout_s:.1f} s",
+            )
             return
         except EngineError as exc:
-            await self._reply(request, status="error", served_by="none", picked_ms=picked_ms,
-                              deadline_ms=deadline_ms, error=str(exc))
+            await self._reply(
+                request,
+                status="error",
+                served_by="none",
+                picked_ms=picked_ms,
+                deadline_ms=deadline_ms,
+                error=str(exc),
+            )
             return
-        await self._reply(request, status="ok", served_by="engine", picked_ms=picked_ms,
-                          deadline_ms=deadline_ms, result=result)
+        await self._reply(
+            request,
+            status="ok",
+            served_by="engine",
+            picked_ms=picked_ms,
+            deadline_ms=deadline_ms,
+            result=result,
+        )
 
-    async def _reply(self, request: Request, *, status: str, served_by: str, picked_ms: float,
-                     deadline_ms: int, result: EngineResult | None = None, error: str | None = None) -> None:
+    async def _reply(
+        self,
+        request: Request,
+        *,
+        status: str,
+        served_by: str,
+        picked_ms: float,
+        deadline_ms: int,
+        result: EngineResult | None = None,
+        error: str | None = None,
+    ) -> None:
         assert self._producer is not None
         done_ms = time.time() * 1000
         tokens = TokenUsage(
@@ -255,20 +286,25 @@ class TierWorker:
         reply_bytes = reply.to_bytes()
         output = Output(request=request, reply=reply)
         key = request.request_id.encode()
-        sent = await self._producer.send(request.reply_topic or self._default_reply_topic, reply_bytes, key=key)
+        sent = await self._producer.send(
+            request.reply_topic or self._default_reply_topic, reply_bytes, key=key
+        )
         out = await self._producer.send(self._outputs_topic, output.to_bytes(), key=key)
         await asyncio.gather(sent, out)
         self.stats.count(status)
         metrics.REPLIES.labels(self.tier.value, status, served_by).inc()
         metrics.REPLY_LATENCY_MS.labels(self.tier.value).observe(reply.latency.total_ms)
         if result is not None:
-            metrics.ENGINE_LATENCY_MS.labels(self.tier.value, self.engine.name).observe(reply.latency.engine_ms)
+            metrics.ENGINE_LATENCY_MS.labels(self.tier.value, self.engine.name).observe(
+                reply.latency.engine_ms
+            )
         metrics.COST_USD.labels(self.tier.value, request.tenant_id).inc(reply.cost_usd)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str, errors: list | None = None) -> None:
         assert self._producer is not None
-        letter = dead_letter(record.value, reason, record.topic, record.partition, record.offset, errors,
-                             stage="worker")
+        letter = dead_letter(
+            record.value, reason, record.topic, record.partition, record.offset, errors, stage="worker"
+        )
         fut = await self._producer.send(self._dlq_topic, letter.to_bytes(), key=record.topic.encode())
         await fut
         self.stats.dead_letters += 1

@@ -1,0 +1,273 @@
+"""``npcflow demo``: the whole pipeline on the embedded stack, driven by a simulated game server.
+
+It starts (or reuses, when configured) the stack, creates the topics, runs the router and
+the three tier workers as separate processes, and sends a gold/silver/bronze mix from a few
+hundred NPCs at a rate the embedded engine can serve on a laptop. It shows a live per-tier
+table and ends with a summary; ``--json`` prints one summary line instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from pipeline.client import NPCClient, ReplyTimeout
+from pipeline.config import ENV_TOPIC_PREFIX
+from pipeline.processes import PipelineProcesses
+from pipeline.stack import EmbeddedStack
+from topics.admin import create_topics
+from topics.catalogue import DLQ, REQUESTS, Tier
+from topics.schemas import Reply, Request, Sla
+from workers.engines import engine_spec
+
+log = logging.getLogger("npcflow.demo")
+
+#: Share of traffic per tier and what each request asks for.
+MIX: dict[Tier, float] = {Tier.GOLD: 0.5, Tier.SILVER: 0.35, Tier.BRONZE: 0.15}
+SHAPES: dict[Tier, dict[str, Any]] = {
+    Tier.GOLD: {"sla": Sla.REALTIME, "max_tokens": 8, "latency_budget_ms": 16},
+    Tier.SILVER: {"sla": Sla.INTERACTIVE, "max_tokens": 32, "latency_budget_ms": 250},
+    Tier.BRONZE: {"sla": Sla.ASYNC, "max_tokens": 96, "latency_budget_ms": 60_000},
+}
+PROMPTS: dict[Tier, list[str]] = {
+    Tier.GOLD: [
+        "A wolf jumps out of the bushes.",
+        "The player draws a sword.",
+        "It starts to rain.",
+        "A merchant cart passes by.",
+        "The player steals an apple.",
+    ],
+    Tier.SILVER: [
+        "The player asks where the old mill is.",
+        "The player asks what you sell.",
+        "The player asks about the dragon rumours.",
+        "The player greets you warmly.",
+    ],
+    Tier.BRONZE: [
+        "Write how this villager lost their farm.",
+        "Tell the legend of the northern tower.",
+        "Describe the festival the village prepares for.",
+    ],
+}
+#: Requests per second the embedded engine serves at this mix on 2 cores (measured; see README).
+DEFAULT_EMBEDDED_RATE = 2.0
+DEFAULT_SCRIPTED_RATE = 50.0
+#: One malformed event every this many seconds, to show dead-lettering while traffic flows.
+INVALID_EVERY_S = 10.0
+
+
+@dataclass
+class TierTally:
+    sent: int = 0
+    replied: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    engine_ms: list[float] = field(default_factory=list)
+    samples: deque[str] = field(default_factory=lambda: deque(maxlen=2))
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q / 100.0 * len(ordered)))], 1)
+
+
+class GameServer:
+    """Sends the mix at a steady rate and tallies replies per tier."""
+
+    def __init__(self, client: NPCClient, rate: float, npcs: int, seed: int = 7) -> None:
+        self.client = client
+        self.rate = rate
+        self.npcs = npcs
+        self.rng = random.Random(seed)
+        self.tally = {t: TierTally() for t in Tier}
+        self.lost = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _pick_tier(self) -> Tier:
+        x = self.rng.random()
+        for tier, share in MIX.items():
+            if x < share:
+                return tier
+            x -= share
+        return Tier.BRONZE
+
+    async def _one(self, tier: Tier, request: Request, sent_at: float) -> None:
+        tally = self.tally[tier]
+        try:
+            reply: Reply = await self.client.request(request, timeout_s=180.0)
+        except ReplyTimeout:
+            self.lost += 1
+            return
+        tally.replied += 1
+        tally.statuses["late" if reply.late else reply.status] += 1
+        tally.latencies.append((time.perf_counter() - sent_at) * 1000)
+        if reply.served_by == "engine":
+            tally.engine_ms.append(reply.latency.engine_ms)
+        if reply.text:
+            tally.samples.append(f"{reply.npc_id}: {reply.text.splitlines()[0][:90]}")
+
+    async def run(self, duration: float) -> None:
+        interval = 1.0 / self.rate
+        start = time.perf_counter()
+        n = 0
+        while time.perf_counter() - start < duration:
+            tier = self._pick_tier()
+            npc = f"npc-{self.rng.randrange(self.npcs):04d}"
+            request = self.client.build_request(npc, self.rng.choice(PROMPTS[tier]), **SHAPES[tier])
+            self.tally[tier].sent += 1
+            task = asyncio.create_task(self._one(tier, request, time.perf_counter()))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            n += 1
+            await asyncio.sleep(max(0.0, start + n * interval - time.perf_counter()))
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+    def sustainable_rate(self) -> float | None:
+        """What one worker per tier can serve at this mix, from the engine times seen so far."""
+        limits = []
+        for tier, share in MIX.items():
+            times = self.tally[tier].engine_ms
+            if times:
+                limits.append((1000.0 / (sum(times) / len(times))) / share)
+        return round(min(limits), 2) if limits else None
+
+
+def render(server: GameServer, elapsed: float, duration: float, engines: dict[Tier, str]) -> str:
+    lines = [f"npcflow demo  {elapsed:5.1f}/{duration:.0f} s  rate {server.rate:g} req/s", ""]
+    lines.append(f"{'tier':7} {'engine':24} {'sent':>5} {'replied':>7} {'p50 ms':>8} {'p95 ms':>8}  statuses")
+    for tier in Tier:
+        t = server.tally[tier]
+        p50, p95 = percentile(t.latencies, 50), percentile(t.latencies, 95)
+        statuses = " ".join(f"{k}={v}" for k, v in sorted(t.statuses.items()))
+        lines.append(
+            f"{tier.value:7} {engines[tier][:24]:24} {t.sent:5} {t.replied:7} "
+            f"{p50 or '-':>8} {p95 or '-':>8}  {statuses}"
+        )
+    rate = server.sustainable_rate()
+    if rate:
+        lines.append(f"\nengines sustain ≈ {rate} req/s at this mix (one worker per tier; --rate to change)")
+    lines.append("\nNPC lines:")
+    for tier in Tier:
+        for sample in server.tally[tier].samples:
+            lines.append(f"  [{tier.value}] {sample}")
+    return "\n".join(lines)
+
+
+async def send_invalid_events(bootstrap: str, prefix: str, duration: float) -> int:
+    """A game-server bug, simulated: malformed events that must land in the DLQ, not stop anything."""
+    bad = [b"{not json", b'{"request_id": "x"}', b'{"max_tokens": -1}', b"\xff\xfe\xfd"]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    sent = 0
+    try:
+        start = time.monotonic()
+        while time.monotonic() - start < duration:
+            await producer.send_and_wait(REQUESTS.name(prefix), bad[sent % len(bad)], key=b"buggy-server")
+            sent += 1
+            await asyncio.sleep(INVALID_EVERY_S)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def count_dead_letters(bootstrap: str, prefix: str, expected: int, timeout_s: float = 10.0) -> int:
+    consumer = AIOKafkaConsumer(
+        DLQ.name(prefix), bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=5
+    )
+    await consumer.start()
+    seen = 0
+    try:
+        deadline = time.monotonic() + timeout_s
+        while seen < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            seen += sum(len(v) for v in batches.values())
+    finally:
+        await consumer.stop()
+    return seen
+
+
+async def drive(
+    bootstrap: str,
+    prefix: str,
+    duration: float,
+    rate: float,
+    npcs: int,
+    as_json: bool,
+    engines: dict[Tier, str],
+) -> dict[str, Any]:
+    async with NPCClient(bootstrap, tenant_id="demo-game-server", prefix=prefix) as client:
+        server = GameServer(client, rate, npcs)
+        invalid_task = asyncio.create_task(send_invalid_events(bootstrap, prefix, duration))
+        run_task = asyncio.create_task(server.run(duration))
+        start = time.perf_counter()
+        tty = sys.stdout.isatty()
+        while not run_task.done() or server._tasks:
+            await asyncio.sleep(1.0)
+            if not as_json:
+                screen = render(server, time.perf_counter() - start, duration, engines)
+                print(("\x1b[2J\x1b[H" if tty else "\n") + screen, flush=True)
+            if run_task.done() and time.perf_counter() - start > duration + 200:
+                break
+        await run_task
+        await server.drain()
+        invalid_sent = await invalid_task
+        dead = await count_dead_letters(bootstrap, prefix, invalid_sent)
+    return {
+        "sent": {t.value: server.tally[t].sent for t in Tier},
+        "replied": {t.value: server.tally[t].replied for t in Tier},
+        "statuses": {t.value: dict(server.tally[t].statuses) for t in Tier},
+        "dead_letters": dead,
+        "invalid_sent": invalid_sent,
+        "lost": server.lost,
+        "latency_ms": {
+            t.value: {f"p{q}": percentile(server.tally[t].latencies, q) for q in (50, 95, 99)} for t in Tier
+        },
+        "engine": {t.value: engines[t] for t in Tier},
+        "sustainable_rate": server.sustainable_rate(),
+        "duplicates_dropped": client.stats.duplicates,
+        "rate": rate,
+        "duration_s": duration,
+    }
+
+
+def run_demo(duration: float, rate: float | None, npcs: int, as_json: bool) -> dict[str, Any]:
+    engines = {t: engine_spec(t.value) for t in Tier}
+    if rate is None:
+        rate = (
+            DEFAULT_EMBEDDED_RATE if any(e == "embedded" for e in engines.values()) else DEFAULT_SCRIPTED_RATE
+        )
+    prefix = os.environ.get(ENV_TOPIC_PREFIX, "")
+    work = Path(tempfile.mkdtemp(prefix="npcflow-demo-"))
+    with EmbeddedStack(work / "stack") as stack:
+        endpoints = stack.endpoints
+        assert endpoints is not None
+        bootstrap = endpoints.kafka_bootstrap
+        asyncio.run(create_topics(bootstrap, prefix))
+        env = endpoints.as_env() | {"NPCFLOW_EMBEDDED_THREADS": "1"}
+        if not as_json:
+            print(
+                f"stack up; starting router and workers (engines: {json.dumps(engines)})",
+                flush=True,
+            )
+        with PipelineProcesses(env, work, engines=engines):
+            summary = asyncio.run(drive(bootstrap, prefix, duration, rate, npcs, as_json, engines))
+    if not as_json:
+        print("\nsummary: " + json.dumps(summary, indent=2))
+    return summary

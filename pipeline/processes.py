@@ -1,0 +1,87 @@
+"""Start the router and the tier workers as separate processes, and know when they serve.
+
+Used by ``npcflow demo``, the integration tests and the benchmarks, so all three run the
+pipeline exactly as ops would: one OS process per router / worker, configured by environment.
+Each child is started through the stack's :class:`~pipeline.stack.ManagedProcess` (its own log
+file, killed with us if we die) and is "ready" once its consumer group assigned it partitions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.readiness import ENV_READY_FILE
+from pipeline.stack import ManagedProcess, stop_processes
+from topics.catalogue import Tier
+
+
+@dataclass
+class PipelineProcesses:
+    """``with PipelineProcesses(env, state_dir, engines={...}):`` runs a whole pipeline."""
+
+    env: dict[str, str]
+    state_dir: Path
+    routers: int = 1
+    workers: dict[Tier, int] = field(default_factory=lambda: {t: 1 for t in Tier})
+    engines: dict[Tier, str] = field(default_factory=dict)
+    ready_timeout_s: float = 60.0
+    procs: list[tuple[ManagedProcess, Path]] = field(default_factory=list)
+
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> None:
+        ready = self.state_dir / "ready" / f"{name}.json"
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        ready.unlink(missing_ok=True)
+        env = {**os.environ, **self.env, **extra_env, ENV_READY_FILE: str(ready)}
+        proc = ManagedProcess(
+            name=name,
+            argv=[sys.executable, "-m", "pipeline.cli", *args],
+            log_path=self.state_dir / "logs" / f"{name}.log",
+            env=env,
+        )
+        proc.start(die_with_parent=True)
+        self.procs.append((proc, ready))
+
+    def start(self) -> None:
+        for i in range(self.routers):
+            self._spawn(f"router-{i}", ["run", "router"], {})
+        for tier, count in self.workers.items():
+            extra = (
+                {f"NPCFLOW_ENGINE_{tier.value.upper()}": self.engines[tier]} if tier in self.engines else {}
+            )
+            for i in range(count):
+                self._spawn(f"worker-{tier.value}-{i}", ["run", "worker", "--tier", tier.value], extra)
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        waiting = list(self.procs)
+        while waiting:
+            for proc, ready in list(waiting):
+                problem = proc.exit_problem()
+                if problem:
+                    self.stop()
+                    raise RuntimeError(f"{proc.name} {problem}")
+                if ready.exists():
+                    waiting.remove((proc, ready))
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(p.name for p, _ in waiting)
+                self.stop()
+                raise RuntimeError(
+                    f"not serving after {self.ready_timeout_s:.0f} s: {names} (logs in {self.state_dir}/logs)"
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        stop_processes([p for p, _ in self.procs])
+        self.procs.clear()
+
+    def __enter__(self) -> PipelineProcesses:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

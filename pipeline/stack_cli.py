@@ -1,0 +1,207 @@
+"""``npcflow stack``: run the embedded stack from a terminal, a Makefile or CI.
+
+``up`` in the foreground is for a demo in one terminal (Ctrl-C takes everything down);
+``up --detach`` + ``down`` is for scripts that run other commands in between; ``check`` is the
+one-line smoke test that the bundled binaries work on this machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from pipeline import config
+from pipeline.stack import (
+    LOG_DIR,
+    SERVICES,
+    STACK_ENV_FILE,
+    EmbeddedStack,
+    StackEndpoints,
+    StackError,
+    probe_all,
+    stop_from_pidfile,
+)
+
+log = logging.getLogger("npcflow.stack")
+
+
+class _Interrupted(BaseException):
+    """SIGTERM/SIGHUP turned into an exception so ``finally`` blocks stop the children."""
+
+
+def _setup_logging(verbose: bool, default_level: int) -> None:
+    """Only when nobody configured logging yet (the main ``npcflow`` group may have)."""
+    if logging.getLogger().handlers:
+        return
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    log.setLevel(logging.DEBUG if verbose else default_level)
+
+
+@contextlib.contextmanager
+def _on_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def _echo_endpoints(endpoints: StackEndpoints, stack: EmbeddedStack) -> None:
+    for key, value in endpoints.as_env().items():
+        click.echo(f"{key}={value}")
+    given = [name for name in SERVICES if name not in stack.started]
+    click.echo(f"# env file: {stack.state_dir / STACK_ENV_FILE}", err=True)
+    click.echo(f"# logs: {stack.state_dir / LOG_DIR}", err=True)
+    click.echo(
+        f"# started: {', '.join(stack.started) or 'none'}; from environment: {', '.join(given) or 'none'}",
+        err=True,
+    )
+
+
+@click.group("stack", help="Run the embedded Kafka/PostgreSQL/Redis/S3/OpenSearch stack on 127.0.0.1.")
+def stack() -> None:
+    """Group for the embedded-stack commands."""
+
+
+@stack.command("up", short_help="Start the stack and write stack.env (Ctrl-C stops it).")
+@click.option(
+    "--detach",
+    "-d",
+    is_flag=True,
+    help="Return once everything answers; services keep running until `npcflow stack down`.",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging on stderr.")
+def up(detach: bool, verbose: bool) -> None:
+    """Start every service not given by an NPCFLOW_* variable, probe all, write stack.env.
+
+    In the foreground (default) it waits for Ctrl-C or SIGTERM and then stops everything it
+    started; the services also die if this process is killed. Endpoints are printed as
+    NPCFLOW_*=... lines and written to <state dir>/stack.env for the other npcflow commands.
+    """
+    _setup_logging(verbose, logging.INFO)
+    embedded = EmbeddedStack(detach=detach)
+    stop_requested = threading.Event()
+    starting = threading.Event()
+    starting.set()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop_requested.set()
+        if starting.is_set():
+            _raise_interrupted(signum, frame)  # unwinds start(), which stops what it started
+
+    failures: list[str] = []
+    # One handler for the whole command, so no signal can slip in between startup and the wait.
+    with _on_signals(on_signal):
+        try:
+            endpoints = embedded.start()
+        except StackError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except (_Interrupted, KeyboardInterrupt):
+            click.echo("interrupted during startup; everything started was stopped", err=True)
+            sys.exit(130)
+        finally:
+            starting.clear()
+        _echo_endpoints(endpoints, embedded)
+        if detach:
+            click.echo(
+                f"# running detached; stop with `npcflow stack down` (state dir {embedded.state_dir})",
+                err=True,
+            )
+            return
+        click.echo("# press Ctrl-C to stop", err=True)
+        try:
+            while not stop_requested.wait(0.5):
+                failures = embedded.poll()
+                if failures:
+                    break
+        finally:
+            embedded.stop()
+    if failures:
+        raise click.ClickException("a service stopped on its own: " + "; ".join(failures))
+    click.echo("# stopped", err=True)
+
+
+@stack.command("down", short_help="Stop what `stack up --detach` started.")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging on stderr.")
+def down(verbose: bool) -> None:
+    """Stop the services `npcflow stack up --detach` started (by the pids it recorded).
+
+    Removes stack.pids and stack.env. Harmless when nothing is running; processes whose pid
+    now belongs to another program are left alone.
+    """
+    _setup_logging(verbose, logging.WARNING)
+    state = config.state_dir()
+    try:
+        stopped = stop_from_pidfile(state)
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if stopped:
+        click.echo(f"stopped {', '.join(stopped)}")
+    else:
+        click.echo(f"nothing to stop: no running embedded stack in {state}")
+
+
+@stack.command("check", short_help="Start, probe and stop the whole stack; report each service.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line instead of a table.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds each service may take to answer.")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging on stderr.")
+def check(as_json: bool, timeout: float, verbose: bool) -> None:
+    """Start the whole stack, probe each service on its own protocol, stop it, report.
+
+    A service given by its NPCFLOW_* variable is probed, not started. Uses <state dir>/check
+    so a stack from `up --detach` is left untouched; its logs stay there for a look after a
+    failure. Exits non-zero unless every service is ok.
+    """
+    _setup_logging(verbose, logging.WARNING)
+    began = time.monotonic()
+    check_dir: Path = config.state_dir() / "check"
+    stop_from_pidfile(check_dir)
+    shutil.rmtree(check_dir, ignore_errors=True)
+    embedded = EmbeddedStack(check_dir, startup_timeout=timeout, external_timeout=timeout)
+    try:
+        with _on_signals(_raise_interrupted):
+            try:
+                results = probe_all(embedded.start(), timeout=timeout)
+            except StackError as exc:
+                results = exc.results or dict.fromkeys(SERVICES, str(exc))
+            finally:
+                embedded.stop()
+    except (_Interrupted, KeyboardInterrupt):
+        click.echo("interrupted; everything started was stopped", err=True)
+        sys.exit(130)
+    report: dict[str, str | float] = {name: results.get(name, "not checked") for name in SERVICES}
+    report["seconds"] = round(time.monotonic() - began, 2)
+    healthy = all(results.get(name) == "ok" for name in SERVICES)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        for name in SERVICES:
+            click.echo(f"{name:<11} {report[name]}")
+        click.echo(f"{'all ok' if healthy else 'FAILED'} in {report['seconds']} s")
+    if not healthy:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    stack()

@@ -1,0 +1,143 @@
+"""The pipeline end to end on the embedded stack: router and tier workers as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from pipeline.client import NPCClient
+from pipeline.processes import PipelineProcesses
+from pipeline.stack import StackEndpoints
+from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, encode
+from tests.kafka_util import eventually, read_topic
+from topics.catalogue import DLQ, REPLIES, REQUESTS, Tier
+from topics.schemas import DeadLetter, Reply, Request, Sla
+
+ENGINES = {
+    Tier.GOLD: "scripted:latency_ms=1",
+    Tier.SILVER: "scripted:latency_ms=2",
+    Tier.BRONZE: "embedded",
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack: StackEndpoints, prefix: str, work_dir: Path) -> Iterator[PipelineProcesses]:
+    env = stack.as_env() | {"NPCFLOW_TOPIC_PREFIX": prefix, "NPCFLOW_EMBEDDED_THREADS": "1"}
+    with PipelineProcesses(env, work_dir, engines=ENGINES) as procs:
+        yield procs
+
+
+def mixed_requests(client: NPCClient) -> list[tuple[Request, Tier]]:
+    out: list[tuple[Request, Tier]] = []
+    for i in range(300):
+        npc = f"npc-{i % 97}"
+        if i % 15 == 0:  # 20 bronze requests, served by the real embedded model
+            out.append(
+                (
+                    client.build_request(
+                        npc, "Tell a short legend of the old tower.", max_tokens=12, sla=Sla.ASYNC
+                    ),
+                    Tier.BRONZE,
+                )
+            )
+        elif i % 2 == 0:
+            out.append(
+                (
+                    client.build_request(
+                        npc, "A wolf appears.", max_tokens=8, sla=Sla.REALTIME, latency_budget_ms=600_000
+                    ),
+                    Tier.GOLD,
+                )
+            )
+        else:
+            out.append(
+                (
+                    client.build_request(
+                        npc,
+                        "Where is the mill?",
+                        max_tokens=64,
+                        sla=Sla.INTERACTIVE,
+                        latency_budget_ms=600_000,
+                    ),
+                    Tier.SILVER,
+                )
+            )
+    return out
+
+
+async def test_300_mixed_requests_get_exactly_one_reply_on_the_right_tier(
+    pipeline: PipelineProcesses, kafka: str, prefix: str
+) -> None:
+    async with NPCClient(kafka, tenant_id="gs-test", prefix=prefix) as client:
+        cases = mixed_requests(client)
+        replies = await asyncio.gather(*(client.request(r, timeout_s=120) for r, _ in cases))
+        for (request, tier), reply in zip(cases, replies, strict=True):
+            assert reply.request_id == request.request_id
+            assert reply.tier == tier, (request, reply)
+            assert reply.status == "ok" and reply.served_by == "engine"
+            assert reply.text
+        bronze = [r for r in replies if r.tier == Tier.BRONZE]
+        assert len(bronze) == 20
+        assert all(r.engine == "embedded:smollm2-135m" and r.tokens.completion > 0 for r in bronze)
+        assert {r.engine for r in replies if r.tier == Tier.GOLD} == {"scripted(latency_ms=1)"}
+
+        # Exactly one reply per request on the topic itself, not just at the client.
+        records = await read_topic(kafka, REPLIES.name(prefix), expect=300)
+        counts = Counter(Reply.from_bytes(r.value).request_id for r in records)
+        assert len(counts) == 300 and set(counts.values()) == {1}
+        assert all(r.key == Reply.from_bytes(r.value).request_id.encode() for r in records)
+
+        # A duplicate delivery (as at-least-once allows) is dropped and counted, never returned twice.
+        producer = AIOKafkaProducer(bootstrap_servers=kafka)
+        await producer.start()
+        await producer.send_and_wait(REPLIES.name(prefix), records[0].value, key=records[0].key)
+        await producer.stop()
+        assert await eventually(lambda: client.stats.duplicates == 1)
+        assert client.stats.replies == 300
+
+
+async def test_invalid_events_are_dead_lettered_while_valid_traffic_is_served(
+    pipeline: PipelineProcesses, kafka: str, prefix: str
+) -> None:
+    bad = [raw for _, raw, _ in INVALID_RAW_BODIES] + [encode(body) for _, body, _, _ in INVALID_JSON_BODIES]
+    expected_words = {raw: words for _, raw, words in INVALID_RAW_BODIES} | {
+        encode(body): field for _, body, field, _ in INVALID_JSON_BODIES
+    }
+    async with NPCClient(kafka, tenant_id="gs-test", prefix=prefix) as client:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=0)
+        await producer.start()
+        valid: list[asyncio.Task[Reply]] = []
+        for i, raw in enumerate(bad):
+            await producer.send_and_wait(REQUESTS.name(prefix), raw, key=f"bad-{i}".encode())
+            request = client.build_request(f"npc-{i}", "Hello", max_tokens=8, sla=Sla.INTERACTIVE)
+            valid.append(asyncio.create_task(client.request(request, timeout_s=60)))
+        await producer.stop()
+        replies = await asyncio.gather(*valid)
+        assert all(r.status == "ok" for r in replies)
+
+    records = await read_topic(kafka, DLQ.name(prefix), expect=len(bad))
+    letters = [DeadLetter.from_bytes(r.value) for r in records]
+    assert len(letters) == len(bad)
+    for letter in letters:
+        original = letter.original()
+        assert original in expected_words
+        assert expected_words[original] in letter.reason
+        assert letter.source_topic == REQUESTS.name(prefix) and letter.stage == "router"
+    assert sorted(letter.original() for letter in letters) == sorted(bad)
+
+
+async def test_a_valid_request_with_a_custom_reply_topic_is_answered_there(
+    pipeline: PipelineProcesses, kafka: str, prefix: str
+) -> None:
+    custom = f"{prefix}npc.replies"  # any existing topic works; here the prefixed default, named explicitly
+    async with NPCClient(kafka, tenant_id="gs-test", prefix=prefix, reply_topic=custom) as client:
+        request = client.build_request("npc-x", "Hi", max_tokens=8)
+        assert json.loads(request.to_bytes())["reply_topic"] == custom
+        reply = await client.request(request, timeout_s=30)
+        assert reply.tier == Tier.SILVER

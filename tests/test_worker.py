@@ -1,0 +1,166 @@
+"""The tier worker in-process against the real broker: deadlines, failures and shared load."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from pipeline.client import NPCClient
+from pipeline.deadlines import deadline_headers, now_ms
+from tests.kafka_util import eventually, read_topic
+from topics.catalogue import DLQ, OUTPUTS, REPLIES, TIER_TOPICS, Tier
+from topics.schemas import DeadLetter, Output, Reply, Request, Sla
+from workers.engines.scripted import ScriptedEngine, ScriptedProfile
+from workers.tier_worker import TierWorker, WorkerConfig
+
+
+async def started_worker(
+    kafka: str, prefix: str, tier: Tier, engine: ScriptedEngine, **config: object
+) -> tuple[TierWorker, asyncio.Task[None]]:
+    worker = TierWorker(
+        WorkerConfig(tier=tier, bootstrap=kafka, prefix=prefix, session_timeout_ms=2000, **config), engine
+    )
+    await worker.start()
+    task = asyncio.create_task(worker.run())
+    return worker, task
+
+
+async def stop_worker(worker: TierWorker, task: asyncio.Task[None]) -> None:
+    worker.request_stop()
+    await task
+    await worker.stop()
+
+
+@pytest.fixture
+async def producer(kafka: str) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=0)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def make_request(i: int, **kw: object) -> Request:
+    fields = {
+        "request_id": f"w-{i}-{time.time_ns()}",
+        "npc_id": f"npc-{i}",
+        "tenant_id": "gs-test",
+        "prompt": "Wave.",
+        "max_tokens": 8,
+        "sla": Sla.REALTIME,
+        "created_at_ms": now_ms(),
+    } | kw
+    return Request(**fields)  # type: ignore[arg-type]
+
+
+async def test_expired_request_is_answered_expired_without_an_engine_call(
+    kafka: str, prefix: str, producer: AIOKafkaProducer
+) -> None:
+    engine = ScriptedEngine()
+    worker, task = await started_worker(kafka, prefix, Tier.GOLD, engine)
+    try:
+        async with NPCClient(kafka, "gs-test", prefix=prefix) as client:
+            await asyncio.wait_for(worker.assigned.wait(), 20)
+            request = make_request(1, created_at_ms=now_ms() - 1000)
+            waiter = asyncio.create_task(client.request(request, timeout_s=20))
+            await asyncio.sleep(0.2)  # the client is registered before the reply can exist
+            await producer.send_and_wait(
+                TIER_TOPICS[Tier.GOLD].name(prefix),
+                request.to_bytes(),
+                key=b"npc-1",
+                headers=deadline_headers(request.created_at_ms + 16, "gold"),
+            )
+            reply = await waiter
+        assert reply.status == "expired" and reply.served_by == "none"
+        assert "deadline passed" in (reply.error or "")
+        assert engine.calls == 0
+        outputs = [
+            Output.from_bytes(r.value) for r in await read_topic(kafka, OUTPUTS.name(prefix), expect=1)
+        ]
+        assert any(o.reply.request_id == request.request_id and o.reply.status == "expired" for o in outputs)
+    finally:
+        await stop_worker(worker, task)
+
+
+async def test_late_result_is_still_replied_and_marked_late(
+    kafka: str, prefix: str, producer: AIOKafkaProducer
+) -> None:
+    engine = ScriptedEngine(ScriptedProfile(latency_ms=80))
+    worker, task = await started_worker(kafka, prefix, Tier.GOLD, engine)
+    try:
+        await asyncio.wait_for(worker.assigned.wait(), 20)
+        async with NPCClient(kafka, "gs-test", prefix=prefix) as client:
+            request = make_request(2)
+            waiter = asyncio.create_task(client.request(request, timeout_s=20))
+            await asyncio.sleep(0.2)
+            await producer.send_and_wait(
+                TIER_TOPICS[Tier.GOLD].name(prefix),
+                request.to_bytes(),
+                key=b"npc-2",
+                headers=deadline_headers(now_ms() + 30, "gold"),
+            )
+            reply = await waiter
+        assert reply.status == "ok" and reply.late is True and engine.calls == 1
+        assert reply.latency.engine_ms >= 80
+    finally:
+        await stop_worker(worker, task)
+
+
+async def test_engine_failure_becomes_an_error_reply_and_poison_goes_to_the_dlq(
+    kafka: str, prefix: str, producer: AIOKafkaProducer
+) -> None:
+    engine = ScriptedEngine(ScriptedProfile(fail_every=1))
+    worker, task = await started_worker(kafka, prefix, Tier.SILVER, engine)
+    topic = TIER_TOPICS[Tier.SILVER].name(prefix)
+    try:
+        await asyncio.wait_for(worker.assigned.wait(), 20)
+        async with NPCClient(kafka, "gs-test", prefix=prefix) as client:
+            request = make_request(3, sla=Sla.INTERACTIVE)
+            waiter = asyncio.create_task(client.request(request, timeout_s=20))
+            await asyncio.sleep(0.2)
+            await producer.send_and_wait(
+                topic, request.to_bytes(), key=b"npc-3", headers=deadline_headers(now_ms() + 5000, "silver")
+            )
+            await producer.send_and_wait(topic, b"\x00garbage", key=b"npc-3")
+            reply = await waiter
+        assert reply.status == "error" and "scripted failure" in (reply.error or "")
+        letters = [
+            DeadLetter.from_bytes(r.value) for r in await read_topic(kafka, DLQ.name(prefix), expect=1)
+        ]
+        poison = [d for d in letters if d.original() == b"\x00garbage"]
+        assert len(poison) == 1 and poison[0].stage == "worker" and poison[0].source_topic == topic
+    finally:
+        await stop_worker(worker, task)
+
+
+async def test_two_workers_of_one_tier_share_the_load(
+    kafka: str, prefix: str, producer: AIOKafkaProducer
+) -> None:
+    group = f"{prefix}bronze-share"
+    engines = [ScriptedEngine(ScriptedProfile(latency_ms=5)), ScriptedEngine(ScriptedProfile(latency_ms=5))]
+    workers = [await started_worker(kafka, prefix, Tier.BRONZE, e, group_id=group) for e in engines]
+    try:
+        both_assigned = lambda: all(w._consumer and len(w._consumer.assignment()) > 0 for w, _ in workers)  # noqa: E731
+        assert await eventually(both_assigned, timeout_s=30)
+        topic = TIER_TOPICS[Tier.BRONZE].name(prefix)
+        requests = [make_request(100 + i, sla=Sla.ASYNC) for i in range(60)]
+        for r in requests:
+            await producer.send(
+                topic,
+                r.to_bytes(),
+                key=r.npc_id.encode(),
+                headers=deadline_headers(now_ms() + 60_000, "bronze"),
+            )
+        await producer.flush()
+        assert await eventually(lambda: sum(e.calls for e in engines) >= 60, timeout_s=30)
+        assert all(e.calls > 0 for e in engines), [e.calls for e in engines]
+        records = await read_topic(kafka, REPLIES.name(prefix), expect=60)
+        ids = [Reply.from_bytes(r.value).request_id for r in records]
+        wanted = {r.request_id for r in requests}
+        assert sorted(i for i in ids if i in wanted) == sorted(wanted)
+    finally:
+        for w, t in workers:
+            await stop_worker(w, t)
