@@ -62,7 +62,7 @@ PROMPTS: dict[Tier, list[str]] = {
     ],
 }
 #: Requests per second the embedded engine serves at this mix on 2 cores (measured; see README).
-DEFAULT_EMBEDDED_RATE = 2.0
+DEFAULT_EMBEDDED_RATE = 1.0
 DEFAULT_SCRIPTED_RATE = 50.0
 #: One malformed event every this many seconds, to show dead-lettering while traffic flows.
 INVALID_EVERY_S = 10.0

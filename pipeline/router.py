@@ -11,6 +11,7 @@ and the client drops the duplicate reply.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust
+import mode
+from aiokafka import AIOKafkaProducer
 
 from pipeline import metrics
 from pipeline.config import Settings
@@ -103,7 +106,9 @@ def create_app(
     intake = app.topic(REQUESTS.name(prefix), key_type=bytes, value_type=bytes)
     tier_topics = {tier: app.topic(spec.name(prefix)) for tier, spec in TIER_TOPICS.items()}
     dlq = app.topic(DLQ.name(prefix))
-    routing = app.topic(ROUTING.name(prefix))
+    routing_topic = ROUTING.name(prefix)
+    decisions = DecisionLog(bootstrap)
+    app.service(decisions.service())
 
     async def reject(message: faust.types.Message, reason: str, errors: list | None = None) -> None:
         record = dead_letter(message.value, reason, message.topic, message.partition, message.offset, errors)
@@ -138,7 +143,7 @@ def create_app(
             deadline_ms=route.deadline_ms,
             decided_at_ms=now_ms(),
         )
-        await routing.send(key=request.request_id.encode(), value=decision.to_bytes())
+        await decisions.send(routing_topic, decision.to_bytes(), request.request_id.encode())
         stats.routed[route.tier.value] += 1
         if route.contradiction:
             log.info("request %s: %s", request.request_id, route.reason)
@@ -158,6 +163,54 @@ def create_app(
                 await reject(event.message, f"router error: {type(exc).__name__}: {exc}")
 
     return app, stats
+
+
+#: Routing decisions are an audit trail, off the latency path: batch them instead of one request each.
+DECISION_LINGER_MS = 50
+
+
+class DecisionLog:
+    """A lingering producer for routing decisions; faust starts and stops it with the app."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self._producer: AIOKafkaProducer | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, linger_ms=DECISION_LINGER_MS, acks=1, client_id="npcflow-router"
+        )
+        await self._producer.start()
+        self._ready.set()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()  # flushes what is still lingering
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> None:
+        """Queue one decision; waits only for the producer to exist, never for the broker."""
+        await self._ready.wait()
+        assert self._producer is not None
+        ack = await self._producer.send(topic, value, key=key)
+        ack.add_done_callback(_log_send_failure)
+
+    def service(self) -> type[mode.Service]:
+        log_ = self
+
+        class DecisionLogService(mode.Service):
+            async def on_start(self) -> None:
+                await log_.start()
+
+            async def on_stop(self) -> None:
+                await log_.stop()
+
+        return DecisionLogService
+
+
+def _log_send_failure(ack: asyncio.Future) -> None:
+    if not ack.cancelled() and ack.exception() is not None:
+        log.error("routing decision not recorded: %s", ack.exception())
 
 
 def run_router(settings: Settings, loglevel: str = "info") -> None:

@@ -33,6 +33,7 @@ from workers.offsets import OffsetTracker
 
 log = logging.getLogger("npcflow.worker")
 
+OUTPUTS_LINGER_MS = 20
 DEFAULT_IN_FLIGHT = {Tier.GOLD: 16, Tier.SILVER: 8, Tier.BRONZE: 4}
 
 
@@ -100,6 +101,8 @@ class TierWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        #: Outputs feed the sinks, off the reply's latency path: batched with a linger.
+        self._outputs_producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self._topic = TIER_TOPICS[self.tier].name(config.prefix)
         self._default_reply_topic = REPLIES.name(config.prefix)
@@ -113,6 +116,13 @@ class TierWorker:
             bootstrap_servers=self.config.bootstrap, linger_ms=0, acks=1, client_id=f"npcflow-{self.tier}"
         )
         await self._producer.start()
+        self._outputs_producer = AIOKafkaProducer(
+            bootstrap_servers=self.config.bootstrap,
+            linger_ms=OUTPUTS_LINGER_MS,
+            acks=1,
+            client_id=f"npcflow-{self.tier}-outputs",
+        )
+        await self._outputs_producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.bootstrap,
             group_id=self.config.group_id or f"{self.config.prefix}npcflow-worker-{self.tier.value}",
@@ -140,8 +150,9 @@ class TierWorker:
             await self._drain_and_commit()
         if self._consumer is not None:
             await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        for producer in (self._producer, self._outputs_producer):
+            if producer is not None:
+                await producer.stop()
         await self.engine.stop()
         log.info("%s worker stopped: %s", self.tier.value, self.stats)
 
@@ -185,27 +196,35 @@ class TierWorker:
             log.warning("%s worker commit failed (%s); will retry", self.tier.value, exc)
 
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+        """Serve one record; the slot frees once the reply is acknowledged, the offset once the output is."""
         try:
-            await self._serve(record)
+            output_ack: asyncio.Future | None = None
+            try:
+                output_ack = await self._serve(record)
+            except Exception:
+                log.exception("%s worker failed on %s@%d; dead-lettering", self.tier.value, tp, record.offset)
+                await self._dead_letter(record, "worker error while serving the request")
+            finally:
+                self._slots.release()
+            if output_ack is not None:
+                await output_ack
         except Exception:
-            log.exception("%s worker failed on %s@%d; dead-lettering", self.tier.value, tp, record.offset)
-            await self._dead_letter(record, "worker error while serving the request")
+            log.exception("%s worker could not record %s@%d", self.tier.value, tp, record.offset)
         finally:
             self._offsets.finished(tp, record.offset)
-            self._slots.release()
 
-    async def _serve(self, record: ConsumerRecord) -> None:
+    async def _serve(self, record: ConsumerRecord) -> asyncio.Future | None:
         picked_ms = time.time() * 1000
         try:
             request = parse_request(record.value or b"")
         except InvalidEvent as exc:
             await self._dead_letter(record, exc.reason, exc.errors)
-            return
+            return None
         deadline_ms = read_deadline(record.headers)
         if deadline_ms is None:
             deadline_ms = request.created_at_ms + self.policy.tiers[self.tier].default_budget_ms
         if picked_ms > deadline_ms:
-            await self._reply(
+            return await self._reply(
                 request,
                 status="expired",
                 served_by="none",
@@ -213,13 +232,12 @@ class TierWorker:
                 deadline_ms=deadline_ms,
                 error=f"deadline passed {picked_ms - deadline_ms:.0f} ms before a worker took it",
             )
-            return
         timeout_s = max(0.0, (deadline_ms - picked_ms) / 1000.0) + self.config.engine_grace_s
         self.stats.engine_calls += 1
         try:
             result = await asyncio.wait_for(self.engine.generate(request, deadline_ms), timeout_s)
         except TimeoutError:
-            await self._reply(
+            return await self._reply(
                 request,
                 status="error",
                 served_by="none",
@@ -227,9 +245,8 @@ class TierWorker:
                 deadline_ms=deadline_ms,
                 error=f"engine {self.engine.name} gave no result within {timeout_s:.1f} s",
             )
-            return
         except EngineError as exc:
-            await self._reply(
+            return await self._reply(
                 request,
                 status="error",
                 served_by="none",
@@ -237,8 +254,7 @@ class TierWorker:
                 deadline_ms=deadline_ms,
                 error=str(exc),
             )
-            return
-        await self._reply(
+        return await self._reply(
             request,
             status="ok",
             served_by="engine",
@@ -257,7 +273,7 @@ class TierWorker:
         deadline_ms: int,
         result: EngineResult | None = None,
         error: str | None = None,
-    ) -> None:
+    ) -> asyncio.Future:
         assert self._producer is not None
         done_ms = time.time() * 1000
         tokens = TokenUsage(
@@ -286,11 +302,12 @@ class TierWorker:
         reply_bytes = reply.to_bytes()
         output = Output(request=request, reply=reply)
         key = request.request_id.encode()
-        sent = await self._producer.send(
+        reply_ack = await self._producer.send(
             request.reply_topic or self._default_reply_topic, reply_bytes, key=key
         )
-        out = await self._producer.send(self._outputs_topic, output.to_bytes(), key=key)
-        await asyncio.gather(sent, out)
+        assert self._outputs_producer is not None
+        output_ack = await self._outputs_producer.send(self._outputs_topic, output.to_bytes(), key=key)
+        await reply_ack
         self.stats.count(status)
         metrics.REPLIES.labels(self.tier.value, status, served_by).inc()
         metrics.REPLY_LATENCY_MS.labels(self.tier.value).observe(reply.latency.total_ms)
@@ -299,6 +316,7 @@ class TierWorker:
                 reply.latency.engine_ms
             )
         metrics.COST_USD.labels(self.tier.value, request.tenant_id).inc(reply.cost_usd)
+        return output_ack
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str, errors: list | None = None) -> None:
         assert self._producer is not None
