@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -109,7 +111,41 @@ async def load(
     return n, received, latencies
 
 
-def run_floor(bootstrap: str, work: Path, rate: float, duration: float) -> tuple[int, int, list[float]]:
+class CpuMeter:
+    """CPU seconds each process spent during one phase: shows what saturates the 2 cores."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.start = {name: self._cpu(p) for name, p in self.procs.items()}
+        self.t0 = time.perf_counter()
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        t = proc.cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def read(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.t0
+        return {name: round((self._cpu(p) - self.start[name]) / wall, 2) for name, p in self.procs.items()}
+
+
+Phase = tuple[int, int, list[float], dict[str, float]]
+
+
+def measured_load(
+    bootstrap: str,
+    topics: tuple[str, str],
+    rate: float,
+    duration: float,
+    key_by_request: bool,
+    pids: dict[str, int],
+) -> Phase:
+    meter = CpuMeter(pids | {"load": os.getpid()})
+    sent, received, latencies = asyncio.run(load(bootstrap, *topics, rate, duration, key_by_request))
+    return sent, received, latencies, meter.read()
+
+
+def run_floor(bootstrap: str, work: Path, rate: float, duration: float, broker: dict[str, int]) -> Phase:
     prefix = "bench.floor."
     asyncio.run(create_topics(bootstrap, prefix))
     hops = [(REQUESTS, REQUESTS_GOLD), (REQUESTS_GOLD, REPLIES)]
@@ -140,26 +176,27 @@ def run_floor(bootstrap: str, work: Path, rate: float, duration: float) -> tuple
             procs[-1].start(die_with_parent=True)
             readies.append(ready)
         _wait_files(readies, procs)
-        return asyncio.run(load(bootstrap, REQUESTS.name(prefix), REPLIES.name(prefix), rate, duration, True))
+        pids = broker | {p.name: p.pid for p in procs}
+        return measured_load(
+            bootstrap, (REQUESTS.name(prefix), REPLIES.name(prefix)), rate, duration, True, pids
+        )
     finally:
         stop_processes(procs)
 
 
-def run_pipeline(bootstrap: str, work: Path, rate: float, duration: float) -> tuple[int, int, list[float]]:
+def run_pipeline(bootstrap: str, work: Path, rate: float, duration: float, broker: dict[str, int]) -> Phase:
     prefix = "bench.pipe."
     asyncio.run(create_topics(bootstrap, prefix))
     env = {"NPCFLOW_KAFKA_BOOTSTRAP": bootstrap, "NPCFLOW_TOPIC_PREFIX": prefix}
     with PipelineProcesses(
         env, work / "pipeline", workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=0"}
-    ):
-        return asyncio.run(
-            load(bootstrap, REQUESTS.name(prefix), REPLIES.name(prefix), rate, duration, False)
-        )
+    ) as procs:
+        pids = broker | {p.name: p.pid for p, _ in procs.procs}
+        topics = (REQUESTS.name(prefix), REPLIES.name(prefix))
+        return measured_load(bootstrap, topics, rate, duration, False, pids)
 
 
 def _base_env() -> dict[str, str]:
-    import os
-
     return dict(os.environ)
 
 
@@ -180,15 +217,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
-    import os
 
     work = Path(tempfile.mkdtemp(prefix="npcflow-bench-"))
     configured = os.environ.get("NPCFLOW_KAFKA_BOOTSTRAP")
     stack = None if configured else EmbeddedStack(work / "stack")
     bootstrap = configured or stack.start().kafka_bootstrap  # type: ignore[union-attr]
     try:
-        f_sent, f_recv, f_lat = run_floor(bootstrap, work, args.rate, args.duration)
-        p_sent, p_recv, p_lat = run_pipeline(bootstrap, work, args.rate, args.duration)
+        broker = {"broker": p.pid for p in (stack.processes if stack else []) if p.name == "kafka"}  # noqa: B035
+        f_sent, f_recv, f_lat, f_cpu = run_floor(bootstrap, work, args.rate, args.duration, broker)
+        p_sent, p_recv, p_lat, p_cpu = run_pipeline(bootstrap, work, args.rate, args.duration, broker)
     finally:
         if stack is not None:
             stack.stop()
@@ -205,6 +242,7 @@ def main() -> None:
         "floor_lost": f_sent - f_recv,
         "ratio_p50": round(pipe["p50"] / floor["p50"], 2) if pipe["p50"] and floor["p50"] else None,
         "ratio_p99": round(pipe["p99"] / floor["p99"], 2) if pipe["p99"] and floor["p99"] else None,
+        "cpu_cores": {"floor": f_cpu, "pipeline": p_cpu},
     }
     if not args.json:
         print(f"floor {floor}  pipeline {pipe}", file=sys.stderr)

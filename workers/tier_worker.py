@@ -42,7 +42,10 @@ class WorkerConfig:
     tier: Tier
     bootstrap: str
     prefix: str = ""
+    #: Engine calls at once (the engine's own concurrency).
     max_in_flight: int = 8
+    #: Records taken from Kafka but not finished (engine queue + replies awaiting acks): the memory bound.
+    max_pending: int = 1024
     group_id: str | None = None
     fetch_max_wait_ms: int = 5
     session_timeout_ms: int = 6000
@@ -57,6 +60,7 @@ class WorkerConfig:
             bootstrap=bootstrap,
             prefix=prefix,
             max_in_flight=int(os.environ.get("NPCFLOW_MAX_IN_FLIGHT", DEFAULT_IN_FLIGHT[tier])),
+            max_pending=int(os.environ.get("NPCFLOW_MAX_PENDING", "1024")),
             fetch_max_wait_ms=int(os.environ.get("NPCFLOW_FETCH_MAX_WAIT_MS", "5")),
             session_timeout_ms=int(float(os.environ.get("NPCFLOW_SESSION_TIMEOUT_S", "6")) * 1000),
             engine_grace_s=float(os.environ.get("NPCFLOW_ENGINE_GRACE_S", "30")),
@@ -98,6 +102,7 @@ class TierWorker:
         self.stats = WorkerStats()
         self._offsets = OffsetTracker()
         self._slots = asyncio.Semaphore(config.max_in_flight)
+        self._pending = asyncio.Semaphore(config.max_pending)
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -168,10 +173,10 @@ class TierWorker:
         assert self._consumer is not None, "start() first"
         last_commit = time.monotonic()
         while not self._stopping.is_set():
-            batches = await self._consumer.getmany(timeout_ms=100, max_records=self.config.max_in_flight)
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=self.config.max_pending)
             for tp, records in batches.items():
                 for record in records:
-                    await self._slots.acquire()
+                    await self._pending.acquire()
                     self._offsets.started(tp, record.offset)
                     task = asyncio.create_task(self._handle(tp, record))
                     self._tasks.add(task)
@@ -196,7 +201,7 @@ class TierWorker:
             log.warning("%s worker commit failed (%s); will retry", self.tier.value, exc)
 
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        """Serve one record; the slot frees once the reply is acknowledged, the offset once the output is."""
+        """Serve one record; its offset counts as done once the reply and the output are acknowledged."""
         try:
             output_ack: asyncio.Future | None = None
             try:
@@ -205,7 +210,7 @@ class TierWorker:
                 log.exception("%s worker failed on %s@%d; dead-lettering", self.tier.value, tp, record.offset)
                 await self._dead_letter(record, "worker error while serving the request")
             finally:
-                self._slots.release()
+                self._pending.release()
             if output_ack is not None:
                 await output_ack
         except Exception:
@@ -214,7 +219,7 @@ class TierWorker:
             self._offsets.finished(tp, record.offset)
 
     async def _serve(self, record: ConsumerRecord) -> asyncio.Future | None:
-        picked_ms = time.time() * 1000
+        """Reply to one routed request; returns the output's ack, or None when it was dead-lettered."""
         try:
             request = parse_request(record.value or b"")
         except InvalidEvent as exc:
@@ -223,57 +228,36 @@ class TierWorker:
         deadline_ms = read_deadline(record.headers)
         if deadline_ms is None:
             deadline_ms = request.created_at_ms + self.policy.tiers[self.tier].default_budget_ms
-        if picked_ms > deadline_ms:
-            return await self._reply(
-                request,
-                status="expired",
-                served_by="none",
-                picked_ms=picked_ms,
-                deadline_ms=deadline_ms,
-                error=f"deadline passed {picked_ms - deadline_ms:.0f} ms before a worker took it",
-            )
-        timeout_s = max(0.0, (deadline_ms - picked_ms) / 1000.0) + self.config.engine_grace_s
-        self.stats.engine_calls += 1
-        try:
-            result = await asyncio.wait_for(self.engine.generate(request, deadline_ms), timeout_s)
-        except TimeoutError:
-            return await self._reply(
-                request,
-                status="error",
-                served_by="none",
-                picked_ms=picked_ms,
-                deadline_ms=deadline_ms,
-                error=f"engine {self.engine.name} gave no result within {timeout_s:.1f} s",
-            )
-        except EngineError as exc:
-            return await self._reply(
-                request,
-                status="error",
-                served_by="none",
-                picked_ms=picked_ms,
-                deadline_ms=deadline_ms,
-                error=str(exc),
-            )
-        return await self._reply(
-            request,
-            status="ok",
-            served_by="engine",
-            picked_ms=picked_ms,
-            deadline_ms=deadline_ms,
-            result=result,
-        )
+        async with self._slots:
+            # Checked once an engine slot is ours: time spent queueing for it counts against the deadline.
+            picked_ms = time.time() * 1000
+            if picked_ms > deadline_ms:
+                late_by = picked_ms - deadline_ms
+                error = f"deadline passed {late_by:.0f} ms before a worker took it"
+                return await self._reply(request, "expired", picked_ms, deadline_ms, error=error)
+            timeout_s = max(0.0, (deadline_ms - picked_ms) / 1000.0) + self.config.engine_grace_s
+            self.stats.engine_calls += 1
+            try:
+                result = await asyncio.wait_for(self.engine.generate(request, deadline_ms), timeout_s)
+            except TimeoutError:
+                error = f"engine {self.engine.name} gave no result within {timeout_s:.1f} s"
+                return await self._reply(request, "error", picked_ms, deadline_ms, error=error)
+            except EngineError as exc:
+                return await self._reply(request, "error", picked_ms, deadline_ms, error=str(exc))
+        return await self._reply(request, "ok", picked_ms, deadline_ms, result=result)
 
     async def _reply(
         self,
         request: Request,
-        *,
         status: str,
-        served_by: str,
         picked_ms: float,
         deadline_ms: int,
+        *,
         result: EngineResult | None = None,
         error: str | None = None,
     ) -> asyncio.Future:
+        """Produce the reply (awaiting its ack) and the output (returning its ack to await later)."""
+        served_by = "engine" if result is not None else "none"
         assert self._producer is not None
         done_ms = time.time() * 1000
         tokens = TokenUsage(
