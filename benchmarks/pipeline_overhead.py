@@ -21,8 +21,7 @@ from pathlib import Path
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from pipeline import eventloop
 from pipeline.processes import PipelineProcesses
 from pipeline.readiness import ENV_READY_FILE
 from pipeline.stack import EmbeddedStack, ManagedProcess, stop_processes
@@ -217,6 +216,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
+    eventloop.install()
 
     work = Path(tempfile.mkdtemp(prefix="npcflow-bench-"))
     configured = os.environ.get("NPCFLOW_KAFKA_BOOTSTRAP")

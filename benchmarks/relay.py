@@ -12,6 +12,7 @@ import signal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 
+from pipeline import eventloop
 from pipeline.readiness import mark_ready
 
 
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--group", required=True)
     parser.add_argument("--fetch-max-wait-ms", type=int, default=5)
     a = parser.parse_args()
+    eventloop.install()  # the same loop as the pipeline processes, so the floor is a fair one
     asyncio.run(relay(a.bootstrap, a.source, a.target, a.group, a.fetch_max_wait_ms))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from pipeline import eventloop
 from pipeline.config import Settings
 from pipeline.stack_cli import stack
 from topics.catalogue import CATALOGUE, Tier
@@ -32,6 +33,7 @@ def main(log_level: str) -> None:
     `npcflow stack up --detach`.
     """
     _setup_logging(log_level)
+    eventloop.install()
 
 
 main.add_command(stack)
