@@ -104,15 +104,20 @@ def create_app(
     )
     stats = RouterStats()
     intake = app.topic(REQUESTS.name(prefix), key_type=bytes, value_type=bytes)
-    tier_topics = {tier: app.topic(spec.name(prefix)) for tier, spec in TIER_TOPICS.items()}
-    dlq = app.topic(DLQ.name(prefix))
+    tier_topics = {tier: spec.name(prefix) for tier, spec in TIER_TOPICS.items()}
+    dlq_topic = DLQ.name(prefix)
+
+    async def produce(topic: str, key: bytes, value: bytes, headers: list | None = None) -> None:
+        # Straight to faust's producer: faust flushes it before every offset commit (at-least-once),
+        # without the per-message bookkeeping of Topic.send that we do not use.
+        await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
     routing_topic = ROUTING.name(prefix)
     decisions = DecisionLog(bootstrap)
     app.service(decisions.service())
 
     async def reject(message: faust.types.Message, reason: str, errors: list | None = None) -> None:
         record = dead_letter(message.value, reason, message.topic, message.partition, message.offset, errors)
-        await dlq.send(key=message.topic.encode(), value=record.to_bytes())
+        await produce(dlq_topic, message.topic.encode(), record.to_bytes())
         stats.dead_letters += 1
         metrics.DEAD_LETTERS.labels("router").inc()
         log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
@@ -128,11 +133,8 @@ def create_app(
         except Unroutable as exc:
             await reject(message, f"unroutable: {exc}")
             return
-        await tier_topics[route.tier].send(
-            key=request.npc_id.encode(),
-            value=raw,
-            headers=deadline_headers(route.deadline_ms, route.tier.value),
-        )
+        headers = deadline_headers(route.deadline_ms, route.tier.value)
+        await produce(tier_topics[route.tier], request.npc_id.encode(), raw, headers)
         decision = RoutingDecision(
             request_id=request.request_id,
             npc_id=request.npc_id,
