@@ -111,6 +111,7 @@ def create_app(
         # Straight to faust's producer: faust flushes it before every offset commit (at-least-once),
         # without the per-message bookkeeping of Topic.send that we do not use.
         await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
+
     routing_topic = ROUTING.name(prefix)
     decisions = DecisionLog(bootstrap)
     app.service(decisions.service())

@@ -1,0 +1,30 @@
+"""`npcflow demo --json` end to end, as a user runs it (scripted engines keep it short)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_demo_json_accounts_for_every_request(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPCFLOW_")}
+    env |= {"NPCFLOW_ENGINE": "scripted:latency_ms=2", "NPCFLOW_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "demo", "--duration", "6", "--rate", "40", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["lost"] == 0
+    assert summary["sent"] == summary["replied"]
+    assert sum(summary["sent"].values()) >= 200
+    assert all(summary["sent"][tier] > 0 for tier in ("gold", "silver", "bronze"))
+    assert summary["dead_letters"] == summary["invalid_sent"] >= 1
+    assert summary["engine"] == {t: "scripted:latency_ms=2" for t in ("gold", "silver", "bronze")}
+    assert summary["latency_ms"]["gold"]["p50"] is not None
