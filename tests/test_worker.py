@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -18,21 +19,23 @@ from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.tier_worker import TierWorker, WorkerConfig
 
 
-async def started_worker(
+@contextlib.asynccontextmanager
+async def running_worker(
     kafka: str, prefix: str, tier: Tier, engine: ScriptedEngine, **config: object
-) -> tuple[TierWorker, asyncio.Task[None]]:
+) -> AsyncIterator[TierWorker]:
+    """A worker consuming in the background; yields once its group assigned it partitions."""
     worker = TierWorker(
         WorkerConfig(tier=tier, bootstrap=kafka, prefix=prefix, session_timeout_ms=2000, **config), engine
     )
     await worker.start()
     task = asyncio.create_task(worker.run())
-    return worker, task
-
-
-async def stop_worker(worker: TierWorker, task: asyncio.Task[None]) -> None:
-    worker.request_stop()
-    await task
-    await worker.stop()
+    try:
+        await asyncio.wait_for(worker.assigned.wait(), 30)
+        yield worker
+    finally:
+        worker.request_stop()
+        await task
+        await worker.stop()
 
 
 @pytest.fixture
@@ -41,6 +44,34 @@ async def producer(kafka: str) -> AsyncIterator[AIOKafkaProducer]:
     await p.start()
     yield p
     await p.stop()
+
+
+async def serve_one(
+    kafka: str,
+    prefix: str,
+    producer: AIOKafkaProducer,
+    tier: Tier,
+    request: Request,
+    deadline_in_ms: int,
+    then: bytes | None = None,
+) -> Reply:
+    """Put one routed request on the tier topic (and ``then`` raw bytes after it); await its reply.
+
+    The deadline header is ``deadline_in_ms`` from the moment the request is produced.
+    """
+    topic = TIER_TOPICS[tier].name(prefix)
+    async with NPCClient(kafka, "gs-test", prefix=prefix) as client:
+        waiter = asyncio.create_task(client.request(request, timeout_s=20))
+        await asyncio.sleep(0.2)  # the client registers the request before the reply can exist
+        await producer.send_and_wait(
+            topic,
+            request.to_bytes(),
+            key=request.npc_id.encode(),
+            headers=deadline_headers(now_ms() + deadline_in_ms, tier.value),
+        )
+        if then is not None:
+            await producer.send_and_wait(topic, then, key=request.npc_id.encode())
+        return await waiter
 
 
 def make_request(i: int, **kw: object) -> Request:
@@ -60,20 +91,9 @@ async def test_expired_request_is_answered_expired_without_an_engine_call(
     kafka: str, prefix: str, producer: AIOKafkaProducer
 ) -> None:
     engine = ScriptedEngine()
-    worker, task = await started_worker(kafka, prefix, Tier.GOLD, engine)
-    try:
-        async with NPCClient(kafka, "gs-test", prefix=prefix) as client:
-            await asyncio.wait_for(worker.assigned.wait(), 20)
-            request = make_request(1, created_at_ms=now_ms() - 1000)
-            waiter = asyncio.create_task(client.request(request, timeout_s=20))
-            await asyncio.sleep(0.2)  # the client is registered before the reply can exist
-            await producer.send_and_wait(
-                TIER_TOPICS[Tier.GOLD].name(prefix),
-                request.to_bytes(),
-                key=b"npc-1",
-                headers=deadline_headers(request.created_at_ms + 16, "gold"),
-            )
-            reply = await waiter
+    async with running_worker(kafka, prefix, Tier.GOLD, engine):
+        request = make_request(1, created_at_ms=now_ms() - 1000)
+        reply = await serve_one(kafka, prefix, producer, Tier.GOLD, request, -500)
         assert reply.status == "expired" and reply.served_by == "none"
         assert "deadline passed" in (reply.error or "")
         assert engine.calls == 0
@@ -81,59 +101,32 @@ async def test_expired_request_is_answered_expired_without_an_engine_call(
             Output.from_bytes(r.value) for r in await read_topic(kafka, OUTPUTS.name(prefix), expect=1)
         ]
         assert any(o.reply.request_id == request.request_id and o.reply.status == "expired" for o in outputs)
-    finally:
-        await stop_worker(worker, task)
 
 
 async def test_late_result_is_still_replied_and_marked_late(
     kafka: str, prefix: str, producer: AIOKafkaProducer
 ) -> None:
-    engine = ScriptedEngine(ScriptedProfile(latency_ms=80))
-    worker, task = await started_worker(kafka, prefix, Tier.GOLD, engine)
-    try:
-        await asyncio.wait_for(worker.assigned.wait(), 20)
-        async with NPCClient(kafka, "gs-test", prefix=prefix) as client:
-            request = make_request(2)
-            waiter = asyncio.create_task(client.request(request, timeout_s=20))
-            await asyncio.sleep(0.2)
-            await producer.send_and_wait(
-                TIER_TOPICS[Tier.GOLD].name(prefix),
-                request.to_bytes(),
-                key=b"npc-2",
-                headers=deadline_headers(now_ms() + 30, "gold"),
-            )
-            reply = await waiter
+    engine = ScriptedEngine(ScriptedProfile(latency_ms=400))
+    async with running_worker(kafka, prefix, Tier.GOLD, engine):
+        reply = await serve_one(kafka, prefix, producer, Tier.GOLD, make_request(2), 150)
         assert reply.status == "ok" and reply.late is True and engine.calls == 1
-        assert reply.latency.engine_ms >= 80
-    finally:
-        await stop_worker(worker, task)
+        assert reply.latency.engine_ms >= 400
 
 
 async def test_engine_failure_becomes_an_error_reply_and_poison_goes_to_the_dlq(
     kafka: str, prefix: str, producer: AIOKafkaProducer
 ) -> None:
     engine = ScriptedEngine(ScriptedProfile(fail_every=1))
-    worker, task = await started_worker(kafka, prefix, Tier.SILVER, engine)
     topic = TIER_TOPICS[Tier.SILVER].name(prefix)
-    try:
-        await asyncio.wait_for(worker.assigned.wait(), 20)
-        async with NPCClient(kafka, "gs-test", prefix=prefix) as client:
-            request = make_request(3, sla=Sla.INTERACTIVE)
-            waiter = asyncio.create_task(client.request(request, timeout_s=20))
-            await asyncio.sleep(0.2)
-            await producer.send_and_wait(
-                topic, request.to_bytes(), key=b"npc-3", headers=deadline_headers(now_ms() + 5000, "silver")
-            )
-            await producer.send_and_wait(topic, b"\x00garbage", key=b"npc-3")
-            reply = await waiter
+    async with running_worker(kafka, prefix, Tier.SILVER, engine):
+        request = make_request(3, sla=Sla.INTERACTIVE)
+        reply = await serve_one(kafka, prefix, producer, Tier.SILVER, request, 5000, then=b"\x00garbage")
         assert reply.status == "error" and "scripted failure" in (reply.error or "")
         letters = [
             DeadLetter.from_bytes(r.value) for r in await read_topic(kafka, DLQ.name(prefix), expect=1)
         ]
         poison = [d for d in letters if d.original() == b"\x00garbage"]
         assert len(poison) == 1 and poison[0].stage == "worker" and poison[0].source_topic == topic
-    finally:
-        await stop_worker(worker, task)
 
 
 async def test_two_workers_of_one_tier_share_the_load(
@@ -141,18 +134,19 @@ async def test_two_workers_of_one_tier_share_the_load(
 ) -> None:
     group = f"{prefix}bronze-share"
     engines = [ScriptedEngine(ScriptedProfile(latency_ms=5)), ScriptedEngine(ScriptedProfile(latency_ms=5))]
-    workers = [await started_worker(kafka, prefix, Tier.BRONZE, e, group_id=group) for e in engines]
-    try:
-        both_assigned = lambda: all(w._consumer and len(w._consumer.assignment()) > 0 for w, _ in workers)  # noqa: E731
-        assert await eventually(both_assigned, timeout_s=30)
+    async with contextlib.AsyncExitStack() as stack:
+        workers = [
+            await stack.enter_async_context(running_worker(kafka, prefix, Tier.BRONZE, e, group_id=group))
+            for e in engines
+        ]
+        assert await eventually(lambda: all(w.partitions() for w in workers), timeout_s=30)
+        assert not set.intersection(*(w.partitions() for w in workers))
         topic = TIER_TOPICS[Tier.BRONZE].name(prefix)
         requests = [make_request(100 + i, sla=Sla.ASYNC) for i in range(60)]
+        deadline = now_ms() + 60_000
         for r in requests:
             await producer.send(
-                topic,
-                r.to_bytes(),
-                key=r.npc_id.encode(),
-                headers=deadline_headers(now_ms() + 60_000, "bronze"),
+                topic, r.to_bytes(), key=r.npc_id.encode(), headers=deadline_headers(deadline, "bronze")
             )
         await producer.flush()
         assert await eventually(lambda: sum(e.calls for e in engines) >= 60, timeout_s=30)
@@ -161,6 +155,3 @@ async def test_two_workers_of_one_tier_share_the_load(
         ids = [Reply.from_bytes(r.value).request_id for r in records]
         wanted = {r.request_id for r in requests}
         assert sorted(i for i in ids if i in wanted) == sorted(wanted)
-    finally:
-        for w, t in workers:
-            await stop_worker(w, t)

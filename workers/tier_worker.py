@@ -142,6 +142,10 @@ class TierWorker:
         await self._consumer.start()
         log.info("%s worker started on %s with engine %s", self.tier.value, self._topic, self.engine.name)
 
+    def partitions(self) -> set[int]:
+        """The tier-topic partitions this worker owns right now (empty before its group assigned it any)."""
+        return {tp.partition for tp in self._consumer.assignment()} if self._consumer else set()
+
     def request_stop(self) -> None:
         """Ask :meth:`run` to finish; safe from a signal handler."""
         self._stopping.set()
