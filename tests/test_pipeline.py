@@ -29,7 +29,8 @@ ENGINES = {
 @pytest.fixture(scope="module")
 def pipeline(stack: StackEndpoints, prefix: str, work_dir: Path) -> Iterator[PipelineProcesses]:
     env = stack.as_env() | {"NPCFLOW_TOPIC_PREFIX": prefix, "NPCFLOW_EMBEDDED_THREADS": "1"}
-    with PipelineProcesses(env, work_dir, engines=ENGINES) as procs:
+    # Two routers share the intake in one consumer group: each must be assigned partitions to be ready.
+    with PipelineProcesses(env, work_dir, routers=2, engines=ENGINES) as procs:
         yield procs
 
 
