@@ -1,9 +1,10 @@
 """Pipeline overhead: intake → router → gold worker (zero-latency engine) → reply, against a floor.
 
 The floor is a bare aiokafka relay over the same three hops (intake → tier topic → reply
-topic, two forwarding processes) on the same broker in the same run, so machine noise hits
-both alike. Prints one JSON line:
-{"rate","sent","received","lost","pipeline_ms":{p50,p95,p99},"floor_ms":{…},"ratio_p50","ratio_p99"}
+topic, two forwarding processes) on the same broker in the same run. Both run side by side for
+the whole benchmark and take turns carrying the load in short alternating segments, so machine
+noise and the broker's growing in-memory log hit both alike. Prints one JSON line:
+{"rate","sent","received","lost","pipeline_ms":{p50,p95,p99},"floor_ms":{…},"ratio_p50","ratio_p99",…}
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -27,9 +30,12 @@ from pipeline.readiness import ENV_READY_FILE
 from pipeline.stack import EmbeddedStack, ManagedProcess, stop_processes
 from topics.admin import create_topics
 from topics.catalogue import REPLIES, REQUESTS, REQUESTS_GOLD, Tier
-from topics.schemas import Request, Sla
+from topics.schemas import Reply, Request, Sla
 
-WARMUP_S = 2.0
+#: Latencies from the first part of each segment are dropped (consumers catching up after a switch).
+SEGMENT_WARMUP_S = 0.5
+FLOOR_PREFIX = "bench.floor."
+PIPELINE_PREFIX = "bench.pipe."
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -39,10 +45,34 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return {f"p{q}": round(s[min(len(s) - 1, int(q / 100 * len(s)))], 2) for q in (50, 95, 99)}
 
 
-async def load(
-    bootstrap: str, intake: str, replies: str, rate: float, duration: float, key_by_request: bool
-) -> tuple[int, int, list[float]]:
-    """Send ``rate`` req/s for ``duration`` s; returns (sent, received, latencies after warm-up)."""
+@dataclass
+class Side:
+    """One contestant (floor or pipeline): its topics, its processes and what it measured."""
+
+    name: str
+    prefix: str
+    key_by_request: bool
+    pids: dict[str, int] = field(default_factory=dict)
+    sent: int = 0
+    received: int = 0
+    latencies: list[float] = field(default_factory=list)
+    #: Pipeline only: request created → picked up by the worker (the intake and router hops), from the reply.
+    to_worker_ms: list[float] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def cpu_cores(self) -> dict[str, float]:
+        return {name: round(sec / self.wall_s, 2) for name, sec in self.cpu_s.items()} if self.wall_s else {}
+
+
+def _cpu(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+async def segment(bootstrap: str, side: Side, rate: float, duration: float) -> None:
+    """Send ``rate`` req/s for ``duration`` s through one side and record its latencies."""
+    intake, replies = REQUESTS.name(side.prefix), REPLIES.name(side.prefix)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=5)
     await producer.start()
@@ -52,8 +82,8 @@ async def load(
     await consumer.seek_to_end(*tps)
     for tp in tps:
         await consumer.position(tp)
+    cpu_before = {name: _cpu(pid) for name, pid in side.pids.items()}
     sent_at: dict[bytes, float] = {}
-    latencies: list[float] = []
     received = 0
     start = time.perf_counter()
     done_sending = asyncio.Event()
@@ -69,17 +99,15 @@ async def load(
                     if t0 is None:
                         continue
                     received += 1
-                    if t0 - start >= WARMUP_S:
-                        latencies.append((now - t0) * 1000)
+                    if t0 - start >= SEGMENT_WARMUP_S:
+                        side.latencies.append((now - t0) * 1000)
+                        if not side.key_by_request:
+                            side.to_worker_ms.append(Reply.from_bytes(r.value).latency.queue_ms)
 
     receiver = asyncio.create_task(receive())
-    tick = 0.005
-    per_tick = rate * tick
-    owed = 0.0
-    n = 0
-    next_tick = start
+    tick, owed, n, next_tick = 0.005, 0.0, 0, start
     while time.perf_counter() - start < duration:
-        owed += per_tick
+        owed += rate * tick
         while owed >= 1:
             owed -= 1
             rid = f"b{n:08d}-{uuid.uuid4().hex[:8]}"
@@ -93,7 +121,7 @@ async def load(
                 latency_budget_ms=600_000,
                 created_at_ms=int(time.time() * 1000),
             )
-            key = rid.encode() if key_by_request else request.npc_id.encode()
+            key = rid.encode() if side.key_by_request else request.npc_id.encode()
             sent_at[rid.encode()] = time.perf_counter()
             await producer.send(intake, request.to_bytes(), key=key)
             n += 1
@@ -104,148 +132,113 @@ async def load(
     try:
         await asyncio.wait_for(receiver, timeout=10.0)
     except TimeoutError:
-        pass
+        receiver.cancel()
+    side.wall_s += time.perf_counter() - start
+    for name, pid in side.pids.items():
+        side.cpu_s[name] = side.cpu_s.get(name, 0.0) + _cpu(pid) - cpu_before[name]
+    side.sent += n
+    side.received += received
     await consumer.stop()
     await producer.stop()
-    return n, received, latencies
 
 
-class CpuMeter:
-    """CPU seconds each process spent during one phase: shows what saturates the 2 cores."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self.start = {name: self._cpu(p) for name, p in self.procs.items()}
-        self.t0 = time.perf_counter()
-
-    @staticmethod
-    def _cpu(proc: psutil.Process) -> float:
-        t = proc.cpu_times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def read(self) -> dict[str, float]:
-        wall = time.perf_counter() - self.t0
-        return {name: round((self._cpu(p) - self.start[name]) / wall, 2) for name, p in self.procs.items()}
-
-
-Phase = tuple[int, int, list[float], dict[str, float]]
-
-
-def measured_load(
-    bootstrap: str,
-    topics: tuple[str, str],
-    rate: float,
-    duration: float,
-    key_by_request: bool,
-    pids: dict[str, int],
-) -> Phase:
-    meter = CpuMeter(pids | {"load": os.getpid()})
-    sent, received, latencies = asyncio.run(load(bootstrap, *topics, rate, duration, key_by_request))
-    return sent, received, latencies, meter.read()
-
-
-def run_floor(bootstrap: str, work: Path, rate: float, duration: float, broker: dict[str, int]) -> Phase:
-    prefix = "bench.floor."
-    asyncio.run(create_topics(bootstrap, prefix))
-    hops = [(REQUESTS, REQUESTS_GOLD), (REQUESTS_GOLD, REPLIES)]
+def start_floor(bootstrap: str, work: Path, stack: ExitStack) -> dict[str, int]:
+    """The two relay processes of the floor; returns their pids once both joined their groups."""
     procs: list[ManagedProcess] = []
-    readies: list[Path] = []
-    try:
-        for i, (src, dst) in enumerate(hops):
-            ready = work / f"relay-{i}.ready"
-            procs.append(
-                ManagedProcess(
-                    name=f"relay-{i}",
-                    argv=[
-                        sys.executable,
-                        str(Path(__file__).with_name("relay.py")),
-                        "--bootstrap",
-                        bootstrap,
-                        "--source",
-                        src.name(prefix),
-                        "--target",
-                        dst.name(prefix),
-                        "--group",
-                        f"floor-{i}",
-                    ],
-                    log_path=work / f"relay-{i}.log",
-                    env={**_base_env(), ENV_READY_FILE: str(ready)},
-                )
-            )
-            procs[-1].start(die_with_parent=True)
-            readies.append(ready)
-        _wait_files(readies, procs)
-        pids = broker | {p.name: p.pid for p in procs}
-        return measured_load(
-            bootstrap, (REQUESTS.name(prefix), REPLIES.name(prefix)), rate, duration, True, pids
+    stack.callback(stop_processes, procs)
+    for i, (src, dst) in enumerate([(REQUESTS, REQUESTS_GOLD), (REQUESTS_GOLD, REPLIES)]):
+        proc = ManagedProcess(
+            name=f"relay-{i}",
+            argv=[
+                sys.executable,
+                str(Path(__file__).with_name("relay.py")),
+                "--bootstrap",
+                bootstrap,
+                "--source",
+                src.name(FLOOR_PREFIX),
+                "--target",
+                dst.name(FLOOR_PREFIX),
+                "--group",
+                f"floor-{i}",
+            ],
+            log_path=work / f"relay-{i}.log",
+            env={**os.environ, ENV_READY_FILE: str(work / f"relay-{i}.ready")},
         )
-    finally:
-        stop_processes(procs)
-
-
-def run_pipeline(bootstrap: str, work: Path, rate: float, duration: float, broker: dict[str, int]) -> Phase:
-    prefix = "bench.pipe."
-    asyncio.run(create_topics(bootstrap, prefix))
-    env = {"NPCFLOW_KAFKA_BOOTSTRAP": bootstrap, "NPCFLOW_TOPIC_PREFIX": prefix}
-    with PipelineProcesses(
-        env, work / "pipeline", workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=0"}
-    ) as procs:
-        pids = broker | {p.name: p.pid for p, _ in procs.procs}
-        topics = (REQUESTS.name(prefix), REPLIES.name(prefix))
-        return measured_load(bootstrap, topics, rate, duration, False, pids)
-
-
-def _base_env() -> dict[str, str]:
-    return dict(os.environ)
-
-
-def _wait_files(paths: list[Path], procs: list[ManagedProcess], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(p.exists() for p in paths):
+        proc.start(die_with_parent=True)
+        procs.append(proc)
+    deadline = time.monotonic() + 60
+    while not all((work / f"relay-{i}.ready").exists() for i in range(len(procs))):
         for proc in procs:
             if proc.exit_problem():
                 raise RuntimeError(f"{proc.name} {proc.exit_problem()}")
         if time.monotonic() > deadline:
-            raise RuntimeError("relays did not join their groups in time")
+            raise RuntimeError("floor relays did not join their groups in time")
         time.sleep(0.05)
+    return {p.name: p.pid for p in procs}
+
+
+def start_pipeline(bootstrap: str, work: Path, stack: ExitStack) -> dict[str, int]:
+    env = {"NPCFLOW_KAFKA_BOOTSTRAP": bootstrap, "NPCFLOW_TOPIC_PREFIX": PIPELINE_PREFIX}
+    procs = PipelineProcesses(
+        env, work / "pipeline", workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=0"}
+    )
+    stack.enter_context(procs)
+    return {p.name: p.pid for p, _ in procs.procs}
+
+
+def run(rate: float, duration: float, segments: int) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="npcflow-bench-"))
+    with ExitStack() as stack:
+        configured = os.environ.get("NPCFLOW_KAFKA_BOOTSTRAP")
+        broker: dict[str, int] = {}
+        if configured:
+            bootstrap = configured
+        else:
+            embedded = EmbeddedStack(work / "stack")
+            bootstrap = embedded.start().kafka_bootstrap
+            stack.callback(embedded.stop)
+            broker = {
+                p.name.replace("kafka", "broker"): p.pid for p in embedded.processes if p.name == "kafka"
+            }
+        for prefix in (FLOOR_PREFIX, PIPELINE_PREFIX):
+            asyncio.run(create_topics(bootstrap, prefix))
+        floor = Side("floor", FLOOR_PREFIX, key_by_request=True)
+        pipe = Side("pipeline", PIPELINE_PREFIX, key_by_request=False)
+        floor.pids = broker | start_floor(bootstrap, work, stack) | {"load": os.getpid()}
+        pipe.pids = broker | start_pipeline(bootstrap, work, stack) | {"load": os.getpid()}
+        for _ in range(segments):
+            for side in (floor, pipe):
+                asyncio.run(segment(bootstrap, side, rate, duration / segments))
+    f, p = percentiles(floor.latencies), percentiles(pipe.latencies)
+    return {
+        "rate": rate,
+        "duration_s": duration,
+        "segments": segments,
+        "sent": pipe.sent,
+        "received": pipe.received,
+        "lost": pipe.sent - pipe.received,
+        "pipeline_ms": p,
+        "floor_ms": f,
+        "floor_sent": floor.sent,
+        "floor_lost": floor.sent - floor.received,
+        "ratio_p50": round(p["p50"] / f["p50"], 2) if p["p50"] and f["p50"] else None,
+        "ratio_p99": round(p["p99"] / f["p99"], 2) if p["p99"] and f["p99"] else None,
+        "pipeline_to_worker_ms": percentiles(pipe.to_worker_ms),
+        "cpu_cores": {"floor": floor.cpu_cores(), "pipeline": pipe.cpu_cores()},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load for each side")
+    parser.add_argument("--segments", type=int, default=4, help="alternating segments per side")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
     eventloop.install()
-
-    work = Path(tempfile.mkdtemp(prefix="npcflow-bench-"))
-    configured = os.environ.get("NPCFLOW_KAFKA_BOOTSTRAP")
-    stack = None if configured else EmbeddedStack(work / "stack")
-    bootstrap = configured or stack.start().kafka_bootstrap  # type: ignore[union-attr]
-    try:
-        broker = {"broker": p.pid for p in (stack.processes if stack else []) if p.name == "kafka"}  # noqa: B035
-        f_sent, f_recv, f_lat, f_cpu = run_floor(bootstrap, work, args.rate, args.duration, broker)
-        p_sent, p_recv, p_lat, p_cpu = run_pipeline(bootstrap, work, args.rate, args.duration, broker)
-    finally:
-        if stack is not None:
-            stack.stop()
-    floor, pipe = percentiles(f_lat), percentiles(p_lat)
-    result = {
-        "rate": args.rate,
-        "duration_s": args.duration,
-        "sent": p_sent,
-        "received": p_recv,
-        "lost": p_sent - p_recv,
-        "pipeline_ms": pipe,
-        "floor_ms": floor,
-        "floor_sent": f_sent,
-        "floor_lost": f_sent - f_recv,
-        "ratio_p50": round(pipe["p50"] / floor["p50"], 2) if pipe["p50"] and floor["p50"] else None,
-        "ratio_p99": round(pipe["p99"] / floor["p99"], 2) if pipe["p99"] and floor["p99"] else None,
-        "cpu_cores": {"floor": f_cpu, "pipeline": p_cpu},
-    }
+    result = run(args.rate, args.duration, args.segments)
     if not args.json:
-        print(f"floor {floor}  pipeline {pipe}", file=sys.stderr)
+        print(f"floor {result['floor_ms']}  pipeline {result['pipeline_ms']}", file=sys.stderr)
     print(json.dumps(result))
 
 

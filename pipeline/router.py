@@ -15,6 +15,7 @@ import asyncio
 import base64
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from topics.schemas import DeadLetter, InvalidEvent, Request, RoutingDecision, p
 log = logging.getLogger("npcflow.router")
 
 ENV_SESSION_TIMEOUT = "NPCFLOW_SESSION_TIMEOUT_S"
+ENV_GIL_SWITCH_S = "NPCFLOW_GIL_SWITCH_S"
 
 
 @dataclass
@@ -218,6 +220,9 @@ def _log_send_failure(ack: asyncio.Future) -> None:
 
 def run_router(settings: Settings, loglevel: str = "info") -> None:
     """Run one router process until SIGINT/SIGTERM (the faust worker owns the event loop)."""
+    # faust runs its Kafka consumer in a second thread; with the default 5 ms GIL switch interval a
+    # record fetched there can wait a whole interval for the agent's thread (and the reverse).
+    sys.setswitchinterval(float(os.environ.get(ENV_GIL_SWITCH_S, "0.0005")))
     app, _ = create_app(settings.require_kafka(), prefix=settings.topic_prefix)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
