@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from pipeline import eventloop
-from pipeline.config import Settings
+from pipeline.config import ConfigError, Settings
 from pipeline.stack_cli import stack
 from topics.catalogue import CATALOGUE, Tier
 
@@ -24,7 +24,21 @@ def _setup_logging(level: str) -> None:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """Errors a user can fix (configuration, an unreachable stack) become one clear line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from pipeline.policy import PolicyError
+        from pipeline.stack import StackError
+        from workers.engines.base import EngineUnavailable
+
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, PolicyError, StackError, EngineUnavailable) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
 def main(log_level: str) -> None:
     """npcflow: route NPC inference requests over Kafka to Gold, Silver and Bronze tiers.

@@ -29,6 +29,10 @@ ENDPOINT_VARS: tuple[str, ...] = (
 )
 
 
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
 def state_dir() -> Path:
     """Where the embedded stack keeps pids, data and ``stack.env`` (``.npcflow`` in the cwd by default)."""
     return Path(os.environ.get(ENV_STATE_DIR, ".npcflow")).resolve()
@@ -86,7 +90,7 @@ class Settings:
     def require_kafka(self) -> str:
         """The bootstrap servers, or a clear error saying how to provide them."""
         if not self.kafka_bootstrap:
-            raise RuntimeError(
+            raise ConfigError(
                 f"no Kafka broker configured: set {ENV_KAFKA_BOOTSTRAP}=host:port "
                 "or start the embedded stack with `npcflow stack up --detach`"
             )

@@ -13,6 +13,7 @@ LATENCY_BUCKETS_MS = (1, 2, 5, 10, 16, 25, 50, 100, 250, 500, 1000, 2500, 5000, 
 REPLIES = Counter(
     "npcflow_replies_total", "Replies produced by tier workers", ["tier", "status", "served_by"]
 )
+ROUTED = Counter("npcflow_routed_total", "Requests routed to a tier", ["tier", "sla", "contradiction"])
 DEAD_LETTERS = Counter("npcflow_dead_letters_total", "Events sent to the dead-letter topic", ["stage"])
 REPLY_LATENCY_MS = Histogram(
     "npcflow_reply_latency_ms",

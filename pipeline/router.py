@@ -150,6 +150,7 @@ def create_app(
         )
         await decisions.send(routing_topic, decision.to_bytes(), request.request_id.encode())
         stats.routed[route.tier.value] += 1
+        metrics.ROUTED.labels(route.tier.value, route.sla.value, str(route.contradiction is not None)).inc()
         if route.contradiction:
             log.info("request %s: %s", request.request_id, route.reason)
 
@@ -224,5 +225,6 @@ def run_router(settings: Settings, loglevel: str = "info") -> None:
     # record fetched there can wait a whole interval for the agent's thread (and the reverse).
     sys.setswitchinterval(float(os.environ.get(ENV_GIL_SWITCH_S, "0.0005")))
     app, _ = create_app(settings.require_kafka(), prefix=settings.topic_prefix)
+    metrics.serve_metrics_from_env()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from pipeline.config import ConfigError
 from workers.engines.base import Engine, EngineError, EngineResult, EngineUnavailable
 
 ENV_ENGINE = "NPCFLOW_ENGINE"
@@ -32,5 +33,8 @@ def build_engine(spec: str, tier: str) -> Engine:
     if kind == "scripted":
         from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 
-        return ScriptedEngine(ScriptedProfile.parse(arg))
-    raise ValueError(f"unknown engine {spec!r} for tier {tier}: use 'embedded' or 'scripted:<profile>'")
+        try:
+            return ScriptedEngine(ScriptedProfile.parse(arg))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    raise ConfigError(f"unknown engine {spec!r} for tier {tier}: use 'embedded' or 'scripted:<profile>'")
