@@ -71,8 +71,18 @@ class NPCClient:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
+        #: Why the reply reader stopped, if it did; requests then fail at once.
+        self.reader_error: Exception | None = None
 
     async def start(self) -> None:
+        """Connect and position at the end of the reply topic; on failure close what was opened."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0, acks=1)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
@@ -161,6 +171,8 @@ class NPCClient:
 
     async def request(self, request: Request, timeout_s: float = 30.0) -> Reply:
         """Produce the request and wait for its one reply; raises :class:`ReplyTimeout`."""
+        if self.reader_error is not None:
+            raise ConnectionError(f"reply reader stopped: {self.reader_error}")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[request.request_id] = fut
@@ -181,11 +193,19 @@ class NPCClient:
 
     async def _read_replies(self) -> None:
         assert self._consumer is not None
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                for record in records:
-                    self._deliver(record.value or b"")
+        try:
+            while True:
+                batches = await self._consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        self._deliver(record.value or b"")
+        except Exception as exc:
+            # Without a reader no reply can arrive: fail every waiting request now, not at its timeout.
+            log.error("reply reader for %s stopped: %s", self.reply_topic, exc)
+            self.reader_error = exc
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError(f"reply reader stopped: {exc}"))
 
     def _deliver(self, raw: bytes) -> None:
         try:

@@ -8,7 +8,7 @@ Every process (router, tier workers, sinks, CLI, tests) reads its endpoints from
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ENV_KAFKA_BOOTSTRAP = "NPCFLOW_KAFKA_BOOTSTRAP"
@@ -18,6 +18,14 @@ ENV_S3_ENDPOINT = "NPCFLOW_S3_ENDPOINT"
 ENV_OPENSEARCH_URL = "NPCFLOW_OPENSEARCH_URL"
 ENV_TOPIC_PREFIX = "NPCFLOW_TOPIC_PREFIX"
 ENV_STATE_DIR = "NPCFLOW_STATE_DIR"
+ENV_POLICY_FILE = "NPCFLOW_POLICY_FILE"
+ENV_FETCH_MAX_WAIT_MS = "NPCFLOW_FETCH_MAX_WAIT_MS"
+ENV_SESSION_TIMEOUT_S = "NPCFLOW_SESSION_TIMEOUT_S"
+
+#: Consumer fetch wait on latency paths: the embedded broker answers a waiting fetch late (DESIGN §3).
+DEFAULT_FETCH_MAX_WAIT_MS = 5
+#: Consumer-group session timeout; a new member joins in about half of it (DESIGN §6).
+DEFAULT_SESSION_TIMEOUT_S = 6.0
 
 #: The endpoint variables, in the order ``stack.env`` lists them.
 ENDPOINT_VARS: tuple[str, ...] = (
@@ -36,6 +44,19 @@ class ConfigError(RuntimeError):
 def state_dir() -> Path:
     """Where the embedded stack keeps pids, data and ``stack.env`` (``.npcflow`` in the cwd by default)."""
     return Path(os.environ.get(ENV_STATE_DIR, ".npcflow")).resolve()
+
+
+def fetch_max_wait_ms() -> int:
+    return int(_env(ENV_FETCH_MAX_WAIT_MS, str(DEFAULT_FETCH_MAX_WAIT_MS)) or DEFAULT_FETCH_MAX_WAIT_MS)
+
+
+def session_timeout_s() -> float:
+    return float(_env(ENV_SESSION_TIMEOUT_S, str(DEFAULT_SESSION_TIMEOUT_S)) or DEFAULT_SESSION_TIMEOUT_S)
+
+
+def policy_file() -> str | None:
+    """The routing policy file, or None for the packaged default (router and workers must agree)."""
+    return _env(ENV_POLICY_FILE)
 
 
 def load_env_file(path: Path) -> dict[str, str]:
@@ -65,7 +86,6 @@ class Settings:
     s3_endpoint: str | None = None
     opensearch_url: str | None = None
     topic_prefix: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -10,18 +10,12 @@ fetch wait changed (default 5 ms, ``NPCFLOW_FETCH_MAX_WAIT_MS`` to override).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-ENV_FETCH_MAX_WAIT_MS = "NPCFLOW_FETCH_MAX_WAIT_MS"
-DEFAULT_FETCH_MAX_WAIT_MS = 5
-
-
-def fetch_max_wait_ms() -> int:
-    return int(os.environ.get(ENV_FETCH_MAX_WAIT_MS, DEFAULT_FETCH_MAX_WAIT_MS))
+from pipeline.config import fetch_max_wait_ms
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.config import policy_file
 from topics.catalogue import Tier
 from topics.schemas import Request, Sla
-
-ENV_POLICY_FILE = "NPCFLOW_POLICY_FILE"
 
 
 class PolicyError(ValueError):
@@ -54,7 +53,8 @@ class RoutingPolicy:
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> RoutingPolicy:
-        """Load ``path``, or the packaged default policy when none is given."""
+        """Load ``path``, else ``NPCFLOW_POLICY_FILE``, else the packaged default policy."""
+        path = path or policy_file()
         text = (
             Path(path).read_text()
             if path
@@ -109,15 +109,22 @@ class RoutingPolicy:
             return f"tools {request.tools} not offered by {tier.value}"
         return None
 
-    def route(self, request: Request) -> Route:
-        """Pick the tier and the absolute deadline; raises :class:`Unroutable` if nothing fits."""
+    def route(self, request: Request, received_ms: int | None = None) -> Route:
+        """Pick the tier and the absolute deadline; raises :class:`Unroutable` if nothing fits.
+
+        The budget counts from ``created_at_ms``, but never from later than ``received_ms``: a game
+        server whose clock runs ahead cannot buy its requests longer deadlines.
+        """
+        start_ms = request.created_at_ms if received_ms is None else min(request.created_at_ms, received_ms)
         sla, why = self.classify(request)
         wanted = self.sla_tiers[sla]
         order = list(Tier)
         problem = self._cannot_serve(wanted, request)
         if problem is None:
             budget = request.latency_budget_ms or self.tiers[wanted].default_budget_ms
-            return Route(wanted, sla, request.created_at_ms + budget, f"{why} → {wanted.value}")
+            return Route(
+                wanted, sla, start_ms + budget, f"{why} → {wanted.value}{self._budget_note(sla, request)}"
+            )
         for tier in order[order.index(wanted) + 1 :]:
             if self._cannot_serve(tier, request) is None:
                 budget = max(request.latency_budget_ms or 0, self.tiers[tier].default_budget_ms)
@@ -125,11 +132,22 @@ class RoutingPolicy:
                 return Route(
                     tier,
                     sla,
-                    request.created_at_ms + budget,
+                    start_ms + budget,
                     f"{contradiction} → demoted to {tier.value} with a {budget} ms budget",
                     contradiction,
                 )
         raise Unroutable(f"{why} asks {wanted.value}, but {problem}, and no slower tier can serve it")
+
+    def _budget_note(self, sla: Sla, request: Request) -> str:
+        """An explicit SLA picks the tier and the budget the deadline; say so when they disagree."""
+        budget = request.latency_budget_ms
+        if request.sla is None or budget is None:
+            return ""
+        ceiling = self.sla_max_budget_ms[sla]
+        floor = max((c for c in self.sla_max_budget_ms.values() if c < ceiling), default=0)
+        if budget > ceiling or budget <= floor:
+            return f" (budget {budget} ms lies outside {sla.value}'s class; the deadline follows the budget)"
+        return ""
 
     def cost_usd(self, tier: Tier, tokens: int) -> float:
         return round(self.tiers[tier].usd_per_1k_tokens * tokens / 1000.0, 9)

@@ -12,7 +12,6 @@ and the client drops the duplicate reply.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 import sys
@@ -25,16 +24,15 @@ import mode
 from aiokafka import AIOKafkaProducer
 
 from pipeline import metrics
-from pipeline.config import Settings
+from pipeline.config import Settings, session_timeout_s
 from pipeline.deadlines import deadline_headers, now_ms
 from pipeline.policy import RoutingPolicy, Unroutable
 from pipeline.readiness import mark_ready
-from topics.catalogue import DLQ, REQUESTS, ROUTING, TIER_TOPICS, Tier
+from topics.catalogue import DLQ, REPLIES, REQUESTS, ROUTING, TIER_TOPICS, Tier, reply_topic_allowed
 from topics.schemas import DeadLetter, InvalidEvent, Request, RoutingDecision, parse_request
 
 log = logging.getLogger("npcflow.router")
 
-ENV_SESSION_TIMEOUT = "NPCFLOW_SESSION_TIMEOUT_S"
 ENV_GIL_SWITCH_S = "NPCFLOW_GIL_SWITCH_S"
 
 
@@ -42,36 +40,6 @@ ENV_GIL_SWITCH_S = "NPCFLOW_GIL_SWITCH_S"
 class RouterStats:
     routed: dict[str, int] = field(default_factory=lambda: {t.value: 0 for t in Tier})
     dead_letters: int = 0
-
-
-#: Dead letters keep at most this much of the original, so one stays under the broker's message limit.
-MAX_DEAD_LETTER_ORIGINAL = 256 * 1024
-
-
-def dead_letter(
-    raw: bytes | None,
-    reason: str,
-    topic: str,
-    partition: int,
-    offset: int,
-    errors: list | None = None,
-    stage: str = "router",
-) -> DeadLetter:
-    """The dead-letter record for one rejected event, keeping its bytes (base64) and origin."""
-    body = raw or b""
-    kept = body[:MAX_DEAD_LETTER_ORIGINAL]
-    return DeadLetter(
-        reason=reason[:4000],
-        errors=errors or [],
-        original_b64=base64.b64encode(kept).decode(),
-        original_size=len(body),
-        original_truncated=len(kept) < len(body),
-        source_topic=topic,
-        source_partition=partition,
-        source_offset=offset,
-        stage=stage,  # type: ignore[arg-type]
-        failed_at_ms=now_ms(),
-    )
 
 
 def create_app(
@@ -83,9 +51,9 @@ def create_app(
     datadir: Path | None = None,
 ) -> tuple[faust.App, RouterStats]:
     """Build the router app; several processes with the same ``app_id`` share the intake."""
-    policy = policy or RoutingPolicy.load(os.environ.get("NPCFLOW_POLICY_FILE") or None)
+    policy = policy or RoutingPolicy.load()
     prefix_value = prefix if prefix is not None else os.environ.get("NPCFLOW_TOPIC_PREFIX", "")
-    session_timeout = float(os.environ.get(ENV_SESSION_TIMEOUT, "6"))
+    session_timeout = session_timeout_s()
     app = faust.App(
         app_id or f"{prefix_value}npcflow-router",
         broker=f"npcflow://{bootstrap}",
@@ -109,17 +77,30 @@ def create_app(
     tier_topics = {tier: spec.name(prefix) for tier, spec in TIER_TOPICS.items()}
     dlq_topic = DLQ.name(prefix)
 
+    crashing: list[asyncio.Future] = []
+
+    def on_delivery(ack: asyncio.Future) -> None:
+        if ack.cancelled() or ack.exception() is None:
+            return
+        # aiokafka retried until its delivery timeout: the broker is gone. Stop rather than go on
+        # committing offsets of requests that were never forwarded.
+        log.critical("router cannot produce (%s); stopping", ack.exception())
+        crashing.append(asyncio.ensure_future(app.crash(ack.exception())))
+
     async def produce(topic: str, key: bytes, value: bytes, headers: list | None = None) -> None:
         # Straight to faust's producer: faust flushes it before every offset commit (at-least-once),
         # without the per-message bookkeeping of Topic.send that we do not use.
-        await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
+        ack = await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
+        ack.add_done_callback(on_delivery)
 
     routing_topic = ROUTING.name(prefix)
     decisions = DecisionLog(bootstrap)
     app.service(decisions.service())
 
     async def reject(message: faust.types.Message, reason: str, errors: list | None = None) -> None:
-        record = dead_letter(message.value, reason, message.topic, message.partition, message.offset, errors)
+        record = DeadLetter.of(
+            message.value, reason, message.topic, message.partition, message.offset, errors
+        )
         await produce(dlq_topic, message.topic.encode(), record.to_bytes())
         stats.dead_letters += 1
         metrics.DEAD_LETTERS.labels("router").inc()
@@ -129,7 +110,12 @@ def create_app(
         raw = message.value
         try:
             request: Request = parse_request(raw)
-            route = policy.route(request)
+            if request.reply_topic and not reply_topic_allowed(request.reply_topic, prefix):
+                default = REPLIES.name(prefix)
+                raise InvalidEvent(
+                    f"invalid request: reply_topic {request.reply_topic!r}: use {default}[.<name>]"
+                )
+            route = policy.route(request, received_ms=now_ms())
         except InvalidEvent as exc:
             await reject(message, exc.reason, exc.errors)
             return

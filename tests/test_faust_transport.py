@@ -6,6 +6,7 @@ import faust
 import pytest
 
 from pipeline import faust_transport
+from pipeline.config import ENV_FETCH_MAX_WAIT_MS
 from pipeline.router import create_app
 
 
@@ -15,7 +16,7 @@ def test_npcflow_scheme_resolves_to_our_transport() -> None:
 
 @pytest.mark.parametrize("wait_ms", ["5", "40"])
 async def test_worker_consumer_gets_the_configured_fetch_wait(monkeypatch, tmp_path, wait_ms: str) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv(faust_transport.ENV_FETCH_MAX_WAIT_MS, wait_ms)
+    monkeypatch.setenv(ENV_FETCH_MAX_WAIT_MS, wait_ms)
     app, _ = create_app("127.0.0.1:9", prefix="x.", datadir=tmp_path)
     thread = app.consumer._thread
     assert isinstance(thread, faust_transport.ConsumerThread)

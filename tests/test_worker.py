@@ -24,9 +24,7 @@ async def running_worker(
     kafka: str, prefix: str, tier: Tier, engine: ScriptedEngine, **config: object
 ) -> AsyncIterator[TierWorker]:
     """A worker consuming in the background; yields once its group assigned it partitions."""
-    worker = TierWorker(
-        WorkerConfig(tier=tier, bootstrap=kafka, prefix=prefix, session_timeout_ms=2000, **config), engine
-    )
+    worker = TierWorker(WorkerConfig(tier=tier, bootstrap=kafka, prefix=prefix, **config), engine)
     await worker.start()
     task = asyncio.create_task(worker.run())
     try:
@@ -106,11 +104,11 @@ async def test_expired_request_is_answered_expired_without_an_engine_call(
 async def test_late_result_is_still_replied_and_marked_late(
     kafka: str, prefix: str, producer: AIOKafkaProducer
 ) -> None:
-    engine = ScriptedEngine(ScriptedProfile(latency_ms=400))
+    engine = ScriptedEngine(ScriptedProfile(latency_ms=1500))
     async with running_worker(kafka, prefix, Tier.GOLD, engine):
-        reply = await serve_one(kafka, prefix, producer, Tier.GOLD, make_request(2), 150)
+        reply = await serve_one(kafka, prefix, producer, Tier.GOLD, make_request(2), 1000)
         assert reply.status == "ok" and reply.late is True and engine.calls == 1
-        assert reply.latency.engine_ms >= 400
+        assert reply.latency.engine_ms >= 1500
 
 
 async def test_engine_failure_becomes_an_error_reply_and_poison_goes_to_the_dlq(
@@ -155,3 +153,43 @@ async def test_two_workers_of_one_tier_share_the_load(
         ids = [Reply.from_bytes(r.value).request_id for r in records]
         wanted = {r.request_id for r in requests}
         assert sorted(i for i in ids if i in wanted) == sorted(wanted)
+
+
+async def test_a_rebalance_mid_load_hands_over_queued_records_and_commits_go_on(
+    kafka: str, prefix: str, producer: AIOKafkaProducer
+) -> None:
+    """Worker A is busy (one slow engine slot) when B joins: A gives up the records it has not
+    started, B serves them, every request is answered, and both keep committing afterwards."""
+    group = f"{prefix}gold-rebalance"
+    topic = TIER_TOPICS[Tier.GOLD].name(prefix)
+    slow = ScriptedEngine(ScriptedProfile(latency_ms=100))
+    other = ScriptedEngine(ScriptedProfile(latency_ms=100))
+    requests = [make_request(300 + i) for i in range(40)]
+    async with contextlib.AsyncExitStack() as stack:
+        a = await stack.enter_async_context(
+            running_worker(kafka, prefix, Tier.GOLD, slow, group_id=group, max_in_flight=1)
+        )
+        deadline = now_ms() + 120_000
+        for r in requests:
+            await producer.send(
+                topic, r.to_bytes(), key=r.npc_id.encode(), headers=deadline_headers(deadline, "gold")
+            )
+        await producer.flush()
+        assert await eventually(lambda: slow.calls >= 3, timeout_s=20)
+        b = await stack.enter_async_context(
+            running_worker(kafka, prefix, Tier.GOLD, other, group_id=group, max_in_flight=1)
+        )
+        assert await eventually(lambda: bool(a.partitions()) and bool(b.partitions()), timeout_s=30)
+        assert await eventually(lambda: slow.calls + other.calls >= len(requests), timeout_s=60)
+        assert other.calls > 0
+        wanted = {r.request_id for r in requests}
+        records = await read_topic(kafka, REPLIES.name(prefix), expect=len(requests))
+        answered = {Reply.from_bytes(r.value).request_id for r in records}
+        assert wanted <= answered
+        # Commits were not wedged by the revoke: each worker's committed offsets reach its partitions' ends.
+        for w in (a, b):
+            for _ in range(50):
+                if await w.lag() == 0:
+                    break
+                await asyncio.sleep(0.2)
+            assert await w.lag() == 0

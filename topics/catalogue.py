@@ -118,6 +118,17 @@ GAME_STATE = TopicSpec(
     compacted=True,
 )
 
+
+def reply_topic_allowed(topic: str, prefix: str | None = None) -> bool:
+    """A request may name ``npc.replies`` or ``npc.replies.<anything>`` (same prefix), nothing else.
+
+    Otherwise any game server could make workers write replies into the tier, output or
+    game-state topics.
+    """
+    default = REPLIES.name(prefix)
+    return topic == default or topic.startswith(default + ".")
+
+
 CATALOGUE: tuple[TopicSpec, ...] = (
     REQUESTS,
     REQUESTS_GOLD,

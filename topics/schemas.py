@@ -35,6 +35,8 @@ MAX_PROMPT_CHARS = 4000
 MAX_TOKENS_LIMIT = 2000
 MAX_LATENCY_BUDGET_MS = 3_600_000
 MAX_TIMESTAMP_MS = 2**53 - 1
+#: Dead letters keep at most this much of the original event.
+MAX_DEAD_LETTER_ORIGINAL = 256 * 1024
 
 
 def _integral_float_to_int(value: Any) -> Any:
@@ -199,6 +201,33 @@ class DeadLetter(Event):
     def original(self) -> bytes:
         return base64.b64decode(self.original_b64)
 
+    @classmethod
+    def of(
+        cls,
+        raw: bytes | None,
+        reason: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        errors: list[FieldError] | None = None,
+        stage: Literal["router", "worker"] = "router",
+    ) -> DeadLetter:
+        """The record for one rejected event: its bytes (cut to fit a Kafka message) and its origin."""
+        body = raw or b""
+        kept = body[:MAX_DEAD_LETTER_ORIGINAL]
+        return cls(
+            reason=reason[:4000],
+            errors=errors or [],
+            original_b64=base64.b64encode(kept).decode(),
+            original_size=len(body),
+            original_truncated=len(kept) < len(body),
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            stage=stage,
+            failed_at_ms=int(time.time() * 1000),
+        )
+
 
 JsonValue = Any
 
@@ -263,7 +292,3 @@ def parse_request(raw: bytes) -> Request:
         errors = field_errors(exc)
         reason = "; ".join(f"{e.field}: {e.message} [{e.rule}]" for e in errors)
         raise InvalidEvent(f"invalid request: {reason}", errors) from None
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

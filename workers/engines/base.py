@@ -28,6 +28,8 @@ class Engine(Protocol):
     """``generate`` gets the absolute deadline so an engine can size its own timeout from it."""
 
     name: str
+    #: Calls the engine can usefully run at once; None when only the worker's limit applies.
+    max_concurrency: int | None
 
     async def start(self) -> None: ...
 

@@ -13,6 +13,10 @@ import asyncio
 import importlib.util
 import logging
 import os
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +58,13 @@ class EmbeddedEngine:
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.name = "embedded:smollm2-135m"
+        #: One model, one thread: a second call would only wait in line (and miss its deadline there).
+        self.max_concurrency = 1
         self._llm: Any = None
-        self._lock = asyncio.Lock()
+        # One thread owns the model: a Llama object is not thread-safe, and a call abandoned by a
+        # timeout keeps running in its thread, so a lock released on cancellation would not do.
+        # Queued calls that are cancelled before they start are dropped by the executor.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npcflow-llama")
 
     async def start(self) -> None:
         path = self.model_path or bundled_model_path()
@@ -66,15 +75,19 @@ class EmbeddedEngine:
         except ImportError as exc:
             raise EngineUnavailable(f"embedded engine: llama-cpp-python is not installed ({exc})") from exc
         threads = int(os.environ.get(ENV_THREADS, "0")) or min(2, os.cpu_count() or 1)
-        self._llm = await asyncio.to_thread(
-            Llama, model_path=str(path), n_ctx=self.n_ctx, n_threads=threads, verbose=False
+        self._llm = await self._run(
+            partial(Llama, model_path=str(path), n_ctx=self.n_ctx, n_threads=threads, verbose=False)
         )
         log.info("embedded engine loaded %s (%d threads)", path.name, threads)
 
     async def stop(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
-            await asyncio.to_thread(llm.close)
+            await self._run(llm.close)
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
     async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
         if self._llm is None:
@@ -83,17 +96,17 @@ class EmbeddedEngine:
             {"role": "system", "content": self.persona},
             {"role": "user", "content": f"[{request.npc_id}] {request.prompt}"},
         ]
-        async with self._lock:
-            try:
-                out = await asyncio.to_thread(
-                    self._llm.create_chat_completion,
-                    messages=messages,
-                    max_tokens=request.max_tokens,
-                    temperature=0.7,
-                    seed=hash(request.request_id) & 0x7FFFFFFF,
-                )
-            except Exception as exc:  # llama.cpp raises bare RuntimeError/ValueError on bad input
-                raise EngineError(f"embedded engine failed: {exc}") from exc
+        call = partial(
+            self._llm.create_chat_completion,
+            messages=messages,
+            max_tokens=request.max_tokens,
+            temperature=0.7,
+            seed=zlib.crc32(request.request_id.encode()),
+        )
+        try:
+            out = await self._run(call)
+        except Exception as exc:  # llama.cpp raises bare RuntimeError/ValueError on bad input
+            raise EngineError(f"embedded engine failed: {exc}") from exc
         usage = out.get("usage") or {}
         text = (out["choices"][0]["message"].get("content") or "").strip()
         return EngineResult(

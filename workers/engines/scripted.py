@@ -43,6 +43,7 @@ class ScriptedEngine:
         self.profile = profile or ScriptedProfile()
         self.name = f"scripted(latency_ms={self.profile.latency_ms:g})"
         self.calls = 0
+        self.max_concurrency: int | None = None
 
     async def start(self) -> None:
         return None
