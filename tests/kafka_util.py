@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, expect: int, timeout_s: float = 30.0
+    bootstrap: str,
+    topic: str,
+    *,
+    expect: int = 0,
+    until: Callable[[list[ConsumerRecord]], bool] | None = None,
+    timeout_s: float = 30.0,
 ) -> list[ConsumerRecord]:
-    """Read ``topic`` from the start until ``expect`` records arrived (or the timeout), then 1 s more.
+    """Read ``topic`` from the start until ``expect`` records arrived and ``until`` (if given) holds,
+    or the timeout passed; then 1 s more.
 
     The extra second is how a duplicate would show up: tests assert the exact count afterwards.
     """
@@ -23,7 +30,7 @@ async def read_topic(
     records: list[ConsumerRecord] = []
     try:
         deadline = time.monotonic() + timeout_s
-        while len(records) < expect and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (len(records) < expect or (until and not until(records))):
             batches = await consumer.getmany(timeout_ms=200)
             for batch in batches.values():
                 records.extend(batch)

@@ -14,10 +14,10 @@ from aiokafka import AIOKafkaProducer
 from pipeline.client import NPCClient
 from pipeline.processes import PipelineProcesses
 from pipeline.stack import StackEndpoints
-from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, encode
+from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, VALID_REQUEST, encode
 from tests.kafka_util import eventually, read_topic
-from topics.catalogue import DLQ, REPLIES, REQUESTS, Tier
-from topics.schemas import DeadLetter, Reply, Request, Sla
+from topics.catalogue import DLQ, REPLIES, REQUESTS, ROUTING, Tier
+from topics.schemas import DeadLetter, Reply, Request, RoutingDecision, Sla
 
 ENGINES = {
     Tier.GOLD: "scripted:latency_ms=1",
@@ -94,6 +94,14 @@ async def test_300_mixed_requests_get_exactly_one_reply_on_the_right_tier(
         assert len(counts) == 300 and set(counts.values()) == {1}
         assert all(r.key == Reply.from_bytes(r.value).request_id.encode() for r in records)
 
+        # One routing decision per request, naming the tier and why.
+        ids = {r.request_id for r, _ in cases}
+        routing = await read_topic(kafka, ROUTING.name(prefix), expect=300)
+        decisions = [d for d in (RoutingDecision.from_bytes(r.value) for r in routing) if d.request_id in ids]
+        assert sorted(d.request_id for d in decisions) == sorted(ids)
+        expected_tier = {r.request_id: tier for r, tier in cases}
+        assert all(d.tier == expected_tier[d.request_id] and d.sla.value in d.reason for d in decisions)
+
         # A duplicate delivery (as at-least-once allows) is dropped and counted, never returned twice.
         producer = AIOKafkaProducer(bootstrap_servers=kafka)
         await producer.start()
@@ -106,10 +114,14 @@ async def test_300_mixed_requests_get_exactly_one_reply_on_the_right_tier(
 async def test_invalid_events_are_dead_lettered_while_valid_traffic_is_served(
     pipeline: PipelineProcesses, kafka: str, prefix: str
 ) -> None:
+    # A request naming a topic that is not a reply topic would make workers write into it.
+    hijack = encode({**VALID_REQUEST, "request_id": "hijack", "reply_topic": f"{prefix}npc.outputs"})
     bad = [raw for _, raw, _ in INVALID_RAW_BODIES] + [encode(body) for _, body, _, _ in INVALID_JSON_BODIES]
+    bad.append(hijack)
     expected_words = {raw: words for _, raw, words in INVALID_RAW_BODIES} | {
         encode(body): field for _, body, field, _ in INVALID_JSON_BODIES
     }
+    expected_words[hijack] = "reply_topic"
     async with NPCClient(kafka, tenant_id="gs-test", prefix=prefix) as client:
         producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=0)
         await producer.start()
@@ -142,3 +154,33 @@ async def test_a_valid_request_with_a_custom_reply_topic_is_answered_there(
         assert json.loads(request.to_bytes())["reply_topic"] == custom
         reply = await client.request(request, timeout_s=30)
         assert reply.tier == Tier.SILVER
+
+
+def decision_for(records: list, request_id: str) -> RoutingDecision | None:
+    found = (RoutingDecision.from_bytes(r.value) for r in records)
+    return next((d for d in found if d.request_id == request_id), None)
+
+
+async def test_the_router_stamps_deadlines_and_demotes_contradictions(
+    pipeline: PipelineProcesses, kafka: str, prefix: str
+) -> None:
+    async with NPCClient(kafka, tenant_id="gs-test", prefix=prefix) as client:
+        fresh = client.build_request("npc-old", "Wave.", max_tokens=8, sla=Sla.REALTIME)
+        # Created 10 s ago with a 16 ms budget: its deadline has passed before any worker sees it.
+        stale = fresh.model_copy(update={"created_at_ms": fresh.created_at_ms - 10_000})
+        # Real-time but 210 tokens: no Gold or Silver worker may take it, Bronze does.
+        big = client.build_request(
+            "npc-big", "Tell me all.", max_tokens=210, sla=Sla.REALTIME, latency_budget_ms=16
+        )
+        expired, demoted = await asyncio.gather(
+            client.request(stale, timeout_s=60), client.request(big, timeout_s=120)
+        )
+    assert expired.status == "expired" and expired.tier == Tier.GOLD and expired.served_by == "none"
+    assert demoted.tier == Tier.BRONZE and demoted.status == "ok" and demoted.text
+    records = await read_topic(
+        kafka, ROUTING.name(prefix), until=lambda rs: decision_for(rs, big.request_id) is not None
+    )
+    decision = decision_for(records, big.request_id)
+    assert decision is not None
+    assert "max_tokens=210 > gold limit 8" in decision.reason and "demoted to bronze" in decision.reason
+    assert decision.deadline_ms - big.created_at_ms >= 60_000

@@ -167,7 +167,7 @@ async def test_a_rebalance_mid_load_hands_over_queued_records_and_commits_go_on(
     requests = [make_request(300 + i) for i in range(40)]
     async with contextlib.AsyncExitStack() as stack:
         a = await stack.enter_async_context(
-            running_worker(kafka, prefix, Tier.GOLD, slow, group_id=group, max_in_flight=1)
+            running_worker(kafka, prefix, Tier.GOLD, slow, group_id=group, max_in_flight=1, max_pending=2)
         )
         deadline = now_ms() + 120_000
         for r in requests:
@@ -182,6 +182,7 @@ async def test_a_rebalance_mid_load_hands_over_queued_records_and_commits_go_on(
         assert await eventually(lambda: bool(a.partitions()) and bool(b.partitions()), timeout_s=30)
         assert await eventually(lambda: slow.calls + other.calls >= len(requests), timeout_s=60)
         assert other.calls > 0
+        assert a.stats.handed_back > 0  # the revoke found records queued in A and handed them over
         wanted = {r.request_id for r in requests}
         records = await read_topic(kafka, REPLIES.name(prefix), expect=len(requests))
         answered = {Reply.from_bytes(r.value).request_id for r in records}

@@ -91,6 +91,8 @@ class WorkerStats:
     replies: dict[str, int] = field(default_factory=dict)
     dead_letters: int = 0
     engine_calls: int = 0
+    #: Records handed back unserved on a revoke or stop (the partition's next owner serves them).
+    handed_back: int = 0
 
     def count(self, status: str) -> None:
         self.replies[status] = self.replies.get(status, 0) + 1
@@ -235,6 +237,7 @@ class TierWorker:
                         # A revoke (or stop) came while we waited: whoever owns the partition now
                         # reads this record again from the committed offset.
                         self._pending.release()
+                        self.stats.handed_back += 1
                         continue
                     self._start(tp, record)
             if time.monotonic() - last_commit >= self.config.commit_interval_s:
@@ -258,6 +261,7 @@ class TierWorker:
         for task in tasks:
             if task in self._queued:
                 task.cancel()
+                self.stats.handed_back += 1
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self._commit()
