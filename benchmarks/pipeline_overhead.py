@@ -25,6 +25,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline import eventloop
+from pipeline.metrics import percentiles
 from pipeline.processes import PipelineProcesses
 from pipeline.readiness import ENV_READY_FILE
 from pipeline.stack import EmbeddedStack, ManagedProcess, stop_processes
@@ -36,13 +37,6 @@ from topics.schemas import Reply, Request, Sla
 SEGMENT_WARMUP_S = 0.5
 FLOOR_PREFIX = "bench.floor."
 PIPELINE_PREFIX = "bench.pipe."
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None}
-    s = sorted(values)
-    return {f"p{q}": round(s[min(len(s) - 1, int(q / 100 * len(s)))], 2) for q in (50, 95, 99)}
 
 
 @dataclass
@@ -90,14 +84,14 @@ async def segment(bootstrap: str, side: Side, rate: float, duration: float) -> N
 
     async def receive() -> None:
         nonlocal received
-        while not (done_sending.is_set() and received >= len(sent_at)):
+        while not (done_sending.is_set() and not sent_at):
             batches = await consumer.getmany(timeout_ms=50)
             now = time.perf_counter()
             for records in batches.values():
                 for r in records:
-                    t0 = sent_at.get(r.key or b"")
+                    t0 = sent_at.pop(r.key or b"", None)
                     if t0 is None:
-                        continue
+                        continue  # not ours, or a duplicate: counted once
                     received += 1
                     if t0 - start >= SEGMENT_WARMUP_S:
                         side.latencies.append((now - t0) * 1000)
@@ -214,6 +208,7 @@ def run(rate: float, duration: float, segments: int) -> dict[str, object]:
         "rate": rate,
         "duration_s": duration,
         "segments": segments,
+        "warmup_s_per_segment": SEGMENT_WARMUP_S,
         "sent": pipe.sent,
         "received": pipe.received,
         "lost": pipe.sent - pipe.received,

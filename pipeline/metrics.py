@@ -30,6 +30,14 @@ ENGINE_LATENCY_MS = Histogram(
 COST_USD = Counter("npcflow_cost_usd_total", "Estimated inference cost", ["tier", "tenant"])
 
 
+def percentiles(values: list[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:
+    """Nearest-rank percentiles ``{"p50": …}`` of client-side samples (demo and benchmarks)."""
+    if not values:
+        return {f"p{q}": None for q in qs}
+    s = sorted(values)
+    return {f"p{q}": round(s[min(len(s) - 1, int(q / 100 * len(s)))], 2) for q in qs}
+
+
 def serve_metrics_from_env() -> int | None:
     """Expose /metrics when ``NPCFLOW_METRICS_PORT`` is set; returns the port or None."""
     port = os.environ.get(ENV_METRICS_PORT)

@@ -210,7 +210,14 @@ def run_router(settings: Settings, loglevel: str = "info") -> None:
     # faust runs its Kafka consumer in a second thread; with the default 5 ms GIL switch interval a
     # record fetched there can wait a whole interval for the agent's thread (and the reverse).
     sys.setswitchinterval(float(os.environ.get(ENV_GIL_SWITCH_S, "0.0005")))
-    app, _ = create_app(settings.require_kafka(), prefix=settings.topic_prefix)
+    bootstrap = settings.require_kafka()
     metrics.serve_metrics_from_env()
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    # faust wants a data directory even with in-memory tables; it holds nothing worth keeping.
+    with tempfile.TemporaryDirectory(prefix="npcflow-router-") as datadir:
+        app, _ = create_app(bootstrap, prefix=settings.topic_prefix, datadir=Path(datadir))
+        worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            if exc.code:
+                raise

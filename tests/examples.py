@@ -71,4 +71,6 @@ INVALID_RAW_BODIES: list[tuple[str, bytes, str]] = [
     ("JSON array", b"[1, 2, 3]", "object"),
     ("JSON string", b'"hello"', "object"),
     ("oversize event", b'{"prompt": "' + b"a" * 70_000 + b'"}', "byte limit"),
+    # Not JSON strictly speaking, but parsers accept it; a NaN would poison every event built from it.
+    ("NaN in context", encode(with_(request_id="nan-1")).replace(b'"mood": 0.5', b'"mood": NaN'), "finite"),
 ]

@@ -9,6 +9,7 @@ the rule, and that text is what lands in the dead-letter record.
 from __future__ import annotations
 
 import base64
+import math
 import time
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -60,6 +61,8 @@ ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 def _context_scalar(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError("finite_number", "context numbers must be finite (no NaN or Infinity)")
     if isinstance(value, str | int | float):  # bool is an int
         return value
     raise PydanticCustomError("scalar_type", "context values must be a string, number or boolean")
