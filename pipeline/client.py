@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.deadlines import now_ms
+from pipeline.lifecycle import Lifecycle
 from topics.catalogue import REPLIES, REQUESTS
 from topics.schemas import Reply, Request, Sla
 
@@ -42,7 +43,7 @@ class ClientStats:
     undecodable: int = 0
 
 
-class NPCClient:
+class NPCClient(Lifecycle):
     """A game server's handle on npcflow.
 
     ``async with NPCClient(bootstrap, tenant_id="gs-eu-1") as client: await client.request(...)``
@@ -127,13 +128,6 @@ class NPCClient:
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
-
-    async def __aenter__(self) -> NPCClient:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def build_request(
         self,

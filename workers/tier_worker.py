@@ -26,6 +26,7 @@ from aiokafka.structs import ConsumerRecord
 from pipeline import metrics
 from pipeline.config import fetch_max_wait_ms, session_timeout_s
 from pipeline.deadlines import read_deadline
+from pipeline.lifecycle import Lifecycle
 from pipeline.policy import RoutingPolicy
 from pipeline.readiness import mark_ready
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, TIER_TOPICS, Tier, reply_topic_allowed
@@ -113,7 +114,7 @@ class _Rebalance(ConsumerRebalanceListener):
             mark_ready(f"{self.worker.tier.value} worker assigned {partitions}")
 
 
-class TierWorker:
+class TierWorker(Lifecycle):
     def __init__(self, config: WorkerConfig, engine: Engine, policy: RoutingPolicy | None = None) -> None:
         self.config = config
         self.tier = config.tier
@@ -215,13 +216,6 @@ class TierWorker:
             if producer is not None:
                 await producer.stop()
         await self.engine.stop()
-
-    async def __aenter__(self) -> TierWorker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def run(self) -> None:
         """Consume until :meth:`request_stop`; commits every ``commit_interval_s``."""
