@@ -25,6 +25,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline import eventloop
+from pipeline.config import fetch_max_wait_ms
 from pipeline.metrics import percentiles
 from pipeline.processes import PipelineProcesses
 from pipeline.readiness import ENV_READY_FILE
@@ -68,7 +69,9 @@ async def segment(bootstrap: str, side: Side, rate: float, duration: float) -> N
     """Send ``rate`` req/s for ``duration`` s through one side and record its latencies."""
     intake, replies = REQUESTS.name(side.prefix), REPLIES.name(side.prefix)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=5)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=fetch_max_wait_ms()
+    )
     await producer.start()
     await consumer.start()
     tps = [TopicPartition(replies, p) for p in sorted(consumer.partitions_for_topic(replies) or [])]

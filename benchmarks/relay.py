@@ -13,6 +13,7 @@ import signal
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 
 from pipeline import eventloop
+from pipeline.config import fetch_max_wait_ms
 from pipeline.readiness import mark_ready
 
 
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--source", required=True)
     parser.add_argument("--target", required=True)
     parser.add_argument("--group", required=True)
-    parser.add_argument("--fetch-max-wait-ms", type=int, default=5)
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=fetch_max_wait_ms())
     a = parser.parse_args()
     eventloop.install()  # the same loop as the pipeline processes, so the floor is a fair one
     asyncio.run(relay(a.bootstrap, a.source, a.target, a.group, a.fetch_max_wait_ms))
