@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from pipeline.client import NPCClient
+from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.processes import PipelineProcesses
 from pipeline.stack import StackEndpoints
 from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, VALID_REQUEST, encode
@@ -184,3 +184,23 @@ async def test_the_router_stamps_deadlines_and_demotes_contradictions(
     assert decision is not None
     assert "max_tokens=210 > gold limit 8" in decision.reason and "demoted to bronze" in decision.reason
     assert decision.deadline_ms - big.created_at_ms >= 60_000
+
+
+async def test_submit_is_fire_and_forget_and_a_reply_after_the_timeout_is_dropped_as_late(
+    pipeline: PipelineProcesses, kafka: str, prefix: str
+) -> None:
+    async with NPCClient(kafka, tenant_id="gs-test", prefix=prefix) as client:
+        fired = client.build_request(
+            "npc-f", "Nod.", max_tokens=8, sla=Sla.INTERACTIVE, latency_budget_ms=60_000
+        )
+        assert await client.submit(fired) == fired.request_id
+        impatient = client.build_request(
+            "npc-i", "Nod.", max_tokens=8, sla=Sla.INTERACTIVE, latency_budget_ms=60_000
+        )
+        with pytest.raises(ReplyTimeout):
+            await client.request(impatient, timeout_s=0.001)
+        # Both replies still arrive; neither is handed to anyone, each is counted for what it is.
+        assert await eventually(
+            lambda: client.stats.late == 1 and client.stats.unsolicited == 1, timeout_s=30
+        )
+        assert client.stats.replies == 0 and client.stats.sent == 2
