@@ -28,7 +28,16 @@ from pipeline.config import Settings, session_timeout_s
 from pipeline.deadlines import deadline_headers, now_ms
 from pipeline.policy import RoutingPolicy, Unroutable
 from pipeline.readiness import mark_ready
-from topics.catalogue import DLQ, REPLIES, REQUESTS, ROUTING, TIER_TOPICS, Tier, reply_topic_allowed
+from topics.catalogue import (
+    DLQ,
+    REPLIES,
+    REQUESTS,
+    ROUTING,
+    TIER_TOPICS,
+    Tier,
+    reply_topic_allowed,
+    topic_prefix,
+)
 from topics.schemas import DeadLetter, InvalidEvent, Request, RoutingDecision, parse_request
 
 log = logging.getLogger("npcflow.router")
@@ -52,7 +61,7 @@ def create_app(
 ) -> tuple[faust.App, RouterStats]:
     """Build the router app; several processes with the same ``app_id`` share the intake."""
     policy = policy or RoutingPolicy.load()
-    prefix_value = prefix if prefix is not None else os.environ.get("NPCFLOW_TOPIC_PREFIX", "")
+    prefix_value = prefix if prefix is not None else topic_prefix()
     session_timeout = session_timeout_s()
     app = faust.App(
         app_id or f"{prefix_value}npcflow-router",
