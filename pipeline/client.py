@@ -40,6 +40,8 @@ class ClientStats:
     duplicates: int = 0
     late: int = 0
     unsolicited: int = 0
+    #: Replies produced before this client started, for nobody here (not counted as unsolicited).
+    older: int = 0
     undecodable: int = 0
 
 
@@ -72,6 +74,7 @@ class NPCClient(Lifecycle):
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._started_ms = 0
         #: Why the reply reader stopped, if it did; requests then fail at once.
         self.reader_error: Exception | None = None
 
@@ -96,6 +99,9 @@ class NPCClient(Lifecycle):
         partitions = await self._wait_for_partitions()
         tps = [TopicPartition(self.reply_topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
+        # On real Kafka this skips the topic's history. The embedded Tansu broker answers
+        # ListOffsets(latest) wrongly, so old replies can still come: _deliver ignores them by timestamp.
+        self._started_ms = now_ms()
         await self._consumer.seek_to_end(*tps)
         for tp in tps:  # resolve the end offsets now, so no reply produced after start() is missed
             await self._consumer.position(tp)
@@ -172,10 +178,14 @@ class NPCClient(Lifecycle):
         self._pending[request.request_id] = fut
         try:
             await self.submit(request)
-            return await asyncio.wait_for(fut, timeout_s)
-        except TimeoutError:
-            self._remember(self._given_up, request.request_id)
-            raise ReplyTimeout(f"no reply to {request.request_id} within {timeout_s} s") from None
+            # asyncio.wait, not wait_for: wait_for yields while cancelling, and a reply delivered in
+            # that gap would be miscounted as unsolicited instead of late.
+            done, _ = await asyncio.wait({fut}, timeout=timeout_s)
+            if not done:
+                self._remember(self._given_up, request.request_id)
+                fut.cancel()
+                raise ReplyTimeout(f"no reply to {request.request_id} within {timeout_s} s")
+            return fut.result()
         finally:
             self._pending.pop(request.request_id, None)
 
@@ -192,7 +202,7 @@ class NPCClient(Lifecycle):
                 batches = await self._consumer.getmany(timeout_ms=200)
                 for records in batches.values():
                     for record in records:
-                        self._deliver(record.value or b"")
+                        self._deliver(record.value or b"", record.timestamp)
         except Exception as exc:
             # Without a reader no reply can arrive: fail every waiting request now, not at its timeout.
             log.error("reply reader for %s stopped: %s", self.reply_topic, exc)
@@ -201,7 +211,7 @@ class NPCClient(Lifecycle):
                 if not fut.done():
                     fut.set_exception(ConnectionError(f"reply reader stopped: {exc}"))
 
-    def _deliver(self, raw: bytes) -> None:
+    def _deliver(self, raw: bytes, timestamp_ms: int) -> None:
         try:
             reply = Reply.from_bytes(raw)
         except ValueError:
@@ -217,5 +227,7 @@ class NPCClient(Lifecycle):
             self.stats.duplicates += 1
         elif rid in self._given_up:
             self.stats.late += 1
+        elif timestamp_ms < self._started_ms:
+            self.stats.older += 1
         else:
             self.stats.unsolicited += 1

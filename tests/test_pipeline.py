@@ -194,13 +194,12 @@ async def test_submit_is_fire_and_forget_and_a_reply_after_the_timeout_is_droppe
             "npc-f", "Nod.", max_tokens=8, sla=Sla.INTERACTIVE, latency_budget_ms=60_000
         )
         assert await client.submit(fired) == fired.request_id
-        impatient = client.build_request(
-            "npc-i", "Nod.", max_tokens=8, sla=Sla.INTERACTIVE, latency_budget_ms=60_000
-        )
+        # Bronze runs the real model here (≥ 0.1 s for 16 tokens): the reply comes after 20 ms.
+        impatient = client.build_request("npc-i", "Tell a tale.", max_tokens=16, sla=Sla.ASYNC)
         with pytest.raises(ReplyTimeout):
-            await client.request(impatient, timeout_s=0.001)
+            await client.request(impatient, timeout_s=0.02)
         # Both replies still arrive; neither is handed to anyone, each is counted for what it is.
         assert await eventually(
-            lambda: client.stats.late == 1 and client.stats.unsolicited == 1, timeout_s=30
-        )
+            lambda: client.stats.late == 1 and client.stats.unsolicited == 1, timeout_s=60
+        ), client.stats
         assert client.stats.replies == 0 and client.stats.sent == 2
