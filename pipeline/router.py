@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from pipeline import metrics
 from pipeline.config import Settings, session_timeout_s
 from pipeline.deadlines import deadline_headers, now_ms
+from pipeline.faust_monitor import LeanMonitor
 from pipeline.policy import RoutingPolicy, Unroutable
 from pipeline.readiness import mark_ready
 from topics.catalogue import (
@@ -80,6 +81,7 @@ def create_app(
         stream_wait_empty=False,
         key_serializer="raw",
         value_serializer="raw",
+        Monitor=LeanMonitor,
     )
     stats = RouterStats()
     intake = app.topic(REQUESTS.name(prefix), key_type=bytes, value_type=bytes)
