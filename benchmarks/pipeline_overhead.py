@@ -28,8 +28,7 @@ from pipeline import eventloop
 from pipeline.config import fetch_max_wait_ms
 from pipeline.metrics import percentiles
 from pipeline.processes import PipelineProcesses
-from pipeline.readiness import ENV_READY_FILE
-from pipeline.stack import EmbeddedStack, ManagedProcess, stop_processes
+from pipeline.stack import EmbeddedStack
 from topics.admin import create_topics
 from topics.catalogue import REPLIES, REQUESTS, REQUESTS_GOLD, Tier
 from topics.schemas import Reply, Request, Sla
@@ -141,37 +140,21 @@ async def segment(bootstrap: str, side: Side, rate: float, duration: float) -> N
 
 def start_floor(bootstrap: str, work: Path, stack: ExitStack) -> dict[str, int]:
     """The two relay processes of the floor; returns their pids once both joined their groups."""
-    procs: list[ManagedProcess] = []
-    stack.callback(stop_processes, procs)
+    relays = PipelineProcesses({}, work / "floor", routers=0, workers={})
+    stack.callback(relays.stop)
     for i, (src, dst) in enumerate([(REQUESTS, REQUESTS_GOLD), (REQUESTS_GOLD, REPLIES)]):
-        proc = ManagedProcess(
-            name=f"relay-{i}",
-            argv=[
-                sys.executable,
-                str(Path(__file__).with_name("relay.py")),
-                "--bootstrap",
-                bootstrap,
-                "--source",
-                src.name(FLOOR_PREFIX),
-                "--target",
-                dst.name(FLOOR_PREFIX),
-                "--group",
-                f"floor-{i}",
-            ],
-            log_path=work / f"relay-{i}.log",
-            env={**os.environ, ENV_READY_FILE: str(work / f"relay-{i}.ready")},
-        )
-        proc.start(die_with_parent=True)
-        procs.append(proc)
-    deadline = time.monotonic() + 60
-    while not all((work / f"relay-{i}.ready").exists() for i in range(len(procs))):
-        for proc in procs:
-            if proc.exit_problem():
-                raise RuntimeError(f"{proc.name} {proc.exit_problem()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError("floor relays did not join their groups in time")
-        time.sleep(0.05)
-    return {p.name: p.pid for p in procs}
+        relay = Path(__file__).with_name("relay.py")
+        args = [
+            "--bootstrap",
+            bootstrap,
+            "--source",
+            src.name(FLOOR_PREFIX),
+            "--target",
+            dst.name(FLOOR_PREFIX),
+        ]
+        relays.spawn(f"relay-{i}", [sys.executable, str(relay), *args, "--group", f"floor-{i}"])
+    relays.wait_ready()
+    return {p.name: p.pid for p, _ in relays.procs}
 
 
 def start_pipeline(bootstrap: str, work: Path, stack: ExitStack) -> dict[str, int]:

@@ -32,13 +32,17 @@ class PipelineProcesses:
     procs: list[tuple[ManagedProcess, Path]] = field(default_factory=list)
 
     def _spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> None:
+        self.spawn(name, [sys.executable, "-m", "pipeline.cli", *args], extra_env)
+
+    def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
+        """Start one more process that signals readiness through ``NPCFLOW_READY_FILE``."""
         ready = self.state_dir / "ready" / f"{name}.json"
         ready.parent.mkdir(parents=True, exist_ok=True)
         ready.unlink(missing_ok=True)
-        env = {**os.environ, **self.env, **extra_env, ENV_READY_FILE: str(ready)}
+        env = {**os.environ, **self.env, **(extra_env or {}), ENV_READY_FILE: str(ready)}
         proc = ManagedProcess(
             name=name,
-            argv=[sys.executable, "-m", "pipeline.cli", *args],
+            argv=argv,
             log_path=self.state_dir / "logs" / f"{name}.log",
             env=env,
         )
