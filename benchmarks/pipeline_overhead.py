@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline import eventloop
 from pipeline.config import fetch_max_wait_ms
-from pipeline.metrics import percentiles
+from pipeline.observability.metrics import percentiles
 from pipeline.processes import PipelineProcesses
 from pipeline.stack import EmbeddedStack
 from topics.admin import create_topics

@@ -1,9 +1,14 @@
-"""The ``npcflow`` command: a thin shell over importable functions."""
+"""The ``npcflow`` command: a thin shell over importable functions.
+
+The embedded stack's commands (``stack``, ``demo``) live in the ``devstack`` package and are
+registered lazily: ``npcflow run router|worker`` in production never imports laptop tooling,
+and a base install without the ``[embedded]`` extra says which extra to install.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -11,9 +16,15 @@ from pathlib import Path
 import click
 
 from pipeline import eventloop
-from pipeline.config import ConfigError, Settings
-from pipeline.stack_cli import stack
+from pipeline.config import Settings
+from pipeline.errors import UserFacingError
 from topics.catalogue import CATALOGUE, Tier
+
+#: Commands that live outside the product, imported only when invoked (or listed by --help).
+LAZY_COMMANDS = {
+    "stack": ("devstack.cli", "stack", "Start, check and stop the embedded stack (laptops, tests, CI)."),
+    "demo": ("devstack.cli", "demo", "Run the whole pipeline on the embedded stack with a simulated game."),
+}
 
 
 def _setup_logging(level: str) -> None:
@@ -25,32 +36,54 @@ def _setup_logging(level: str) -> None:
 
 
 class _Cli(click.Group):
-    """Errors a user can fix (configuration, an unreachable stack) become one clear line, not a traceback."""
+    """Lazy dev-stack commands; errors a user can fix become one clear line, not a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in LAZY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module_name, attr, help_text = LAZY_COMMANDS[cmd_name]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            return _missing_extra(cmd_name, help_text, exc)
+        command: click.Command = getattr(module, attr)
+        return command
 
     def invoke(self, ctx: click.Context) -> object:
-        from pipeline.policy import PolicyError
-        from pipeline.stack import StackError
-        from workers.engines.base import EngineUnavailable
-
         try:
             return super().invoke(ctx)
-        except (ConfigError, PolicyError, StackError, EngineUnavailable) as exc:
+        except UserFacingError as exc:
             raise click.ClickException(str(exc)) from exc
+
+
+def _missing_extra(name: str, help_text: str, exc: ImportError) -> click.Command:
+    """A stand-in command that says which extra to install, instead of an ImportError traceback."""
+
+    def fail() -> None:
+        raise click.ClickException(
+            f"`npcflow {name}` needs the embedded stack ({exc}): "
+            "pip install 'npcflow[embedded]' (make demo / make test install it)"
+        )
+
+    return click.Command(name, callback=fail, help=help_text, context_settings={"ignore_unknown_options": True})
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
-def main(log_level: str) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str) -> None:
     """npcflow: route NPC inference requests over Kafka to Gold, Silver and Bronze tiers.
 
-    Endpoints come from NPCFLOW_* environment variables, else from .npcflow/stack.env written by
-    `npcflow stack up --detach`.
+    Settings come from NPCFLOW_* environment variables; endpoints not set there come from
+    .npcflow/stack.env written by `npcflow stack up --detach`.
     """
     _setup_logging(log_level)
-    eventloop.install()
-
-
-main.add_command(stack)
+    settings = Settings.from_env()
+    ctx.obj = settings
+    eventloop.install(settings.process.event_loop)
 
 
 @main.group()
@@ -60,20 +93,22 @@ def topics() -> None:
 
 @topics.command("create")
 @click.option("--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX).")
-def topics_create(prefix: str | None) -> None:
+@click.pass_obj
+def topics_create(settings: Settings, prefix: str | None) -> None:
     """Create every catalogue topic that does not exist yet (safe to repeat)."""
     from topics.admin import create_topics
 
-    settings = Settings.from_env()
-    result = asyncio.run(create_topics(settings.require_kafka(), prefix))
+    result = asyncio.run(create_topics(settings, prefix))
     for name, outcome in result.items():
         click.echo(f"{name}: {outcome}")
 
 
 @topics.command("list")
 @click.option("--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX).")
-def topics_list(prefix: str | None) -> None:
+@click.pass_obj
+def topics_list(settings: Settings, prefix: str | None) -> None:
     """Print the catalogue: name, key, partitions, retention and purpose."""
+    prefix = settings.topic_prefix if prefix is None else prefix
     for spec in CATALOGUE:
         keep = "compacted" if spec.compacted else f"retention {spec.retention_ms} ms"
         click.echo(
@@ -103,11 +138,12 @@ def run() -> None:
 
 
 @run.command("router")
-def run_router_cmd() -> None:
+@click.pass_obj
+def run_router_cmd(settings: Settings) -> None:
     """The router: validate, classify, stamp the deadline, forward to the tier topic."""
-    from pipeline.router import run_router
+    from pipeline.router.app import run_router
 
-    run_router(Settings.from_env())
+    run_router(settings)
 
 
 @run.command("worker")
@@ -115,38 +151,18 @@ def run_router_cmd() -> None:
 @click.option(
     "--engine", default=None, help="Engine spec (default: NPCFLOW_ENGINE_<TIER>, NPCFLOW_ENGINE, embedded)."
 )
-def run_worker_cmd(tier: str, engine: str | None) -> None:
+@click.pass_obj
+def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     """A tier worker: consume the tier topic, call the engine, reply."""
-    from pipeline.metrics import serve_metrics_from_env
-    from workers.engines import build_engine, engine_spec
+    from pipeline.observability.metrics import serve_metrics
+    from workers.engines import build_engine
     from workers.tier_worker import WorkerConfig, run_worker
 
-    settings = Settings.from_env()
     tier_enum = Tier(tier)
-    spec = engine or engine_spec(tier)
-    config = WorkerConfig.from_env(tier_enum, settings.require_kafka(), settings.topic_prefix)
-    serve_metrics_from_env()
-    asyncio.run(run_worker(config, build_engine(spec, tier)))
-
-
-@main.command("demo")
-@click.option("--duration", default=60.0, show_default=True, help="Seconds of simulated traffic.")
-@click.option(
-    "--rate", default=None, type=float, help="Requests per second (default: what the engine sustains)."
-)
-@click.option("--npcs", default=300, show_default=True, help="Simulated NPCs.")
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON summary line instead of the live table."
-)
-def demo_cmd(duration: float, rate: float | None, npcs: int, as_json: bool) -> None:
-    """Start the embedded stack, the router and three tier workers, and simulate a game server."""
-    from pipeline.demo import run_demo
-
-    summary = run_demo(duration=duration, rate=rate, npcs=npcs, as_json=as_json)
-    if as_json:
-        click.echo(json.dumps(summary))
-    ok = summary["lost"] == 0 and summary["sent"] == summary["replied"]
-    sys.exit(0 if ok else 1)
+    spec = engine or settings.engines.spec_for(tier)
+    config = WorkerConfig.from_settings(settings, tier_enum)
+    serve_metrics(settings.process.metrics_port)
+    asyncio.run(run_worker(config, build_engine(spec, tier, settings.engines)))
 
 
 if __name__ == "__main__":

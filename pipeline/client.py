@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from pipeline import kafka
+from pipeline.config import Settings
 from pipeline.deadlines import now_ms
 from pipeline.lifecycle import Lifecycle
 from topics.catalogue import REPLIES, REQUESTS
@@ -48,25 +50,27 @@ class ClientStats:
 class NPCClient(Lifecycle):
     """A game server's handle on npcflow.
 
-    ``async with NPCClient(bootstrap, tenant_id="gs-eu-1") as client: await client.request(...)``
+    ``async with NPCClient(Settings.from_env(), tenant_id="gs-eu-1") as client: await client.request(...)``
+
+    ``kafka`` is the settings (bootstrap, fetch wait) or just a bootstrap string.
     """
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: Settings | str,
         tenant_id: str,
         *,
-        prefix: str = "",
+        prefix: str | None = None,
         reply_topic: str | None = None,
-        fetch_max_wait_ms: int = 5,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.settings = kafka if isinstance(kafka, Settings) else Settings(kafka_bootstrap=kafka)
+        self.bootstrap = self.settings.require_kafka()
+        prefix = self.settings.topic_prefix if prefix is None else prefix
         self.tenant_id = tenant_id
         self.intake_topic = REQUESTS.name(prefix)
         self.reply_topic = reply_topic or REPLIES.name(prefix)
         #: Only a non-default reply topic is written into the request; workers default to npc.replies.
         self._request_reply_topic = reply_topic
-        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.stats = ClientStats()
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._given_up: OrderedDict[str, None] = OrderedDict()
@@ -78,23 +82,11 @@ class NPCClient(Lifecycle):
         #: Why the reply reader stopped, if it did; requests then fail at once.
         self.reader_error: Exception | None = None
 
-    async def start(self) -> None:
-        """Connect and position at the end of the reply topic; on failure close what was opened."""
-        try:
-            await self._start()
-        except BaseException:
-            await self.stop()
-            raise
-
     async def _start(self) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0, acks=1)
+        """Connect and position at the end of the reply topic (a failure closes what was opened)."""
+        self._producer = kafka.producer(self.settings, f"npcflow-client-{self.tenant_id}")
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=self.fetch_max_wait_ms,
-        )
+        self._consumer = kafka.consumer(self.settings, f"npcflow-client-{self.tenant_id}")
         await self._consumer.start()
         partitions = await self._wait_for_partitions()
         tps = [TopicPartition(self.reply_topic, p) for p in sorted(partitions)]
@@ -123,7 +115,7 @@ class NPCClient(Lifecycle):
             await self._consumer._client.force_metadata_update()  # aiokafka has no public refresh
             await asyncio.sleep(0.1)
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,15 +1,20 @@
-"""Settings read from the environment, in one place.
+"""Every ``NPCFLOW_*`` setting, read once from the environment into typed settings.
 
-Every process (router, tier workers, sinks, CLI, tests) reads its endpoints from the same
-``NPCFLOW_*`` variables, so a service given in the environment is used everywhere and
-``npcflow stack up`` only has to write those variables to ``.npcflow/stack.env``.
+This is the only product module that reads ``os.environ``. Every process (router, tier workers,
+sinks, CLI, tests) builds one :class:`Settings` with :meth:`Settings.from_env` at its entry point
+and passes it (or the part it needs) down, so a service given in the environment is used
+everywhere and ``npcflow stack up`` only has to write the endpoint variables to
+``.npcflow/stack.env``. Why each default is what it is: docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from pipeline.errors import UserFacingError
 
 ENV_KAFKA_BOOTSTRAP = "NPCFLOW_KAFKA_BOOTSTRAP"
 ENV_DATABASE_URL = "NPCFLOW_DATABASE_URL"
@@ -21,11 +26,30 @@ ENV_STATE_DIR = "NPCFLOW_STATE_DIR"
 ENV_POLICY_FILE = "NPCFLOW_POLICY_FILE"
 ENV_FETCH_MAX_WAIT_MS = "NPCFLOW_FETCH_MAX_WAIT_MS"
 ENV_SESSION_TIMEOUT_S = "NPCFLOW_SESSION_TIMEOUT_S"
+ENV_ENGINE = "NPCFLOW_ENGINE"
+ENV_EMBEDDED_THREADS = "NPCFLOW_EMBEDDED_THREADS"
+ENV_EMBEDDED_MODEL = "NPCFLOW_EMBEDDED_MODEL"
+ENV_MAX_IN_FLIGHT = "NPCFLOW_MAX_IN_FLIGHT"
+ENV_MAX_PENDING = "NPCFLOW_MAX_PENDING"
+ENV_ENGINE_GRACE_S = "NPCFLOW_ENGINE_GRACE_S"
+ENV_METRICS_PORT = "NPCFLOW_METRICS_PORT"
+ENV_EVENT_LOOP = "NPCFLOW_EVENT_LOOP"
+ENV_GIL_SWITCH_S = "NPCFLOW_GIL_SWITCH_S"
+ENV_READY_FILE = "NPCFLOW_READY_FILE"
 
-#: Consumer fetch wait on latency paths: the embedded broker answers a waiting fetch late (DESIGN §3).
+#: Consumer fetch wait on latency paths: the embedded broker answers a waiting fetch late
+#: (docs/architecture.md, "The embedded broker").
 DEFAULT_FETCH_MAX_WAIT_MS = 5
-#: Consumer-group session timeout; a new member joins in about half of it (DESIGN §6).
+#: Consumer-group session timeout; a new member joins in about half of it on the embedded broker.
 DEFAULT_SESSION_TIMEOUT_S = 6.0
+DEFAULT_ENGINE = "embedded"
+#: Engine calls at once per worker, by tier: Gold's calls are short, Bronze's long.
+DEFAULT_MAX_IN_FLIGHT = {"gold": 16, "silver": 8, "bronze": 4}
+DEFAULT_MAX_PENDING = 1024
+DEFAULT_ENGINE_GRACE_S = 30.0
+#: faust runs its consumer in a second thread; with the default 5 ms GIL switch interval a record
+#: fetched there can wait a whole interval for the agent's thread.
+DEFAULT_GIL_SWITCH_S = 0.0005
 
 #: The endpoint variables, in the order ``stack.env`` lists them.
 ENDPOINT_VARS: tuple[str, ...] = (
@@ -36,27 +60,11 @@ ENDPOINT_VARS: tuple[str, ...] = (
     ENV_OPENSEARCH_URL,
 )
 
+TIERS = ("gold", "silver", "bronze")
 
-class ConfigError(RuntimeError):
+
+class ConfigError(UserFacingError, RuntimeError):
     """A setting is missing or malformed; the message says which and how to fix it."""
-
-
-def state_dir() -> Path:
-    """Where the embedded stack keeps pids, data and ``stack.env`` (``.npcflow`` in the cwd by default)."""
-    return Path(os.environ.get(ENV_STATE_DIR, ".npcflow")).resolve()
-
-
-def fetch_max_wait_ms() -> int:
-    return int(_env(ENV_FETCH_MAX_WAIT_MS, str(DEFAULT_FETCH_MAX_WAIT_MS)) or DEFAULT_FETCH_MAX_WAIT_MS)
-
-
-def session_timeout_s() -> float:
-    return float(_env(ENV_SESSION_TIMEOUT_S, str(DEFAULT_SESSION_TIMEOUT_S)) or DEFAULT_SESSION_TIMEOUT_S)
-
-
-def policy_file() -> str | None:
-    """The routing policy file, or None for the packaged default (router and workers must agree)."""
-    return _env(ENV_POLICY_FILE)
 
 
 def load_env_file(path: Path) -> dict[str, str]:
@@ -71,14 +79,89 @@ def load_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name, "").strip()
-    return value or default
+def environ() -> dict[str, str]:
+    """A copy of the process environment, for launchers that must pass it on to a child process."""
+    return dict(os.environ)
+
+
+class _Reader:
+    """Typed reads of one environment mapping; a malformed value is a :class:`ConfigError`."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def str(self, name: str, default: str | None = None) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or default
+
+    def int(self, name: str, default: int | None) -> int | None:
+        value = self.str(name)
+        if value is None:
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not an integer") from None
+
+    def float(self, name: str, default: float) -> float:
+        value = self.str(name)
+        if value is None:
+            return default
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class KafkaOptions:
+    """What every Kafka client of the product is built with (see :mod:`pipeline.kafka`)."""
+
+    fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS
+    session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The tier workers' knobs; ``max_in_flight`` None means the tier's default."""
+
+    max_in_flight: int | None = None
+    max_pending: int = DEFAULT_MAX_PENDING
+    engine_grace_s: float = DEFAULT_ENGINE_GRACE_S
+
+    def in_flight_for(self, tier: str) -> int:
+        return self.max_in_flight or DEFAULT_MAX_IN_FLIGHT.get(tier, 8)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Which engine serves each tier, and the embedded engine's own knobs."""
+
+    default: str = DEFAULT_ENGINE
+    per_tier: Mapping[str, str] = field(default_factory=dict)
+    #: llama.cpp threads; 0 means min(2, cores).
+    embedded_threads: int = 0
+    embedded_model_path: str | None = None
+
+    def spec_for(self, tier: str) -> str:
+        """``NPCFLOW_ENGINE_GOLD`` etc. first, then ``NPCFLOW_ENGINE``, then ``embedded``."""
+        return self.per_tier.get(tier) or self.default
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """How a pipeline process runs: event loop, metrics port, readiness file for a supervisor."""
+
+    event_loop: str = "uvloop"
+    metrics_port: int | None = None
+    gil_switch_s: float = DEFAULT_GIL_SWITCH_S
+    #: Written once the process's consumer group has given it partitions (demo, tests, benchmarks).
+    ready_file: str | None = None
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Endpoints and shared knobs; ``None`` means "not configured"."""
+    """Endpoints and every knob; ``None`` endpoints mean "not configured"."""
 
     kafka_bootstrap: str | None = None
     database_url: str | None = None
@@ -86,26 +169,66 @@ class Settings:
     s3_endpoint: str | None = None
     opensearch_url: str | None = None
     topic_prefix: str = ""
+    state_dir: Path = field(default_factory=lambda: Path(".npcflow").resolve())
+    policy_file: str | None = None
+    kafka: KafkaOptions = field(default_factory=KafkaOptions)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    engines: EngineSettings = field(default_factory=EngineSettings)
+    process: ProcessSettings = field(default_factory=ProcessSettings)
 
     @classmethod
-    def from_env(cls) -> Settings:
-        """Environment first, then ``.npcflow/stack.env`` left by ``npcflow stack up`` (if any)."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, stack_file: bool = True) -> Settings:
+        """Read the environment (or ``env``); endpoints not set there come from ``stack.env``.
+
+        ``stack.env`` is the file ``npcflow stack up --detach`` leaves in the state directory.
+        """
+        r = _Reader(os.environ if env is None else env)
+        state = Path(r.str(ENV_STATE_DIR, ".npcflow") or ".npcflow").resolve()
         file_values: dict[str, str] = {}
-        env_file = state_dir() / "stack.env"
-        if env_file.exists():
+        env_file = state / "stack.env"
+        if stack_file and env_file.exists():
             file_values = load_env_file(env_file)
 
-        def pick(name: str) -> str | None:
-            return _env(name) or file_values.get(name) or None
+        def endpoint(name: str) -> str | None:
+            return r.str(name) or file_values.get(name) or None
 
+        per_tier = {t: spec for t in TIERS if (spec := r.str(f"{ENV_ENGINE}_{t.upper()}"))}
         return cls(
-            kafka_bootstrap=pick(ENV_KAFKA_BOOTSTRAP),
-            database_url=pick(ENV_DATABASE_URL),
-            redis_url=pick(ENV_REDIS_URL),
-            s3_endpoint=pick(ENV_S3_ENDPOINT),
-            opensearch_url=pick(ENV_OPENSEARCH_URL),
-            topic_prefix=_env(ENV_TOPIC_PREFIX, "") or "",
+            kafka_bootstrap=endpoint(ENV_KAFKA_BOOTSTRAP),
+            database_url=endpoint(ENV_DATABASE_URL),
+            redis_url=endpoint(ENV_REDIS_URL),
+            s3_endpoint=endpoint(ENV_S3_ENDPOINT),
+            opensearch_url=endpoint(ENV_OPENSEARCH_URL),
+            topic_prefix=r.str(ENV_TOPIC_PREFIX, "") or "",
+            state_dir=state,
+            policy_file=r.str(ENV_POLICY_FILE),
+            kafka=KafkaOptions(
+                fetch_max_wait_ms=r.int(ENV_FETCH_MAX_WAIT_MS, DEFAULT_FETCH_MAX_WAIT_MS)
+                or DEFAULT_FETCH_MAX_WAIT_MS,
+                session_timeout_s=r.float(ENV_SESSION_TIMEOUT_S, DEFAULT_SESSION_TIMEOUT_S),
+            ),
+            worker=WorkerSettings(
+                max_in_flight=r.int(ENV_MAX_IN_FLIGHT, None),
+                max_pending=r.int(ENV_MAX_PENDING, DEFAULT_MAX_PENDING) or DEFAULT_MAX_PENDING,
+                engine_grace_s=r.float(ENV_ENGINE_GRACE_S, DEFAULT_ENGINE_GRACE_S),
+            ),
+            engines=EngineSettings(
+                default=r.str(ENV_ENGINE, DEFAULT_ENGINE) or DEFAULT_ENGINE,
+                per_tier=per_tier,
+                embedded_threads=r.int(ENV_EMBEDDED_THREADS, 0) or 0,
+                embedded_model_path=r.str(ENV_EMBEDDED_MODEL),
+            ),
+            process=ProcessSettings(
+                event_loop=(r.str(ENV_EVENT_LOOP, "uvloop") or "uvloop").lower(),
+                metrics_port=r.int(ENV_METRICS_PORT, None),
+                gil_switch_s=r.float(ENV_GIL_SWITCH_S, DEFAULT_GIL_SWITCH_S),
+                ready_file=r.str(ENV_READY_FILE),
+            ),
         )
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields replaced (tests, benchmarks, the demo's per-process settings)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
 
     def require_kafka(self) -> str:
         """The bootstrap servers, or a clear error saying how to provide them."""

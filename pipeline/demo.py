@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import ENV_TOPIC_PREFIX
-from pipeline.metrics import percentiles
+from pipeline.observability.metrics import percentiles
 from pipeline.processes import PipelineProcesses
 from pipeline.stack import EmbeddedStack
 from topics.admin import create_topics

@@ -7,17 +7,10 @@ asyncio`` falls back to the standard loop (e.g. for debugging).
 
 from __future__ import annotations
 
-import logging
-import os
 
-ENV_EVENT_LOOP = "NPCFLOW_EVENT_LOOP"
-
-log = logging.getLogger("npcflow.eventloop")
-
-
-def install() -> str:
-    """Install the configured loop policy for this process; returns its name."""
-    if os.environ.get(ENV_EVENT_LOOP, "uvloop").strip().lower() == "asyncio":
+def install(name: str = "uvloop") -> str:
+    """Install the named loop policy (``uvloop`` or ``asyncio``) for this process; returns its name."""
+    if name == "asyncio":
         return "asyncio"
     import uvloop
 

@@ -6,11 +6,8 @@ beside production on one cluster without touching its topics.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from enum import StrEnum
-
-from pipeline.config import ENV_TOPIC_PREFIX
 
 DAY_MS = 24 * 60 * 60 * 1000
 
@@ -35,9 +32,9 @@ class TopicSpec:
     retention_ms: int | None = 7 * DAY_MS
     compacted: bool = False
 
-    def name(self, prefix: str | None = None) -> str:
-        """The topic's name on the broker, with the prefix from the environment unless one is given."""
-        return f"{topic_prefix() if prefix is None else prefix}{self.base}"
+    def name(self, prefix: str | None = "") -> str:
+        """The topic's name on the broker under ``prefix`` (``Settings.topic_prefix``)."""
+        return f"{prefix or ''}{self.base}"
 
     def config(self) -> dict[str, str]:
         """Topic-level configs for CreateTopics."""
@@ -45,10 +42,6 @@ class TopicSpec:
             return {"cleanup.policy": "compact"}
         assert self.retention_ms is not None
         return {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
-
-
-def topic_prefix() -> str:
-    return os.environ.get(ENV_TOPIC_PREFIX, "")
 
 
 REQUESTS = TopicSpec(

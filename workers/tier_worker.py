@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from pipeline import metrics
+from pipeline.observability import metrics
 from pipeline.config import fetch_max_wait_ms, session_timeout_s
 from pipeline.deadlines import read_deadline
 from pipeline.lifecycle import Lifecycle
-from pipeline.policy import RoutingPolicy
+from pipeline.router.policy import RoutingPolicy
 from pipeline.readiness import mark_ready
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, TIER_TOPICS, Tier, reply_topic_allowed
 from topics.schemas import (

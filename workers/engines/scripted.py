@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
 from workers.engines.base import EngineError, EngineResult
 
@@ -38,17 +39,17 @@ class ScriptedProfile:
         return cls(**values)  # type: ignore[arg-type]
 
 
-class ScriptedEngine:
+class ScriptedEngine(Lifecycle):
     def __init__(self, profile: ScriptedProfile | None = None) -> None:
         self.profile = profile or ScriptedProfile()
         self.name = f"scripted(latency_ms={self.profile.latency_ms:g})"
         self.calls = 0
         self.max_concurrency: int | None = None
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         return None
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         return None
 
     async def generate(self, request: Request, deadline_ms: int) -> EngineResult:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import policy_file
+from pipeline.errors import UserFacingError
 from topics.catalogue import Tier
 from topics.schemas import Request, Sla
 
 
-class PolicyError(ValueError):
+class PolicyError(UserFacingError, ValueError):
     """The policy file is malformed; the message names the key."""
 
 
@@ -53,14 +53,13 @@ class RoutingPolicy:
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> RoutingPolicy:
-        """Load ``path``, else ``NPCFLOW_POLICY_FILE``, else the packaged default policy."""
-        path = path or policy_file()
+        """Load ``path`` (``Settings.policy_file``), else the packaged default policy."""
         text = (
             Path(path).read_text()
             if path
-            else resources.files("pipeline").joinpath("policy.yaml").read_text()
+            else resources.files("pipeline.router").joinpath("policy.yaml").read_text()
         )
-        return cls.from_dict(yaml.safe_load(text), source=str(path or "pipeline/policy.yaml"))
+        return cls.from_dict(yaml.safe_load(text), source=str(path or "pipeline/router/policy.yaml"))
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "policy") -> RoutingPolicy:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.policy import PolicyError, RoutingPolicy, Unroutable
+from pipeline.router.policy import PolicyError, RoutingPolicy, Unroutable
 from tests.examples import VALID_REQUEST
 from topics.catalogue import Tier
 from topics.schemas import Request, Sla

@@ -15,7 +15,7 @@ from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.processes import PipelineProcesses
 from pipeline.stack import StackEndpoints
 from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, VALID_REQUEST, encode
-from tests.kafka_util import eventually, read_topic
+from tests.integration.kafka_util import eventually, read_topic
 from topics.catalogue import DLQ, REPLIES, REQUESTS, ROUTING, Tier
 from topics.schemas import DeadLetter, Reply, Request, RoutingDecision, Sla
 

@@ -1,7 +1,7 @@
 """The router: a faust-streaming agent on ``npc.requests``.
 
 For each intake event: validate (invalid → ``npc.requests.dlq`` with the reason, the original
-bytes and where they came from), classify the SLA and pick the tier (:mod:`pipeline.policy`),
+bytes and where they came from), classify the SLA and pick the tier (:mod:`pipeline.router.policy`),
 stamp the absolute deadline in a header, forward the original bytes to the tier topic, and
 publish a routing-decision record. The agent never raises on bad input, so one poison event
 cannot stop the partition. Offsets are committed by faust after the agent has handled the
@@ -23,11 +23,11 @@ import faust
 import mode
 from aiokafka import AIOKafkaProducer
 
-from pipeline import metrics
+from pipeline.observability import metrics
 from pipeline.config import Settings, session_timeout_s
 from pipeline.deadlines import deadline_headers, now_ms
-from pipeline.faust_monitor import LeanMonitor
-from pipeline.policy import RoutingPolicy, Unroutable
+from pipeline.router.monitor import LeanMonitor
+from pipeline.router.policy import RoutingPolicy, Unroutable
 from pipeline.readiness import mark_ready
 from topics.catalogue import (
     DLQ,

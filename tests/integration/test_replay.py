@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaProducer
 from pipeline.deadlines import deadline_headers, now_ms
 from pipeline.processes import PipelineProcesses
 from pipeline.stack import StackEndpoints
-from tests.kafka_util import read_topic
+from tests.integration.kafka_util import read_topic
 from topics.catalogue import REPLIES, REQUESTS_GOLD, Tier
 from topics.schemas import Reply, Request, Sla
 

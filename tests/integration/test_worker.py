@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.client import NPCClient
 from pipeline.deadlines import deadline_headers, now_ms
-from tests.kafka_util import eventually, read_topic
+from tests.integration.kafka_util import eventually, read_topic
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, TIER_TOPICS, Tier
 from topics.schemas import DeadLetter, Output, Reply, Request, Sla
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile

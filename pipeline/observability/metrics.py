@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import Counter, Histogram, start_http_server
-
-ENV_METRICS_PORT = "NPCFLOW_METRICS_PORT"
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 16, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
@@ -38,10 +34,9 @@ def percentiles(values: list[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict
     return {f"p{q}": round(s[min(len(s) - 1, int(q / 100 * len(s)))], 2) for q in qs}
 
 
-def serve_metrics_from_env() -> int | None:
-    """Expose /metrics when ``NPCFLOW_METRICS_PORT`` is set; returns the port or None."""
-    port = os.environ.get(ENV_METRICS_PORT)
+def serve_metrics(port: int | None) -> int | None:
+    """Expose /metrics on 127.0.0.1:port (``NPCFLOW_METRICS_PORT``); None serves nothing."""
     if not port:
         return None
-    start_http_server(int(port), addr="127.0.0.1")
-    return int(port)
+    start_http_server(port, addr="127.0.0.1")
+    return port

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import faust_transport
 from pipeline.config import ENV_FETCH_MAX_WAIT_MS
-from pipeline.router import create_app
+from pipeline.router.app import create_app
 
 
 def test_npcflow_scheme_resolves_to_our_transport() -> None:

@@ -2,7 +2,7 @@
 
 faust's default Monitor records timings and counters for every message and stream event in
 Python dicts and deques, state nothing in npcflow reads (our metrics are Prometheus counters
-in :mod:`pipeline.metrics`). On 2 cores at 1000 req/s that bookkeeping is CPU the broker needs.
+in :mod:`pipeline.observability.metrics`). On 2 cores at 1000 req/s that bookkeeping is CPU the broker needs.
 """
 
 from __future__ import annotations

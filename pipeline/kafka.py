@@ -1,0 +1,111 @@
+"""One factory for every Kafka client the product builds.
+
+Producers, consumers and admin clients all take their options from :class:`~pipeline.config.Settings`
+here, so the latency-path choices (``linger_ms`` 0, a small ``fetch_max_wait_ms``, a short session
+timeout; docs/architecture.md, "The embedded broker") are made once. faust's own clients are the
+exception: they are configured by :mod:`pipeline.router.transport` from the same settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from pipeline.config import Settings
+
+#: Kafka's CreateTopics error code for a topic that exists already.
+TOPIC_ALREADY_EXISTS = 36
+
+
+class TopicCreationError(RuntimeError):
+    """The broker refused to create a topic for a reason other than "it exists"."""
+
+
+def producer(settings: Settings, client_id: str, *, linger_ms: int = 0, **overrides: Any) -> AIOKafkaProducer:
+    """A producer; ``linger_ms`` 0 on latency paths, a few tens of ms for batched side records.
+
+    ``acks=1``: the embedded broker has one replica, and aiokafka's idempotent producer does not
+    work on every broker we support (docs/architecture.md), so ``acks=all`` would buy nothing here.
+    """
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.require_kafka(),
+        "client_id": client_id,
+        "linger_ms": linger_ms,
+        "acks": 1,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def consumer(
+    settings: Settings,
+    client_id: str,
+    *topics: str,
+    group_id: str | None = None,
+    **overrides: Any,
+) -> AIOKafkaConsumer:
+    """A consumer with the project's fetch wait and group timings; offsets are committed by hand.
+
+    Auto-commit stays off everywhere: we commit only finished work (at-least-once), and some
+    embedded brokers loop on IllegalGeneration when a second member joins with auto-commit on.
+    """
+    session_ms = int(settings.kafka.session_timeout_s * 1000)
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.require_kafka(),
+        "client_id": client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": settings.kafka.fetch_max_wait_ms,
+    }
+    if group_id is not None:
+        options.update(
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(300, session_ms // 4),
+        )
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+def admin(settings: Settings, client_id: str = "npcflow-admin", **overrides: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(bootstrap_servers=settings.require_kafka(), client_id=client_id, **overrides)
+
+
+async def create_missing_topics(client: AIOKafkaAdminClient, topics: Iterable[NewTopic]) -> dict[str, str]:
+    """Create each topic not on the broker yet; returns ``{name: "created" | "exists"}``.
+
+    A topic that already exists is left exactly as it is: partition counts and configs are never
+    changed behind an operator's back.
+    """
+    existing = set(await client.list_topics())
+    result: dict[str, str] = {}
+    for topic in topics:
+        if topic.name in existing:
+            result[topic.name] = "exists"
+            continue
+        try:
+            response = await client.create_topics([topic])
+        except TopicAlreadyExistsError:
+            result[topic.name] = "exists"
+            continue
+        result[topic.name] = _outcome(response, topic.name)
+    return result
+
+
+def _outcome(response: object, name: str) -> str:
+    """Read CreateTopics' per-topic error code: 0 created, 36 already exists, anything else fails."""
+    for entry in getattr(response, "topic_errors", []):
+        topic, code = entry[0], entry[1]
+        if topic != name:
+            continue
+        if code == 0:
+            return "created"
+        if code == TOPIC_ALREADY_EXISTS:
+            return "exists"
+        message = entry[2] if len(entry) > 2 else ""
+        raise TopicCreationError(f"creating topic {name} failed: error code {code} {message}")
+    return "created"
