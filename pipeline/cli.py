@@ -68,7 +68,8 @@ def _missing_extra(name: str, help_text: str, exc: ImportError) -> click.Command
             "pip install 'npcflow[embedded]' (make demo / make test install it)"
         )
 
-    return click.Command(name, callback=fail, help=help_text, context_settings={"ignore_unknown_options": True})
+    settings = {"ignore_unknown_options": True, "allow_extra_args": True}
+    return click.Command(name, callback=fail, help=help_text, context_settings=settings)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})

@@ -51,4 +51,5 @@ class Lifecycle:
 
     def __del__(self) -> None:
         if self._lifecycle_state == "started":
-            warnings.warn(f"{type(self).__name__} was started and never stopped", ResourceWarning, stacklevel=1)
+            message = f"{type(self).__name__} was started and never stopped"
+            warnings.warn(message, ResourceWarning, stacklevel=1)

@@ -1,72 +1,100 @@
-"""The router: a faust-streaming agent on ``npc.requests``.
+"""The router process: a faust-streaming agent on ``npc.requests`` that hands each event to :class:`Router`.
 
-For each intake event: validate (invalid → ``npc.requests.dlq`` with the reason, the original
-bytes and where they came from), classify the SLA and pick the tier (:mod:`pipeline.router.policy`),
-stamp the absolute deadline in a header, forward the original bytes to the tier topic, and
-publish a routing-decision record. The agent never raises on bad input, so one poison event
-cannot stop the partition. Offsets are committed by faust after the agent has handled the
-event (at-least-once); the tier worker recognises nothing special about a replayed request,
-and the client drops the duplicate reply.
+This module only wires: faust's consumer and producer, the decision log, readiness and the
+crash-on-produce-failure rule. What happens to an event is :mod:`pipeline.router.logic`.
+Offsets are committed by faust after the agent has handled the event and after faust flushed
+its producer (at-least-once); a replayed request is served again and the client drops the
+duplicate reply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust
 import mode
 from aiokafka import AIOKafkaProducer
 
+from pipeline import kafka
+from pipeline.config import Settings
+from pipeline.lifecycle import Lifecycle
 from pipeline.observability import metrics
-from pipeline.config import Settings, session_timeout_s
-from pipeline.deadlines import deadline_headers, now_ms
-from pipeline.router.monitor import LeanMonitor
-from pipeline.router.policy import RoutingPolicy, Unroutable
 from pipeline.readiness import mark_ready
-from topics.catalogue import (
-    DLQ,
-    REPLIES,
-    REQUESTS,
-    ROUTING,
-    TIER_TOPICS,
-    Tier,
-    reply_topic_allowed,
-    topic_prefix,
-)
-from topics.schemas import DeadLetter, InvalidEvent, Request, RoutingDecision, parse_request
+from pipeline.router.logic import Headers, Router, RouterStats, Source
+from pipeline.router.monitor import LeanMonitor
+from pipeline.router.policy import RoutingPolicy
+from pipeline.router.transport import FETCH_WAIT_ATTR
+from topics.catalogue import REQUESTS
 
 log = logging.getLogger("npcflow.router")
 
-ENV_GIL_SWITCH_S = "NPCFLOW_GIL_SWITCH_S"
+#: Routing decisions are an audit trail, off the latency path: batch them instead of one request each.
+DECISION_LINGER_MS = 50
 
 
-@dataclass
-class RouterStats:
-    routed: dict[str, int] = field(default_factory=lambda: {t.value: 0 for t in Tier})
-    dead_letters: int = 0
+class DecisionLog(Lifecycle):
+    """A lingering producer for routing decisions; faust starts and stops it with the app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._ready = asyncio.Event()
+
+    async def _start(self) -> None:
+        self._producer = kafka.producer(
+            self.settings, "npcflow-router-decisions", linger_ms=DECISION_LINGER_MS
+        )
+        await self._producer.start()
+        self._ready.set()
+
+    async def _stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()  # flushes what is still lingering
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Queue one decision; waits only for the producer to exist, never for the broker."""
+        await self._ready.wait()
+        assert self._producer is not None
+        ack = await self._producer.send(topic, value, key=key)
+        ack.add_done_callback(_log_send_failure)
+
+    def service(self) -> type[mode.Service]:
+        """A faust service that starts and stops this log with the app."""
+        decision_log = self
+
+        class DecisionLogService(mode.Service):
+            async def on_start(self) -> None:
+                await decision_log.start()
+
+            async def on_stop(self) -> None:
+                await decision_log.stop()
+
+        return DecisionLogService
+
+
+def _log_send_failure(ack: asyncio.Future) -> None:
+    if not ack.cancelled() and ack.exception() is not None:
+        log.error("routing decision not recorded: %s", ack.exception())
 
 
 def create_app(
-    bootstrap: str,
+    settings: Settings,
     policy: RoutingPolicy | None = None,
     *,
-    prefix: str | None = None,
     app_id: str | None = None,
     datadir: Path | None = None,
 ) -> tuple[faust.App, RouterStats]:
     """Build the router app; several processes with the same ``app_id`` share the intake."""
-    policy = policy or RoutingPolicy.load()
-    prefix_value = prefix if prefix is not None else topic_prefix()
-    session_timeout = session_timeout_s()
+    policy = policy or RoutingPolicy.load(settings.policy_file)
+    prefix = settings.topic_prefix
+    session_timeout = settings.kafka.session_timeout_s
     app = faust.App(
-        app_id or f"{prefix_value}npcflow-router",
-        broker=f"npcflow://{bootstrap}",
+        app_id or f"{prefix}npcflow-router",
+        broker=f"npcflow://{settings.require_kafka()}",
         store="memory://",
         datadir=str(datadir or Path(tempfile.mkdtemp(prefix="npcflow-router-"))),
         web_enabled=False,
@@ -83,12 +111,9 @@ def create_app(
         value_serializer="raw",
         Monitor=LeanMonitor,
     )
-    stats = RouterStats()
-    intake = app.topic(REQUESTS.name(prefix), key_type=bytes, value_type=bytes)
-    tier_topics = {tier: spec.name(prefix) for tier, spec in TIER_TOPICS.items()}
-    dlq_topic = DLQ.name(prefix)
-
-    crashing: list[asyncio.Future] = []
+    # Read by our faust transport when it builds the worker consumer (faust hard-codes 1500 ms).
+    setattr(app, FETCH_WAIT_ATTR, settings.kafka.fetch_max_wait_ms)
+    crashing: set[asyncio.Future] = set()  # held so the crash task is not garbage-collected
 
     def on_delivery(ack: asyncio.Future) -> None:
         if ack.cancelled() or ack.exception() is None:
@@ -96,136 +121,43 @@ def create_app(
         # aiokafka retried until its delivery timeout: the broker is gone. Stop rather than go on
         # committing offsets of requests that were never forwarded.
         log.critical("router cannot produce (%s); stopping", ack.exception())
-        crashing.append(asyncio.ensure_future(app.crash(ack.exception())))
+        crashing.add(asyncio.ensure_future(app.crash(ack.exception())))
 
-    async def produce(topic: str, key: bytes, value: bytes, headers: list | None = None) -> None:
+    async def produce(topic: str, key: bytes, value: bytes, headers: Headers | None) -> None:
         # Straight to faust's producer: faust flushes it before every offset commit (at-least-once),
         # without the per-message bookkeeping of Topic.send that we do not use.
         ack = await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
         ack.add_done_callback(on_delivery)
 
-    routing_topic = ROUTING.name(prefix)
-    decisions = DecisionLog(bootstrap)
+    decisions = DecisionLog(settings)
     app.service(decisions.service())
-
-    async def reject(message: faust.types.Message, reason: str, errors: list | None = None) -> None:
-        record = DeadLetter.of(
-            message.value, reason, message.topic, message.partition, message.offset, errors
-        )
-        await produce(dlq_topic, message.topic.encode(), record.to_bytes())
-        stats.dead_letters += 1
-        metrics.DEAD_LETTERS.labels("router").inc()
-        log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
-
-    async def route_one(message: faust.types.Message) -> None:
-        raw = message.value
-        try:
-            request: Request = parse_request(raw)
-            if request.reply_topic and not reply_topic_allowed(request.reply_topic, prefix):
-                default = REPLIES.name(prefix)
-                raise InvalidEvent(
-                    f"invalid request: reply_topic {request.reply_topic!r}: use {default}[.<name>]"
-                )
-            route = policy.route(request, received_ms=now_ms())
-        except InvalidEvent as exc:
-            await reject(message, exc.reason, exc.errors)
-            return
-        except Unroutable as exc:
-            await reject(message, f"unroutable: {exc}")
-            return
-        headers = deadline_headers(route.deadline_ms, route.tier.value)
-        await produce(tier_topics[route.tier], request.npc_id.encode(), raw, headers)
-        decision = RoutingDecision(
-            request_id=request.request_id,
-            npc_id=request.npc_id,
-            tenant_id=request.tenant_id,
-            tier=route.tier,
-            sla=route.sla,
-            reason=route.reason[:500],
-            deadline_ms=route.deadline_ms,
-            decided_at_ms=now_ms(),
-        )
-        await decisions.send(routing_topic, decision.to_bytes(), request.request_id.encode())
-        stats.routed[route.tier.value] += 1
-        metrics.ROUTED.labels(route.tier.value, route.sla.value, str(route.contradiction is not None)).inc()
-        if route.contradiction:
-            log.info("request %s: %s", request.request_id, route.reason)
+    router = Router(policy, produce, decisions.send, prefix=prefix)
+    intake = app.topic(REQUESTS.name(prefix), key_type=bytes, value_type=bytes)
 
     @app.on_partitions_assigned.connect
     async def _ready(app: faust.App, assigned: set, **_: object) -> None:
         if assigned:
-            mark_ready(f"router assigned {len(assigned)} partitions")
+            mark_ready(settings.process.ready_file, f"router assigned {len(assigned)} partitions")
 
     @app.agent(intake, name="route")
     async def route_requests(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            try:
-                await route_one(event.message)
-            except Exception as exc:  # a bug must not stop the partition: dead-letter and go on
-                log.exception("router failed on %s@%d", event.message.topic, event.message.offset)
-                await reject(event.message, f"router error: {type(exc).__name__}: {exc}")
+            message = event.message
+            await router.route(message.value, Source(message.topic, message.partition, message.offset))
 
-    return app, stats
-
-
-#: Routing decisions are an audit trail, off the latency path: batch them instead of one request each.
-DECISION_LINGER_MS = 50
-
-
-class DecisionLog:
-    """A lingering producer for routing decisions; faust starts and stops it with the app."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-        self._producer: AIOKafkaProducer | None = None
-        self._ready = asyncio.Event()
-
-    async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, linger_ms=DECISION_LINGER_MS, acks=1, client_id="npcflow-router"
-        )
-        await self._producer.start()
-        self._ready.set()
-
-    async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()  # flushes what is still lingering
-
-    async def send(self, topic: str, value: bytes, key: bytes) -> None:
-        """Queue one decision; waits only for the producer to exist, never for the broker."""
-        await self._ready.wait()
-        assert self._producer is not None
-        ack = await self._producer.send(topic, value, key=key)
-        ack.add_done_callback(_log_send_failure)
-
-    def service(self) -> type[mode.Service]:
-        log_ = self
-
-        class DecisionLogService(mode.Service):
-            async def on_start(self) -> None:
-                await log_.start()
-
-            async def on_stop(self) -> None:
-                await log_.stop()
-
-        return DecisionLogService
-
-
-def _log_send_failure(ack: asyncio.Future) -> None:
-    if not ack.cancelled() and ack.exception() is not None:
-        log.error("routing decision not recorded: %s", ack.exception())
+    return app, router.stats
 
 
 def run_router(settings: Settings, loglevel: str = "info") -> None:
     """Run one router process until SIGINT/SIGTERM (the faust worker owns the event loop)."""
     # faust runs its Kafka consumer in a second thread; with the default 5 ms GIL switch interval a
     # record fetched there can wait a whole interval for the agent's thread (and the reverse).
-    sys.setswitchinterval(float(os.environ.get(ENV_GIL_SWITCH_S, "0.0005")))
-    bootstrap = settings.require_kafka()
-    metrics.serve_metrics_from_env()
+    sys.setswitchinterval(settings.process.gil_switch_s)
+    settings.require_kafka()
+    metrics.serve_metrics(settings.process.metrics_port)
     # faust wants a data directory even with in-memory tables; it holds nothing worth keeping.
     with tempfile.TemporaryDirectory(prefix="npcflow-router-") as datadir:
-        app, _ = create_app(bootstrap, prefix=settings.topic_prefix, datadir=Path(datadir))
+        app, _ = create_app(settings, datadir=Path(datadir))
         worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
         try:
             worker.execute_from_commandline()

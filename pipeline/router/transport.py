@@ -1,11 +1,12 @@
-"""A faust transport whose worker consumer honours a configured ``fetch_max_wait_ms``.
+"""A faust transport whose worker consumer honours the configured ``fetch_max_wait_ms``.
 
 faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Real Kafka
-answers a waiting fetch as soon as data arrives, so the value rarely matters there; the
-embedded Tansu broker answers late, which turns every faust hop into 0.5-1 s (DESIGN §3).
-Faust loads transports from the ``faust.transports`` entry point by URL scheme, so the router
-uses ``npcflow://host:port`` and gets this transport: the stock aiokafka driver with only the
-fetch wait changed (default 5 ms, ``NPCFLOW_FETCH_MAX_WAIT_MS`` to override).
+answers a waiting fetch as soon as data arrives, so the value rarely matters there; the embedded
+broker answers late, which turns every faust hop into 0.5-1 s (docs/architecture.md, "The
+embedded broker"). Faust loads transports from the ``faust.transports`` entry point by URL
+scheme, so the router uses ``npcflow://host:port`` and gets this transport: the stock aiokafka
+driver with only the fetch wait changed, read from the app (set by :func:`create_app` from
+``Settings.kafka.fetch_max_wait_ms``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from typing import Any
 import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from pipeline.config import fetch_max_wait_ms
+from pipeline.config import DEFAULT_FETCH_MAX_WAIT_MS
+
+#: The attribute of the faust app that carries the configured fetch wait to the transport.
+FETCH_WAIT_ATTR = "npcflow_fetch_max_wait_ms"
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it builds its Fetcher; the consumer is not started yet.
-        consumer._fetch_max_wait_ms = fetch_max_wait_ms()
+        consumer._fetch_max_wait_ms = getattr(transport.app, FETCH_WAIT_ATTR, DEFAULT_FETCH_MAX_WAIT_MS)
         return consumer
 
 

@@ -1,0 +1,139 @@
+"""Routing one intake event, with no faust in sight: validate → policy → forward or dead-letter.
+
+:class:`Router` takes two producer-like callables, so the same object runs inside the faust
+agent (:mod:`pipeline.router.app`), in unit tests with lists standing in for topics, and in a
+replay over recorded traffic. It never raises on bad input: one poison event must not stop the
+partition (docs/architecture.md, "Delivery guarantees").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pipeline.deadlines import deadline_headers, now_ms
+from pipeline.observability import metrics
+from pipeline.router.policy import Route, RoutingPolicy, Unroutable
+from topics.catalogue import DLQ, REPLIES, ROUTING, TIER_TOPICS, Tier, reply_topic_allowed
+from topics.schemas import DeadLetter, InvalidEvent, Request, RoutingDecision, parse_request
+
+log = logging.getLogger("npcflow.router")
+
+Headers = list[tuple[str, bytes]]
+#: Forward a record: ``(topic, key, value, headers)``; returns once the producer has it queued.
+Produce = Callable[[str, bytes, bytes, Headers | None], Awaitable[None]]
+#: Record a routing decision: ``(topic, key, value)``; an audit trail, batched off the latency path.
+Record = Callable[[str, bytes, bytes], Awaitable[None]]
+
+
+class Outcome(StrEnum):
+    ROUTED = "routed"
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an intake event was read, so a dead letter can say where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class RouterStats:
+    routed: dict[str, int] = field(default_factory=lambda: {t.value: 0 for t in Tier})
+    dead_letters: int = 0
+
+
+class Router:
+    """Route intake events under one topic prefix with one policy."""
+
+    def __init__(
+        self,
+        policy: RoutingPolicy,
+        produce: Produce,
+        record_decision: Record,
+        *,
+        prefix: str = "",
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.policy = policy
+        self.prefix = prefix
+        self.stats = RouterStats()
+        self._produce = produce
+        self._record = record_decision
+        self._clock = clock
+        self._tier_topics = {tier: spec.name(prefix) for tier, spec in TIER_TOPICS.items()}
+        self._dlq = DLQ.name(prefix)
+        self._routing = ROUTING.name(prefix)
+        self._default_reply = REPLIES.name(prefix)
+
+    async def route(self, raw: bytes | None, source: Source) -> Outcome:
+        """Forward one event to its tier topic (with the deadline header) or dead-letter it.
+
+        A bug in routing is caught here too and dead-letters the event with the exception, so the
+        agent's loop never sees an exception it would have to decide about.
+        """
+        try:
+            return await self._route(raw, source)
+        except Exception as exc:
+            log.exception("router failed on %s[%d]@%d", source.topic, source.partition, source.offset)
+            await self.reject(raw, source, f"router error: {type(exc).__name__}: {exc}")
+            return Outcome.DEAD_LETTERED
+
+    async def _route(self, raw: bytes | None, source: Source) -> Outcome:
+        try:
+            request = self.validate(raw)
+            route = self.policy.route(request, received_ms=self._clock())
+        except InvalidEvent as exc:
+            await self.reject(raw, source, exc.reason, exc.errors)
+            return Outcome.DEAD_LETTERED
+        except Unroutable as exc:
+            await self.reject(raw, source, f"unroutable: {exc}")
+            return Outcome.DEAD_LETTERED
+        assert raw is not None  # validate() rejects a missing value
+        headers = deadline_headers(route.deadline_ms, route.tier.value)
+        # The original bytes travel on: the worker validates the same event the game server sent.
+        await self._produce(self._tier_topics[route.tier], request.npc_id.encode(), raw, headers)
+        await self._record(
+            self._routing, request.request_id.encode(), self._decision(request, route).to_bytes()
+        )
+        self.stats.routed[route.tier.value] += 1
+        metrics.ROUTED.labels(route.tier.value, route.sla.value, str(route.contradiction is not None)).inc()
+        if route.contradiction:
+            log.info("request %s: %s", request.request_id, route.reason)
+        return Outcome.ROUTED
+
+    def validate(self, raw: bytes | None) -> Request:
+        """Parse and check the event; :class:`InvalidEvent` names every broken field and rule."""
+        request = parse_request(raw or b"")
+        if request.reply_topic and not reply_topic_allowed(request.reply_topic, self.prefix):
+            raise InvalidEvent(
+                f"invalid request: reply_topic {request.reply_topic!r}: use {self._default_reply}[.<name>]"
+            )
+        return request
+
+    def _decision(self, request: Request, route: Route) -> RoutingDecision:
+        return RoutingDecision(
+            request_id=request.request_id,
+            npc_id=request.npc_id,
+            tenant_id=request.tenant_id,
+            tier=route.tier,
+            sla=route.sla,
+            reason=route.reason[:500],
+            deadline_ms=route.deadline_ms,
+            decided_at_ms=self._clock(),
+        )
+
+    async def reject(
+        self, raw: bytes | None, source: Source, reason: str, errors: list | None = None
+    ) -> None:
+        """Dead-letter an event with its reason, its original bytes and where it was read."""
+        letter = DeadLetter.of(raw, reason, source.topic, source.partition, source.offset, errors)
+        await self._produce(self._dlq, source.topic.encode(), letter.to_bytes(), None)
+        self.stats.dead_letters += 1
+        metrics.DEAD_LETTERS.labels("router").inc()
+        log.warning("dead-lettered %s[%d]@%d: %s", source.topic, source.partition, source.offset, reason)
