@@ -83,6 +83,24 @@ class Sla(StrEnum):
     ASYNC = "async"
 
 
+class ReplyStatus(StrEnum):
+    """How a request ended; the wire value is the enum's value."""
+
+    OK = "ok"
+    FALLBACK = "fallback"
+    EXPIRED = "expired"
+    ERROR = "error"
+
+
+class ServedBy(StrEnum):
+    """What produced a reply's answer; ``none`` for expired and error replies."""
+
+    ENGINE = "engine"
+    CACHE = "cache"
+    DEFAULT_INTENT = "default_intent"
+    NONE = "none"
+
+
 class Event(BaseModel):
     """Base of every event on the wire: strict, closed, immutable JSON objects."""
 
@@ -142,11 +160,9 @@ class Reply(Event):
     npc_id: Identifier
     tenant_id: Identifier
     tier: Tier
-    served_by: Literal["engine", "cache", "default_intent", "none"] = Field(
-        description="What produced the answer; none for expired and error replies."
-    )
+    served_by: ServedBy = Field(description="What produced the answer; none for expired and error replies.")
     engine: Annotated[str, StringConstraints(max_length=128)] = ""
-    status: Literal["ok", "fallback", "expired", "error"]
+    status: ReplyStatus
     late: bool = Field(default=False, description="The result arrived after the request's deadline.")
     text: Annotated[str, StringConstraints(max_length=64_000)] = ""
     intent: Annotated[str, StringConstraints(max_length=256)] | None = None

@@ -15,7 +15,9 @@ from topics.schemas import (
     GameStateUpdate,
     InvalidEvent,
     Reply,
+    ReplyStatus,
     Request,
+    ServedBy,
     parse_request,
 )
 
@@ -77,9 +79,9 @@ def test_reply_and_dead_letter_schemas_validate_real_events() -> None:
         npc_id="n1",
         tenant_id="t1",
         tier=Tier.GOLD,
-        served_by="engine",
+        served_by=ServedBy.ENGINE,
         engine="scripted",
-        status="ok",
+        status=ReplyStatus.OK,
         text="Draws a sword.",
         replied_at_ms=1,
     )
@@ -104,7 +106,19 @@ def test_reply_and_dead_letter_schemas_validate_real_events() -> None:
     for event in (reply, letter, state):
         schema = event_json_schema(type(event))
         jsonschema.Draft202012Validator(schema).validate(json.loads(event.to_bytes()))
+    assert json.loads(reply.to_bytes())["status"] == "ok"
+    assert json.loads(reply.to_bytes())["served_by"] == "engine"
     bad_reply = json.loads(reply.to_bytes()) | {"status": "maybe"}
     assert not jsonschema.Draft202012Validator(event_json_schema(Reply)).is_valid(bad_reply)
     with pytest.raises(ValueError):
         Reply.from_bytes(json.dumps(bad_reply).encode())
+
+
+def test_reply_enums_keep_their_wire_values() -> None:
+    """Game servers match on these strings: renaming a member must not change what is sent."""
+    assert [s.value for s in ReplyStatus] == ["ok", "fallback", "expired", "error"]
+    assert [s.value for s in ServedBy] == ["engine", "cache", "default_intent", "none"]
+    schema = event_json_schema(Reply)
+    defs = schema["$defs"]
+    assert defs["ReplyStatus"]["enum"] == ["ok", "fallback", "expired", "error"]
+    assert defs["ServedBy"]["enum"] == ["engine", "cache", "default_intent", "none"]
