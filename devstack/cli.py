@@ -1,8 +1,10 @@
-"""``npcflow stack``: run the embedded stack from a terminal, a Makefile or CI.
+"""``npcflow stack`` and ``npcflow demo``: the embedded stack from a terminal, a Makefile or CI.
 
-``up`` in the foreground is for a demo in one terminal (Ctrl-C takes everything down);
-``up --detach`` + ``down`` is for scripts that run other commands in between; ``check`` is the
-one-line smoke test that the bundled binaries work on this machine.
+``stack up`` in the foreground is for a demo in one terminal (Ctrl-C takes everything down);
+``stack up --detach`` + ``stack down`` is for scripts that run other commands in between;
+``stack check`` is the one-line smoke test that the bundled binaries work on this machine;
+``demo`` runs the whole pipeline on a stack of its own. :mod:`pipeline.cli` registers both
+lazily, and passes the :class:`~pipeline.config.Settings` it read as the click context object.
 """
 
 from __future__ import annotations
@@ -21,17 +23,12 @@ from types import FrameType
 
 import click
 
-from pipeline import config
-from pipeline.stack import (
-    LOG_DIR,
-    SERVICES,
-    STACK_ENV_FILE,
-    EmbeddedStack,
-    StackEndpoints,
-    StackError,
-    probe_all,
-    stop_from_pidfile,
-)
+from devstack.endpoints import SERVICES, STACK_ENV_FILE, StackEndpoints
+from devstack.errors import StackError
+from devstack.probes import probe_all
+from devstack.stack import EmbeddedStack
+from devstack.supervise import LOG_DIR, stop_from_pidfile
+from pipeline.config import Settings
 
 log = logging.getLogger("npcflow.stack")
 
@@ -79,9 +76,19 @@ def _echo_endpoints(endpoints: StackEndpoints, stack: EmbeddedStack) -> None:
     )
 
 
+def _settings(ctx: click.Context) -> Settings:
+    """The settings ``npcflow`` read; read here when a command runs on its own (tests, ``-m``)."""
+    if ctx.obj is None:
+        ctx.obj = Settings.from_env()
+    settings: Settings = ctx.obj
+    return settings
+
+
 @click.group("stack", help="Run the embedded Kafka/PostgreSQL/Redis/S3/OpenSearch stack on 127.0.0.1.")
-def stack() -> None:
+@click.pass_context
+def stack(ctx: click.Context) -> None:
     """Group for the embedded-stack commands."""
+    _settings(ctx)
 
 
 @stack.command("up", short_help="Start the stack and write stack.env (Ctrl-C stops it).")
@@ -92,7 +99,8 @@ def stack() -> None:
     help="Return once everything answers; services keep running until `npcflow stack down`.",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging on stderr.")
-def up(detach: bool, verbose: bool) -> None:
+@click.pass_obj
+def up(settings: Settings, detach: bool, verbose: bool) -> None:
     """Start every service not given by an NPCFLOW_* variable, probe all, write stack.env.
 
     In the foreground (default) it waits for Ctrl-C or SIGTERM and then stops everything it
@@ -100,7 +108,7 @@ def up(detach: bool, verbose: bool) -> None:
     NPCFLOW_*=... lines and written to <state dir>/stack.env for the other npcflow commands.
     """
     _setup_logging(verbose, logging.INFO)
-    embedded = EmbeddedStack(detach=detach)
+    embedded = EmbeddedStack(settings.state_dir, detach=detach)
     stop_requested = threading.Event()
     starting = threading.Event()
     starting.set()
@@ -144,14 +152,15 @@ def up(detach: bool, verbose: bool) -> None:
 
 @stack.command("down", short_help="Stop what `stack up --detach` started.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging on stderr.")
-def down(verbose: bool) -> None:
+@click.pass_obj
+def down(settings: Settings, verbose: bool) -> None:
     """Stop the services `npcflow stack up --detach` started (by the pids it recorded).
 
     Removes stack.pids and stack.env. Harmless when nothing is running; processes whose pid
     now belongs to another program are left alone.
     """
     _setup_logging(verbose, logging.WARNING)
-    state = config.state_dir()
+    state = settings.state_dir
     try:
         stopped = stop_from_pidfile(state)
     except StackError as exc:
@@ -166,7 +175,8 @@ def down(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line instead of a table.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds each service may take to answer.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging on stderr.")
-def check(as_json: bool, timeout: float, verbose: bool) -> None:
+@click.pass_obj
+def check(settings: Settings, as_json: bool, timeout: float, verbose: bool) -> None:
     """Start the whole stack, probe each service on its own protocol, stop it, report.
 
     A service given by its NPCFLOW_* variable is probed, not started. Uses <state dir>/check
@@ -175,7 +185,7 @@ def check(as_json: bool, timeout: float, verbose: bool) -> None:
     """
     _setup_logging(verbose, logging.WARNING)
     began = time.monotonic()
-    check_dir: Path = config.state_dir() / "check"
+    check_dir: Path = settings.state_dir / "check"
     stop_from_pidfile(check_dir)
     shutil.rmtree(check_dir, ignore_errors=True)
     embedded = EmbeddedStack(check_dir, startup_timeout=timeout, external_timeout=timeout)
@@ -201,6 +211,27 @@ def check(as_json: bool, timeout: float, verbose: bool) -> None:
         click.echo(f"{'all ok' if healthy else 'FAILED'} in {report['seconds']} s")
     if not healthy:
         sys.exit(1)
+
+
+@click.command("demo")
+@click.option("--duration", default=60.0, show_default=True, help="Seconds of simulated traffic.")
+@click.option(
+    "--rate", default=None, type=float, help="Requests per second (default: what the engine sustains)."
+)
+@click.option("--npcs", default=300, show_default=True, help="Simulated NPCs.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON summary line instead of the live table."
+)
+@click.pass_context
+def demo(ctx: click.Context, duration: float, rate: float | None, npcs: int, as_json: bool) -> None:
+    """Start the embedded stack, the router and three tier workers, and simulate a game server."""
+    from devstack.demo import run_demo
+
+    summary = run_demo(_settings(ctx), duration=duration, rate=rate, npcs=npcs, as_json=as_json)
+    if as_json:
+        click.echo(json.dumps(summary))
+    ok = summary["lost"] == 0 and summary["sent"] == summary["replied"]
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import sys
 import tempfile
@@ -21,17 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
+from devstack.processes import PipelineProcesses
+from devstack.stack import EmbeddedStack
+from pipeline import kafka
 from pipeline.client import NPCClient, ReplyTimeout
-from pipeline.config import ENV_TOPIC_PREFIX
+from pipeline.config import ENV_EMBEDDED_THREADS, Settings
 from pipeline.observability.metrics import percentiles
-from pipeline.processes import PipelineProcesses
-from pipeline.stack import EmbeddedStack
 from topics.admin import create_topics
 from topics.catalogue import DLQ, REQUESTS, Tier
 from topics.schemas import Reply, Request, Sla
-from workers.engines import engine_spec
 
 log = logging.getLogger("npcflow.demo")
 
@@ -166,10 +163,10 @@ def render(server: GameServer, elapsed: float, duration: float, engines: dict[Ti
     return "\n".join(lines)
 
 
-async def send_invalid_events(bootstrap: str, prefix: str, duration: float) -> int:
+async def send_invalid_events(settings: Settings, prefix: str, duration: float) -> int:
     """A game-server bug, simulated: malformed events that must land in the DLQ, not stop anything."""
     bad = [b"{not json", b'{"request_id": "x"}', b'{"max_tokens": -1}', b"\xff\xfe\xfd"]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    producer = kafka.producer(settings, "npcflow-demo-buggy-server")
     await producer.start()
     sent = 0
     try:
@@ -183,10 +180,8 @@ async def send_invalid_events(bootstrap: str, prefix: str, duration: float) -> i
     return sent
 
 
-async def count_dead_letters(bootstrap: str, prefix: str, expected: int, timeout_s: float = 10.0) -> int:
-    consumer = AIOKafkaConsumer(
-        DLQ.name(prefix), bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=5
-    )
+async def count_dead_letters(settings: Settings, prefix: str, expected: int, timeout_s: float = 10.0) -> int:
+    consumer = kafka.consumer(settings, "npcflow-demo-dlq", DLQ.name(prefix))
     await consumer.start()
     seen = 0
     try:
@@ -200,7 +195,7 @@ async def count_dead_letters(bootstrap: str, prefix: str, expected: int, timeout
 
 
 async def drive(
-    bootstrap: str,
+    settings: Settings,
     prefix: str,
     duration: float,
     rate: float,
@@ -208,9 +203,9 @@ async def drive(
     as_json: bool,
     engines: dict[Tier, str],
 ) -> dict[str, Any]:
-    async with NPCClient(bootstrap, tenant_id="demo-game-server", prefix=prefix) as client:
+    async with NPCClient(settings, tenant_id="demo-game-server", prefix=prefix) as client:
         server = GameServer(client, rate, npcs)
-        invalid_task = asyncio.create_task(send_invalid_events(bootstrap, prefix, duration))
+        invalid_task = asyncio.create_task(send_invalid_events(settings, prefix, duration))
         run_task = asyncio.create_task(server.run(duration))
         start = time.perf_counter()
         tty = sys.stdout.isatty()
@@ -224,7 +219,7 @@ async def drive(
         await run_task
         await server.drain()
         invalid_sent = await invalid_task
-        dead = await count_dead_letters(bootstrap, prefix, invalid_sent)
+        dead = await count_dead_letters(settings, prefix, invalid_sent)
     return {
         "sent": {t.value: server.tally[t].sent for t in Tier},
         "replied": {t.value: server.tally[t].replied for t in Tier},
@@ -241,33 +236,42 @@ async def drive(
     }
 
 
-def run_demo(duration: float, rate: float | None, npcs: int, as_json: bool) -> dict[str, Any]:
-    engines = {t: engine_spec(t.value) for t in Tier}
+def run_demo(
+    settings: Settings, duration: float, rate: float | None, npcs: int, as_json: bool
+) -> dict[str, Any]:
+    """Run the demo on a stack of its own (services given in the environment are reused)."""
+    engines = {t: settings.engines.spec_for(t.value) for t in Tier}
     if rate is None:
         rate = (
             DEFAULT_EMBEDDED_RATE if any(e == "embedded" for e in engines.values()) else DEFAULT_SCRIPTED_RATE
         )
     with tempfile.TemporaryDirectory(prefix="npcflow-demo-") as tmp:
-        return _run_demo(Path(tmp), duration, rate, npcs, as_json, engines)
+        return _run_demo(settings, Path(tmp), duration, rate, npcs, as_json, engines)
 
 
 def _run_demo(
-    work: Path, duration: float, rate: float, npcs: int, as_json: bool, engines: dict[Tier, str]
+    settings: Settings,
+    work: Path,
+    duration: float,
+    rate: float,
+    npcs: int,
+    as_json: bool,
+    engines: dict[Tier, str],
 ) -> dict[str, Any]:
-    prefix = os.environ.get(ENV_TOPIC_PREFIX, "")
+    prefix = settings.topic_prefix
     with EmbeddedStack(work / "stack") as stack:
         endpoints = stack.endpoints
         assert endpoints is not None
-        bootstrap = endpoints.kafka_bootstrap
-        asyncio.run(create_topics(bootstrap, prefix))
-        env = endpoints.as_env() | {"NPCFLOW_EMBEDDED_THREADS": "1"}
+        settings = endpoints.apply_to(settings)
+        asyncio.run(create_topics(settings, prefix))
+        env = endpoints.as_env() | {ENV_EMBEDDED_THREADS: "1"}
         if not as_json:
             print(
                 f"stack up; starting router and workers (engines: {json.dumps(engines)})",
                 flush=True,
             )
         with PipelineProcesses(env, work, engines=engines):
-            summary = asyncio.run(drive(bootstrap, prefix, duration, rate, npcs, as_json, engines))
+            summary = asyncio.run(drive(settings, prefix, duration, rate, npcs, as_json, engines))
     if not as_json:
         print("\nsummary: " + json.dumps(summary, indent=2))
     return summary
