@@ -8,20 +8,16 @@ needs topics gets its own topic prefix, so tests never read each other's traffic
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pipeline.stack import EmbeddedStack, StackEndpoints
+from devstack.endpoints import StackEndpoints
+from devstack.stack import EmbeddedStack
+from pipeline.config import Settings
 from topics.admin import create_topics
-
-# The product's default session timeout (joins take ≈ 3 s): shorter ones make a loaded 2-core
-# machine miss heartbeats, and the rebalance that follows replays records (a legitimate duplicate).
-os.environ.setdefault("NPCFLOW_SESSION_TIMEOUT_S", "6")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
@@ -35,15 +31,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackEndpoints]:
 
 
 @pytest.fixture(scope="session")
-def kafka(stack: StackEndpoints) -> str:
-    return stack.kafka_bootstrap
+def settings(stack: StackEndpoints) -> Settings:
+    """The environment's settings (never a developer's ``stack.env``) with the stack's endpoints."""
+    return stack.apply_to(Settings.from_env(stack_file=False))
+
+
+@pytest.fixture(scope="session")
+def kafka(settings: Settings) -> str:
+    return settings.require_kafka()
 
 
 @pytest.fixture(scope="module")
-def prefix(kafka: str) -> str:
+def prefix(settings: Settings) -> str:
     """A fresh topic prefix with the whole catalogue created under it."""
     value = f"t{uuid.uuid4().hex[:8]}."
-    asyncio.run(create_topics(kafka, value))
+    asyncio.run(create_topics(settings, value))
     return value
 
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
-
+from devstack.endpoints import StackEndpoints
+from devstack.processes import PipelineProcesses
+from pipeline import kafka as kafka_clients
+from pipeline.config import ENV_MAX_IN_FLIGHT, ENV_TOPIC_PREFIX, Settings
 from pipeline.deadlines import deadline_headers, now_ms
-from pipeline.processes import PipelineProcesses
-from pipeline.stack import StackEndpoints
 from tests.integration.kafka_util import read_topic
 from topics.catalogue import REPLIES, REQUESTS_GOLD, Tier
 from topics.schemas import Reply, Request, Sla
 
 
 def gold_worker(stack: StackEndpoints, prefix: str, work: Path) -> PipelineProcesses:
-    env = stack.as_env() | {"NPCFLOW_TOPIC_PREFIX": prefix, "NPCFLOW_MAX_IN_FLIGHT": "1"}
+    env = stack.as_env() | {ENV_TOPIC_PREFIX: prefix, ENV_MAX_IN_FLIGHT: "1"}
     return PipelineProcesses(
         env, work, routers=0, workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=100"}
     )
@@ -26,7 +26,7 @@ def answered(records: list) -> set[str]:
 
 
 async def test_requests_of_a_killed_worker_are_served_by_its_successor(
-    stack: StackEndpoints, kafka: str, prefix: str, work_dir: Path
+    stack: StackEndpoints, settings: Settings, kafka: str, prefix: str, work_dir: Path
 ) -> None:
     requests = [
         Request(
@@ -44,7 +44,7 @@ async def test_requests_of_a_killed_worker_are_served_by_its_successor(
     first = gold_worker(stack, prefix, work_dir / "first")
     first.start()
     try:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=0)
+        producer = kafka_clients.producer(settings, "test-replay")
         await producer.start()
         deadline = now_ms() + 300_000
         for r in requests:

@@ -22,19 +22,15 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from devstack.cli import stack as stack_group
+from devstack.endpoints import SERVICES, STACK_ENV_FILE
+from devstack.launchers import RedisLauncher
+from devstack.probes import probe_all
+from devstack.stack import EmbeddedStack
+from devstack.supervise import PID_FILE, stop_from_pidfile
 from pipeline import config
-from pipeline.stack import (
-    PID_FILE,
-    SERVICES,
-    STACK_ENV_FILE,
-    EmbeddedStack,
-    RedisLauncher,
-    probe_all,
-    stop_from_pidfile,
-)
-from pipeline.stack_cli import stack as stack_group
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -205,7 +201,7 @@ def test_foreground_up_leaves_nothing_when_stopped_or_killed(
     out, err = tmp_path / "up.out", tmp_path / "up.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.stack_cli", "up"], cwd=REPO, stdout=stdout, stderr=stderr
+            [sys.executable, "-m", "pipeline.cli", "stack", "up"], cwd=REPO, stdout=stdout, stderr=stderr
         )
     try:
         deadline = time.monotonic() + 45
