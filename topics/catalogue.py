@@ -6,6 +6,7 @@ beside production on one cluster without touching its topics.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -112,14 +113,47 @@ GAME_STATE = TopicSpec(
 )
 
 
-def reply_topic_allowed(topic: str, prefix: str | None = None) -> bool:
-    """A request may name ``npc.replies`` or ``npc.replies.<anything>`` (same prefix), nothing else.
+#: Kafka's own limit is 249 characters; ours leaves room for a prefix and keeps names readable.
+MAX_REPLY_TOPIC_CHARS = 200
+#: One segment after ``npc.replies``: starts with a letter or digit (no ``__internal`` names), no dots.
+REPLY_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 
-    Otherwise any game server could make workers write replies into the tier, output or
-    game-state topics.
+
+def reply_topic_pattern(prefix: str = "") -> str:
+    """The reply-topic family as a regular expression meaning the same in Python, Rust and ECMA-262.
+
+    ``npc.replies`` (shared) or ``npc.replies.<tenant>[.<name>]``: no empty segments, no internal
+    topics, at most two segments. Only ``.`` needs escaping: prefixes are topic characters.
+    """
+    return "^" + prefix.replace(".", r"\.") + r"npc\.replies(?:\." + REPLY_SEGMENT + r"){0,2}$"
+
+
+def reply_topic_problem(topic: str, prefix: str, tenant_id: str) -> str | None:
+    """Why ``topic`` is not a reply topic this tenant may name, or None when it may.
+
+    A request may name the shared ``npc.replies`` or its own family ``npc.replies.<tenant_id>[.<name>]``
+    (same prefix): otherwise any game server could make workers write into the tier, output or
+    game-state topics, or into another tenant's replies. Workers never create a reply topic; a
+    game server registers its own with ``npcflow topics create --reply-topic``.
     """
     default = REPLIES.name(prefix)
-    return topic == default or topic.startswith(default + ".")
+    if topic == default:
+        return None
+    if len(topic) > MAX_REPLY_TOPIC_CHARS:
+        return f"reply_topic is {len(topic)} characters, over {MAX_REPLY_TOPIC_CHARS}"
+    if not re.fullmatch(reply_topic_pattern(prefix)[1:-1], topic):
+        return f"reply_topic {topic!r} is not {default} or {default}.<tenant>[.<name>]"
+    tenant_segment = topic[len(default) + 1 :].split(".")[0]
+    if tenant_segment != tenant_id:
+        return f"reply_topic {topic!r} belongs to tenant {tenant_segment!r}, not {tenant_id!r}"
+    return None
+
+
+def reply_topic_allowed(topic: str, prefix: str | None = None, tenant_id: str | None = None) -> bool:
+    """Kept for callers that only ask yes/no; :func:`reply_topic_problem` says why."""
+    if tenant_id is None:
+        tenant_id = topic[len(REPLIES.name(prefix)) + 1 :].split(".")[0]
+    return reply_topic_problem(topic, prefix or "", tenant_id) is None
 
 
 CATALOGUE: tuple[TopicSpec, ...] = (

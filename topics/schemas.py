@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from topics.catalogue import Tier
+from topics.catalogue import MAX_REPLY_TOPIC_CHARS, Tier, reply_topic_problem
 
 SCHEMA_VERSION = 1
 #: Largest event the router accepts, in bytes; larger bodies are dead-lettered unparsed.
@@ -38,6 +38,13 @@ MAX_LATENCY_BUDGET_MS = 3_600_000
 MAX_TIMESTAMP_MS = 2**53 - 1
 #: Dead letters keep at most this much of the original event.
 MAX_DEAD_LETTER_ORIGINAL = 256 * 1024
+#: A dead letter lists at most this many field errors (``errors_omitted`` counts the rest) ...
+MAX_DEAD_LETTER_ERRORS = 20
+#: ... each string in them cut to this many characters, so a dead letter never amplifies its input:
+#: its size is at most 4/3 of the original (base64) plus DEAD_LETTER_OVERHEAD_BYTES.
+MAX_ERROR_TEXT = 200
+MAX_REASON_CHARS = 4000
+DEAD_LETTER_OVERHEAD_BYTES = 24 * 1024
 
 
 def _integral_float_to_int(value: Any) -> Any:
@@ -55,6 +62,11 @@ def bounded_int(ge: int = 0, le: int = MAX_TIMESTAMP_MS) -> Any:
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
+#: A reply topic as the schema alone can check it; the family rule (prefix, tenant) is in
+#: :func:`parse_request` and, for the exported schema, in :func:`topics.export.event_json_schema`.
+ReplyTopicName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_REPLY_TOPIC_CHARS, pattern=r"^[A-Za-z0-9._-]+$")
+]
 ToolName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
 TimestampMs = bounded_int()
 ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -72,6 +84,22 @@ ContextValue = Annotated[
     Any,
     AfterValidator(_context_scalar),
     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}),
+]
+
+
+def _is_schema_version(value: int) -> int:
+    if value != SCHEMA_VERSION:
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": SCHEMA_VERSION})
+    return value
+
+
+#: A strict integer equal to SCHEMA_VERSION: ``true`` is not 1 here, as it is not in JSON Schema.
+SchemaVersion = Annotated[
+    int,
+    Strict(),
+    BeforeValidator(_integral_float_to_int),
+    AfterValidator(_is_schema_version),
+    WithJsonSchema({"type": "integer", "const": SCHEMA_VERSION, "default": SCHEMA_VERSION}),
 ]
 
 
@@ -108,13 +136,13 @@ class Event(BaseModel):
     event_name: ClassVar[str]
     #: Largest body accepted by :meth:`from_bytes` (``None``: no limit beyond the broker's).
     max_bytes: ClassVar[int | None] = None
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> Self:
+    def from_bytes(cls, raw: bytes | None) -> Self:
         """Parse and validate one event; raises :class:`InvalidEvent` with a readable reason."""
         return cls.model_validate_json(_decode_body(raw, cls.max_bytes))
 
@@ -134,7 +162,12 @@ class Request(Event):
     tools: Annotated[list[ToolName], Field(max_length=8)] = Field(default_factory=list)
     context: Annotated[dict[ContextKey, ContextValue], Field(max_length=32)] = Field(default_factory=dict)
     created_at_ms: TimestampMs
-    reply_topic: TopicName | None = Field(default=None, description="Defaults to npc.replies.")
+    reply_topic: ReplyTopicName | None = Field(
+        default=None,
+        description="Defaults to npc.replies. Otherwise npc.replies.<tenant_id>[.<name>], created beforehand "
+        "(`npcflow topics create --reply-topic`): the tenant segment must equal tenant_id, a rule "
+        "JSON Schema cannot express across fields; the router checks it.",
+    )
 
 
 class TokenUsage(BaseModel):
@@ -197,20 +230,35 @@ class RoutingDecision(Event):
 
 class FieldError(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-    field: str
-    rule: str
-    message: str
+    field: Annotated[str, StringConstraints(max_length=MAX_ERROR_TEXT)]
+    rule: Annotated[str, StringConstraints(max_length=MAX_ERROR_TEXT)]
+    message: Annotated[str, StringConstraints(max_length=MAX_ERROR_TEXT)]
+
+    @classmethod
+    def cut(cls, field: str, rule: str, message: str) -> FieldError:
+        """One error with each string cut to MAX_ERROR_TEXT (a field path can echo hostile keys)."""
+        return cls(field=_cut(field), rule=_cut(rule), message=_cut(message))
+
+
+def _cut(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class DeadLetter(Event):
     """An event that could not be accepted, with the original bytes (base64) and where it came from."""
 
     event_name: ClassVar[str] = "dead_letter"
-    reason: Annotated[str, StringConstraints(max_length=4000)]
-    errors: list[FieldError] = Field(default_factory=list)
+    reason: Annotated[str, StringConstraints(max_length=MAX_REASON_CHARS)]
+    errors: Annotated[list[FieldError], Field(max_length=MAX_DEAD_LETTER_ERRORS)] = Field(
+        default_factory=list
+    )
+    errors_omitted: bounded_int() = Field(default=0, description="Field errors beyond the first 20.")
     original_b64: str = Field(description="The original bytes, base64; cut to 256 KiB when larger.")
     original_size: bounded_int()
     original_truncated: bool = False
+    original_null: bool = Field(
+        default=False, description="The record's value was null (a tombstone), not an empty byte string."
+    )
     source_topic: TopicName
     source_partition: bounded_int()
     source_offset: bounded_int()
@@ -231,15 +279,22 @@ class DeadLetter(Event):
         errors: list[FieldError] | None = None,
         stage: Literal["router", "worker"] = "router",
     ) -> DeadLetter:
-        """The record for one rejected event: its bytes (cut to fit a Kafka message) and its origin."""
+        """The record for one rejected event: its bytes (cut to fit a Kafka message) and its origin.
+
+        Bounded whatever the input: at most MAX_DEAD_LETTER_ERRORS errors with their strings cut,
+        the reason cut, so its size is ≤ 4/3 · len(raw) + DEAD_LETTER_OVERHEAD_BYTES.
+        """
         body = raw or b""
         kept = body[:MAX_DEAD_LETTER_ORIGINAL]
+        errors = errors or []
         return cls(
-            reason=reason[:4000],
-            errors=errors or [],
+            reason=_cut(reason, MAX_REASON_CHARS),
+            errors=[FieldError.cut(e.field, e.rule, e.message) for e in errors[:MAX_DEAD_LETTER_ERRORS]],
+            errors_omitted=max(0, len(errors) - MAX_DEAD_LETTER_ERRORS),
             original_b64=base64.b64encode(kept).decode(),
             original_size=len(body),
             original_truncated=len(kept) < len(body),
+            original_null=raw is None,
             source_topic=topic,
             source_partition=partition,
             source_offset=offset,
@@ -275,7 +330,12 @@ class InvalidEvent(ValueError):
         self.errors = errors or []
 
 
-def _decode_body(raw: bytes, max_bytes: int | None) -> str:
+def _decode_body(raw: bytes | None, max_bytes: int | None) -> str:
+    if raw is None:
+        raise InvalidEvent(
+            "null value (a tombstone): expected a JSON object",
+            [FieldError(field="", rule="null_value", message="")],
+        )
     if not raw:
         raise InvalidEvent(
             "empty body: expected a JSON object", [FieldError(field="", rule="empty", message="")]
@@ -299,15 +359,29 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
     out = []
     for err in exc.errors(include_url=False):
         path = ".".join(str(p) for p in err["loc"]) or "(body)"
-        out.append(FieldError(field=path, rule=err["type"], message=err["msg"]))
+        out.append(FieldError.cut(path, err["type"], err["msg"]))
     return out
 
 
-def parse_request(raw: bytes) -> Request:
-    """Decode and validate an intake event; every failure becomes :class:`InvalidEvent`."""
+def parse_request(raw: bytes | None, prefix: str | None = None) -> Request:
+    """Decode and validate an intake event under a topic prefix; failures become :class:`InvalidEvent`.
+
+    This is the one definition of a valid request (router and workers call it): the exported
+    JSON Schema for the same prefix accepts exactly these events, but for the cross-field
+    tenant rule of ``reply_topic`` and the byte limit, which its description states. With
+    ``prefix`` None the reply-topic family is not checked (reading recorded traffic).
+    """
     try:
-        return Request.from_bytes(raw)
+        request = Request.from_bytes(raw)
     except ValidationError as exc:
         errors = field_errors(exc)
-        reason = "; ".join(f"{e.field}: {e.message} [{e.rule}]" for e in errors)
-        raise InvalidEvent(f"invalid request: {reason}", errors) from None
+        shown = "; ".join(f"{e.field}: {e.message} [{e.rule}]" for e in errors[:MAX_DEAD_LETTER_ERRORS])
+        omitted = len(errors) - MAX_DEAD_LETTER_ERRORS
+        more = f"; and {omitted} more" if omitted > 0 else ""
+        raise InvalidEvent(f"invalid request: {shown}{more}", errors) from None
+    if request.reply_topic is not None and prefix is not None:
+        problem = reply_topic_problem(request.reply_topic, prefix, request.tenant_id)
+        if problem:
+            error = FieldError.cut("reply_topic", "reply_topic_family", problem)
+            raise InvalidEvent(f"invalid request: reply_topic: {problem} [reply_topic_family]", [error])
+    return request

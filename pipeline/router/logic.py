@@ -16,7 +16,7 @@ from enum import StrEnum
 from pipeline.deadlines import deadline_headers, now_ms
 from pipeline.observability import metrics
 from pipeline.router.policy import Route, RoutingPolicy, Unroutable
-from topics.catalogue import DLQ, REPLIES, ROUTING, TIER_TOPICS, Tier, reply_topic_allowed
+from topics.catalogue import DLQ, ROUTING, TIER_TOPICS, Tier
 from topics.schemas import DeadLetter, InvalidEvent, Request, RoutingDecision, parse_request
 
 log = logging.getLogger("npcflow.router")
@@ -69,7 +69,6 @@ class Router:
         self._tier_topics = {tier: spec.name(prefix) for tier, spec in TIER_TOPICS.items()}
         self._dlq = DLQ.name(prefix)
         self._routing = ROUTING.name(prefix)
-        self._default_reply = REPLIES.name(prefix)
 
     async def route(self, raw: bytes | None, source: Source) -> Outcome:
         """Forward one event to its tier topic (with the deadline header) or dead-letter it.
@@ -109,12 +108,7 @@ class Router:
 
     def validate(self, raw: bytes | None) -> Request:
         """Parse and check the event; :class:`InvalidEvent` names every broken field and rule."""
-        request = parse_request(raw or b"")
-        if request.reply_topic and not reply_topic_allowed(request.reply_topic, self.prefix):
-            raise InvalidEvent(
-                f"invalid request: reply_topic {request.reply_topic!r}: use {self._default_reply}[.<name>]"
-            )
-        return request
+        return parse_request(raw, self.prefix)
 
     def _decision(self, request: Request, route: Route) -> RoutingDecision:
         return RoutingDecision(
