@@ -1,12 +1,13 @@
-"""One tier worker class, configured per tier: consume routed requests, call the engine, reply.
+"""One tier worker class, configured per tier: the Kafka loop around :mod:`workers.serving`.
 
-Per record: parse (poison → dead letter), wait for an engine slot, check the deadline from the
-header (already past → an ``expired`` reply without an engine call), call the engine, then
-produce the reply (to the request's reply topic, key = request_id) and the output record
-(``npc.outputs``). A record's offset counts as done only once its reply (or dead letter) and its
-output are acknowledged; offsets are committed from :class:`~workers.offsets.OffsetTracker`, so a
-crash replays unfinished work instead of losing it (at-least-once; the client drops a duplicate).
-If the worker cannot write to Kafka at all it stops with an error rather than skip a record.
+The loop consumes routed requests, bounds what it holds (records pending, engine slots),
+hands serving one record at a time and produces the records serving returns: the reply (to
+the request's reply topic, key = request_id) and the output (``npc.outputs``), or a dead
+letter. A record's offset counts as done only once those are acknowledged; offsets are
+committed from :class:`~workers.offsets.OffsetTracker`, so a crash replays unfinished work
+instead of losing it (at-least-once; the client drops a duplicate). On a revoke the records
+still waiting for an engine slot are handed back unserved. If the worker cannot write to Kafka
+at all it stops with an error rather than skip a record.
 """
 
 from __future__ import annotations
@@ -14,57 +15,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from pipeline.observability import metrics
-from pipeline.config import fetch_max_wait_ms, session_timeout_s
-from pipeline.deadlines import read_deadline
+from pipeline import kafka
+from pipeline.config import Settings
 from pipeline.lifecycle import Lifecycle
-from pipeline.router.policy import RoutingPolicy
 from pipeline.readiness import mark_ready
-from topics.catalogue import DLQ, OUTPUTS, REPLIES, TIER_TOPICS, Tier, reply_topic_allowed
-from topics.schemas import (
-    DeadLetter,
-    InvalidEvent,
-    Latency,
-    Output,
-    Reply,
-    Request,
-    TokenUsage,
-    parse_request,
-)
-from workers.engines.base import Engine, EngineError, EngineResult
+from pipeline.router.policy import RoutingPolicy
+from topics.catalogue import TIER_TOPICS, Tier
+from workers.engines.base import Engine
+from workers.hooks import standard_hooks
 from workers.offsets import OffsetTracker
+from workers.resilience import wrap_engine
+from workers.serving import DeadLettered, Hooks, Outcome, Serving, ServingStats
 
 log = logging.getLogger("npcflow.worker")
 
+#: Outputs feed the sinks, off the reply's latency path: batched with a linger.
 OUTPUTS_LINGER_MS = 20
-DEFAULT_IN_FLIGHT = {Tier.GOLD: 16, Tier.SILVER: 8, Tier.BRONZE: 4}
 
 
 class WorkerFailed(RuntimeError):
     """The worker could not record a result in Kafka and stopped, leaving the record to be replayed."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class WorkerConfig:
+    """One tier worker's settings: the process's :class:`Settings` plus the worker's own bounds."""
+
+    settings: Settings
     tier: Tier
-    bootstrap: str
-    prefix: str = ""
-    #: Engine calls at once (the engine's own concurrency).
+    #: Engine calls at once (the engine's own concurrency may lower it).
     max_in_flight: int = 8
     #: Records taken from Kafka and not yet replied to (engine queue included): the memory bound.
     max_pending: int = 1024
+    #: None: ``<prefix>npcflow-worker-<tier>``, shared by every worker of the tier.
     group_id: str | None = None
-    fetch_max_wait_ms: int = 5
-    session_timeout_ms: int = 6000
     #: How long a rebalance may wait for this worker to finish the engine calls it has started.
     rebalance_timeout_ms: int = 60_000
     #: Beyond the deadline, how long an engine call may run before it is abandoned as an error.
@@ -74,29 +66,32 @@ class WorkerConfig:
     commit_interval_s: float = 0.2
 
     @classmethod
-    def from_env(cls, tier: Tier, bootstrap: str, prefix: str = "") -> WorkerConfig:
-        return cls(
+    def from_settings(cls, settings: Settings, tier: Tier, **overrides: object) -> WorkerConfig:
+        """The tier's worker as the settings describe it; ``overrides`` for tests and benchmarks."""
+        config = cls(
+            settings=settings,
             tier=tier,
-            bootstrap=bootstrap,
-            prefix=prefix,
-            max_in_flight=int(os.environ.get("NPCFLOW_MAX_IN_FLIGHT", DEFAULT_IN_FLIGHT[tier])),
-            max_pending=int(os.environ.get("NPCFLOW_MAX_PENDING", "1024")),
-            fetch_max_wait_ms=fetch_max_wait_ms(),
-            session_timeout_ms=int(session_timeout_s() * 1000),
-            engine_grace_s=float(os.environ.get("NPCFLOW_ENGINE_GRACE_S", "30")),
+            max_in_flight=settings.worker.in_flight_for(tier.value),
+            max_pending=settings.worker.max_pending,
+            engine_grace_s=settings.worker.engine_grace_s,
         )
+        return replace(config, **overrides)  # type: ignore[arg-type]
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.topic_prefix
+
+    @property
+    def group(self) -> str:
+        return self.group_id or f"{self.prefix}npcflow-worker-{self.tier.value}"
 
 
 @dataclass
 class WorkerStats:
-    replies: dict[str, int] = field(default_factory=dict)
-    dead_letters: int = 0
-    engine_calls: int = 0
     #: Records handed back unserved on a revoke or stop (the partition's next owner serves them).
     handed_back: int = 0
-
-    def count(self, status: str) -> None:
-        self.replies[status] = self.replies.get(status, 0) + 1
+    #: What serving produced (replies by status, dead letters, engine calls).
+    serving: ServingStats = field(default_factory=ServingStats)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -107,25 +102,42 @@ class _Rebalance(ConsumerRebalanceListener):
         await self.worker._release(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        worker = self.worker
         partitions = sorted(tp.partition for tp in assigned)
-        log.info("%s worker assigned %s", self.worker.tier.value, partitions)
+        log.info("%s worker assigned %s", worker.tier.value, partitions)
         if partitions:
-            self.worker.assigned.set()
-            mark_ready(f"{self.worker.tier.value} worker assigned {partitions}")
+            worker.assigned.set()
+            mark_ready(
+                worker.config.settings.process.ready_file, f"{worker.tier.value} worker assigned {partitions}"
+            )
 
 
 class TierWorker(Lifecycle):
-    def __init__(self, config: WorkerConfig, engine: Engine, policy: RoutingPolicy | None = None) -> None:
+    """``start()`` the engine and clients, ``run()`` until :meth:`request_stop`, then ``stop()``."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        engine: Engine,
+        policy: RoutingPolicy | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
         self.config = config
         self.tier = config.tier
-        self.engine = engine
-        self.policy = policy or RoutingPolicy.load()
-        self.stats = WorkerStats()
+        self.engine = wrap_engine(engine, grace_s=config.engine_grace_s, cap_s=config.engine_timeout_cap_s)
+        self.serving = Serving(
+            config.tier,
+            self.engine,
+            policy or RoutingPolicy.load(config.settings.policy_file),
+            prefix=config.prefix,
+            hooks=standard_hooks() if hooks is None else hooks,
+        )
+        self.stats = WorkerStats(serving=self.serving.stats)
         self.assigned = asyncio.Event()
         self.failure: BaseException | None = None
         self._offsets = OffsetTracker()
         self._slots = asyncio.Semaphore(
-            min(config.max_in_flight, engine.max_concurrency or config.max_in_flight)
+            min(config.max_in_flight, self.engine.max_concurrency or config.max_in_flight)
         )
         self._pending = asyncio.Semaphore(config.max_pending)
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
@@ -135,46 +147,42 @@ class TierWorker(Lifecycle):
         self._generation = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        #: Outputs feed the sinks, off the reply's latency path: batched with a linger.
         self._outputs_producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self._topic = TIER_TOPICS[self.tier].name(config.prefix)
-        self._default_reply_topic = REPLIES.name(config.prefix)
-        self._outputs_topic = OUTPUTS.name(config.prefix)
-        self._dlq_topic = DLQ.name(config.prefix)
 
-    async def start(self) -> None:
-        """Start the engine, producers and consumer; on any failure stop what did start."""
-        try:
-            await self.engine.start()
-            self._producer = AIOKafkaProducer(
-                bootstrap_servers=self.config.bootstrap, linger_ms=0, acks=1, client_id=f"npcflow-{self.tier}"
-            )
-            await self._producer.start()
-            self._outputs_producer = AIOKafkaProducer(
-                bootstrap_servers=self.config.bootstrap,
-                linger_ms=OUTPUTS_LINGER_MS,
-                acks=1,
-                client_id=f"npcflow-{self.tier}-outputs",
-            )
-            await self._outputs_producer.start()
-            self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.config.bootstrap,
-                group_id=self.config.group_id or f"{self.config.prefix}npcflow-worker-{self.tier.value}",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=self.config.fetch_max_wait_ms,
-                session_timeout_ms=self.config.session_timeout_ms,
-                heartbeat_interval_ms=max(300, self.config.session_timeout_ms // 4),
-                rebalance_timeout_ms=self.config.rebalance_timeout_ms,
-                client_id=f"npcflow-{self.tier}",
-            )
-            self._consumer.subscribe([self._topic], listener=_Rebalance(self))
-            await self._consumer.start()
-        except BaseException:
-            await self._close()
-            raise
-        log.info("%s worker started on %s with engine %s", self.tier.value, self._topic, self.engine.name)
+    async def _start(self) -> None:
+        """Start the engine, producers and consumer (on failure ``stop`` closes what did start)."""
+        settings, tier = self.config.settings, self.tier.value
+        await self.engine.start()
+        self._producer = kafka.producer(settings, f"npcflow-{tier}", linger_ms=0)
+        await self._producer.start()
+        self._outputs_producer = kafka.producer(
+            settings, f"npcflow-{tier}-outputs", linger_ms=OUTPUTS_LINGER_MS
+        )
+        await self._outputs_producer.start()
+        self._consumer = kafka.consumer(
+            settings,
+            f"npcflow-{tier}",
+            group_id=self.config.group,
+            rebalance_timeout_ms=self.config.rebalance_timeout_ms,
+        )
+        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        log.info("%s worker started on %s with engine %s", tier, self._topic, self.engine.name)
+
+    async def _stop(self) -> None:
+        """Abandon records still waiting for the engine, finish the rest, commit, close."""
+        self._stopping.set()
+        with contextlib.suppress(Exception):
+            await self._release(None)
+        if self._consumer is not None:
+            await self._consumer.stop()
+        for producer in (self._producer, self._outputs_producer):
+            if producer is not None:
+                await producer.stop()
+        await self.engine.stop()
+        log.info("%s worker stopped: %s", self.tier.value, self.stats)
 
     def partitions(self) -> set[int]:
         """The tier-topic partitions this worker owns right now (empty before its group assigned it any)."""
@@ -184,7 +192,7 @@ class TierWorker(Lifecycle):
         """Records in owned partitions past the group's committed offsets: 0 when fully committed.
 
         Uses the high-water marks of fetch responses, not ListOffsets: the embedded Tansu broker
-        answers ListOffsets(latest) wrongly (as it does ``offsets_for_times``, DESIGN §6).
+        answers ListOffsets(latest) wrongly (docs/architecture.md, "The embedded broker").
         """
         if self._consumer is None:
             return 0
@@ -200,22 +208,6 @@ class TierWorker(Lifecycle):
 
     async def stopped(self) -> None:
         await self._stopping.wait()
-
-    async def stop(self) -> None:
-        """Abandon records still waiting for the engine, finish the rest, commit, close."""
-        self._stopping.set()
-        with contextlib.suppress(Exception):
-            await self._release(None)
-        await self._close()
-        log.info("%s worker stopped: %s", self.tier.value, self.stats)
-
-    async def _close(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-        for producer in (self._producer, self._outputs_producer):
-            if producer is not None:
-                await producer.stop()
-        await self.engine.stop()
 
     async def run(self) -> None:
         """Consume until :meth:`request_stop`; commits every ``commit_interval_s``."""
@@ -233,12 +225,12 @@ class TierWorker(Lifecycle):
                         self._pending.release()
                         self.stats.handed_back += 1
                         continue
-                    self._start(tp, record)
+                    self._spawn(tp, record)
             if time.monotonic() - last_commit >= self.config.commit_interval_s:
                 await self._commit()
                 last_commit = time.monotonic()
 
-    def _start(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+    def _spawn(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         self._offsets.started(tp, record.offset)
         task = asyncio.create_task(self._handle(tp, record))
         tasks = self._tasks.setdefault(tp, set())
@@ -275,34 +267,62 @@ class TierWorker(Lifecycle):
             log.warning("%s worker commit failed (%s); will retry", self.tier.value, exc)
 
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        """Serve one record; its offset is done only when its reply and output are acknowledged."""
+        """Serve one record; its offset is done only when what serving returned is acknowledged."""
         try:
-            recorded = await self._process(record)
+            done = await self._process(record)
         except asyncio.CancelledError:
             return  # abandoned before it reached the engine; its offset stays uncommitted
         finally:
             self._pending.release()
-        if recorded:
+        if done:
             self._offsets.finished(tp, record.offset)
 
     async def _process(self, record: ConsumerRecord) -> bool:
         try:
-            output_ack = await self._serve(record)
-        except (asyncio.CancelledError, WorkerFailed):
+            outcome = await self._serve(record)
+        except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in serving must not lose the request: dead-letter it
             log.exception("%s worker failed on %s@%d", self.tier.value, record.topic, record.offset)
-            try:
-                await self._dead_letter(record, f"worker error: {type(exc).__name__}: {exc}")
-            except Exception as dlq_exc:
-                return self._fail(dlq_exc, record)
-            return True
-        if output_ack is not None:
-            try:
-                await output_ack
-            except Exception as exc:
-                return self._fail(exc, record)
+            outcome = self.serving.dead_letter(record, f"worker error: {type(exc).__name__}: {exc}")
+        try:
+            await self._produce(outcome)
+        except Exception as exc:
+            return self._fail(exc, record)
         return True
+
+    async def _serve(self, record: ConsumerRecord) -> Outcome:
+        """Accept, wait for an engine slot (the only point a revoke may abandon it), serve."""
+        task = asyncio.current_task()
+        assert task is not None
+        accepted = self.serving.accept(record)
+        if isinstance(accepted, DeadLettered):
+            self._queued.discard(task)
+            return accepted
+        async with self._slots:
+            self._queued.discard(task)
+            return await self.serving.serve(accepted)
+
+    async def _produce(self, outcome: Outcome) -> None:
+        """Produce the outcome's records and wait for their acks (replies linger 0, outputs batch)."""
+        assert self._producer is not None and self._outputs_producer is not None
+        if isinstance(outcome, DeadLettered):
+            await (await self._producer.send(outcome.topic, outcome.letter.to_bytes(), key=outcome.key))
+            letter = outcome.letter
+            log.warning(
+                "%s worker dead-lettered %s@%d: %s",
+                self.tier.value,
+                letter.source_topic,
+                letter.source_offset,
+                letter.reason,
+            )
+            return
+        reply_ack = await self._producer.send(outcome.reply_topic, outcome.reply.to_bytes(), key=outcome.key)
+        output_ack = await self._outputs_producer.send(
+            outcome.outputs_topic, outcome.output.to_bytes(), key=outcome.key
+        )
+        await reply_ack
+        await output_ack
 
     def _fail(self, exc: BaseException, record: ConsumerRecord) -> bool:
         """Kafka refused a result: stop, so the record is replayed instead of skipped."""
@@ -317,123 +337,29 @@ class TierWorker(Lifecycle):
         self._stopping.set()
         return False
 
-    async def _serve(self, record: ConsumerRecord) -> asyncio.Future | None:
-        """Reply to one routed request; returns the output's ack, or None when it was dead-lettered."""
-        try:
-            request = parse_request(record.value or b"")
-            if request.reply_topic and not reply_topic_allowed(request.reply_topic, self.config.prefix):
-                raise InvalidEvent(f"reply_topic {request.reply_topic!r} is not a reply topic")
-        except InvalidEvent as exc:
-            await self._dead_letter(record, exc.reason, exc.errors)
-            return None
-        deadline_ms = read_deadline(record.headers)
-        if deadline_ms is None:
-            deadline_ms = request.created_at_ms + self.policy.tiers[self.tier].default_budget_ms
-        async with self._slots:
-            self._queued.discard(asyncio.current_task())  # type: ignore[arg-type]
-            # Checked once an engine slot is ours: time spent queueing for it counts against the deadline.
-            picked_ms = time.time() * 1000
-            if picked_ms > deadline_ms:
-                late_by = picked_ms - deadline_ms
-                error = f"deadline passed {late_by:.0f} ms before a worker took it"
-                return await self._reply(request, "expired", picked_ms, deadline_ms, error=error)
-            remaining_s = min((deadline_ms - picked_ms) / 1000.0, self.config.engine_timeout_cap_s)
-            timeout_s = remaining_s + self.config.engine_grace_s
-            self.stats.engine_calls += 1
-            try:
-                result = await asyncio.wait_for(self.engine.generate(request, deadline_ms), timeout_s)
-            except TimeoutError:
-                error = f"engine {self.engine.name} gave no result within {timeout_s:.1f} s"
-                return await self._reply(request, "error", picked_ms, deadline_ms, error=error)
-            except EngineError as exc:
-                return await self._reply(request, "error", picked_ms, deadline_ms, error=str(exc))
-        return await self._reply(request, "ok", picked_ms, deadline_ms, result=result)
-
-    async def _reply(
-        self,
-        request: Request,
-        status: str,
-        picked_ms: float,
-        deadline_ms: int,
-        *,
-        result: EngineResult | None = None,
-        error: str | None = None,
-    ) -> asyncio.Future:
-        """Produce the reply (awaiting its ack) and the output (returning its ack to await later)."""
-        served_by = "engine" if result is not None else "none"
-        assert self._producer is not None
-        done_ms = time.time() * 1000
-        tokens = TokenUsage(
-            prompt=result.prompt_tokens if result else 0, completion=result.completion_tokens if result else 0
-        )
-        reply = Reply(
-            request_id=request.request_id,
-            npc_id=request.npc_id,
-            tenant_id=request.tenant_id,
-            tier=self.tier,
-            served_by=served_by,  # type: ignore[arg-type]
-            engine=self.engine.name if served_by == "engine" else "",
-            status=status,  # type: ignore[arg-type]
-            late=status == "ok" and done_ms > deadline_ms,
-            text=result.text if result else "",
-            tokens=tokens,
-            latency=Latency(
-                queue_ms=max(0.0, picked_ms - request.created_at_ms),
-                engine_ms=(done_ms - picked_ms) if result else 0.0,
-                total_ms=max(0.0, done_ms - request.created_at_ms),
-            ),
-            cost_usd=self.policy.cost_usd(self.tier, tokens.prompt + tokens.completion),
-            error=error,
-            replied_at_ms=int(done_ms),
-        )
-        reply_bytes = reply.to_bytes()
-        output = Output(request=request, reply=reply)
-        key = request.request_id.encode()
-        reply_ack = await self._producer.send(
-            request.reply_topic or self._default_reply_topic, reply_bytes, key=key
-        )
-        assert self._outputs_producer is not None
-        output_ack = await self._outputs_producer.send(self._outputs_topic, output.to_bytes(), key=key)
-        await reply_ack
-        self.stats.count(status)
-        metrics.REPLIES.labels(self.tier.value, status, served_by).inc()
-        metrics.REPLY_LATENCY_MS.labels(self.tier.value).observe(reply.latency.total_ms)
-        if result is not None:
-            metrics.ENGINE_LATENCY_MS.labels(self.tier.value, self.engine.name).observe(
-                reply.latency.engine_ms
-            )
-        metrics.COST_USD.labels(self.tier.value, request.tenant_id).inc(reply.cost_usd)
-        return output_ack
-
-    async def _dead_letter(self, record: ConsumerRecord, reason: str, errors: list | None = None) -> None:
-        assert self._producer is not None
-        letter = DeadLetter.of(
-            record.value, reason, record.topic, record.partition, record.offset, errors, stage="worker"
-        )
-        fut = await self._producer.send(self._dlq_topic, letter.to_bytes(), key=record.topic.encode())
-        await fut
-        self.stats.dead_letters += 1
-        metrics.DEAD_LETTERS.labels("worker").inc()
-        log.warning("%s worker dead-lettered %s@%d: %s", self.tier.value, record.topic, record.offset, reason)
-
 
 async def run_worker(config: WorkerConfig, engine: Engine) -> None:
     """Run one worker until SIGINT/SIGTERM, then finish started work and commit.
 
-    Raises :class:`WorkerFailed` if the worker stopped because Kafka refused a result.
+    Raises :class:`WorkerFailed` if the worker stopped because Kafka refused a result or its
+    consumer failed.
     """
     worker = TierWorker(config, engine)
     await worker.start()
     loop = asyncio.get_running_loop()
     run_task = asyncio.create_task(worker.run())
+    stopped = asyncio.create_task(worker.stopped())
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, worker.request_stop)
     try:
-        await worker.stopped()
+        await asyncio.wait([run_task, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if run_task.done() and not run_task.cancelled() and run_task.exception() is not None:
+            worker.failure = worker.failure or run_task.exception()
     finally:
-        run_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run_task
+        for task in (run_task, stopped):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await worker.stop()
     if worker.failure is not None:
         raise WorkerFailed(f"{config.tier.value} worker stopped: {worker.failure}") from worker.failure

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from pipeline.errors import UserFacingError
+from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
 
 
@@ -37,3 +38,33 @@ class Engine(Protocol):
     async def stop(self) -> None: ...
 
     async def generate(self, request: Request, deadline_ms: int) -> EngineResult: ...
+
+
+class EngineWrapper(Lifecycle):
+    """An engine around another engine: the seam for timeouts, fallback, breakers and caches.
+
+    A wrapper is itself an :class:`Engine`, so wrappers compose (``Timeout(Breaker(engine))``)
+    and the worker never knows how many there are. Starting or stopping a wrapper starts or
+    stops the engine inside it; ``name`` and ``max_concurrency`` are the inner engine's, so
+    replies keep naming the engine that really answered. Subclasses implement ``generate``.
+    """
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def max_concurrency(self) -> int | None:
+        return self.inner.max_concurrency
+
+    async def _start(self) -> None:
+        await self.inner.start()
+
+    async def _stop(self) -> None:
+        await self.inner.stop()
+
+    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+        raise NotImplementedError

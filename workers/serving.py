@@ -1,0 +1,270 @@
+"""Serving one routed request, with no Kafka: record in, the records to produce out.
+
+The steps, in order (docs/architecture.md, "One request"):
+
+1. :meth:`Serving.accept` — parse and validate the record with the router's own rules (poison,
+   or a reply topic outside the tenant's reply-topic family → :class:`DeadLettered` with the
+   reason), read the deadline from its header (or the tier's default budget from
+   ``created_at_ms``) and pick the reply topic.
+2. The worker loop waits for an engine slot (that bound is Kafka-side work: it is what a
+   rebalance can hand back).
+3. :meth:`Serving.serve` — already past the deadline → an ``expired`` reply without an engine
+   call; otherwise call the engine (an :class:`~workers.engines.base.EngineError`, a timeout
+   included, → an ``error`` reply), then build the reply and its output event once:
+   :class:`Replied`.
+
+Metrics, cost accounting and anything else that only observes are :class:`Hooks` called with
+each outcome as it is built (see :mod:`workers.hooks`). Behaviour that changes the answer
+(fallback, breakers, caches) is an engine wrapper (:mod:`workers.resilience`) or a new step
+here, never a branch in the worker loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pipeline.deadlines import read_deadline
+from pipeline.router.policy import RoutingPolicy
+from topics.catalogue import DLQ, OUTPUTS, REPLIES, Tier
+from topics.schemas import (
+    DeadLetter,
+    FieldError,
+    InvalidEvent,
+    Latency,
+    Output,
+    Reply,
+    ReplyStatus,
+    Request,
+    ServedBy,
+    TokenUsage,
+    parse_request,
+)
+from workers.engines.base import Engine, EngineError, EngineResult
+
+log = logging.getLogger("npcflow.worker")
+
+
+class IncomingRecord(Protocol):
+    """What serving reads of a consumed record (aiokafka's ``ConsumerRecord`` is one)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Job:
+    """An accepted request, waiting for an engine slot."""
+
+    request: Request
+    deadline_ms: int
+    reply_topic: str
+
+
+@dataclass(frozen=True)
+class Replied:
+    """The reply (to the request's reply topic) and its output event (to ``npc.outputs``)."""
+
+    reply: Reply
+    output: Output
+    reply_topic: str
+    outputs_topic: str
+
+    @property
+    def key(self) -> bytes:
+        """Both records are keyed by request id."""
+        return self.reply.request_id.encode()
+
+
+@dataclass(frozen=True)
+class DeadLettered:
+    """The dead-letter record for a record that cannot be served, keyed by its source topic."""
+
+    letter: DeadLetter
+    topic: str
+
+    @property
+    def key(self) -> bytes:
+        return self.letter.source_topic.encode()
+
+
+Outcome = Replied | DeadLettered
+ReplyHook = Callable[[Replied], None]
+DeadLetterHook = Callable[[DeadLettered], None]
+
+
+@dataclass
+class Hooks:
+    """Observers called with each outcome as serving builds it (arq's ``on_job_end``).
+
+    Hooks must be quick and must not block: they run on the serving path. One that raises is
+    logged and skipped; it never costs a request its reply. An outcome whose records Kafka then
+    refuses is replayed, so a hook can see a request twice, as at-least-once allows.
+    """
+
+    on_reply: list[ReplyHook] = field(default_factory=list)
+    on_dead_letter: list[DeadLetterHook] = field(default_factory=list)
+
+    def replied(self, outcome: Replied) -> None:
+        for hook in self.on_reply:
+            _call(hook, outcome)
+
+    def dead_lettered(self, outcome: DeadLettered) -> None:
+        for hook in self.on_dead_letter:
+            _call(hook, outcome)
+
+
+def _call(hook: Callable[[Outcome], None], outcome: Outcome) -> None:
+    try:
+        hook(outcome)
+    except Exception:
+        log.exception("serving hook %s failed; the outcome stands", getattr(hook, "__name__", hook))
+
+
+@dataclass
+class ServingStats:
+    replies: dict[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    engine_calls: int = 0
+
+
+class Serving:
+    """Serves requests of one tier with one engine (already wrapped: timeout and the rest)."""
+
+    def __init__(
+        self,
+        tier: Tier,
+        engine: Engine,
+        policy: RoutingPolicy,
+        *,
+        prefix: str = "",
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.tier = tier
+        self.engine = engine
+        self.policy = policy
+        self.prefix = prefix
+        self.hooks = hooks or Hooks()
+        self.stats = ServingStats()
+        self._default_reply_topic = REPLIES.name(prefix)
+        self._outputs_topic = OUTPUTS.name(prefix)
+        self._dlq_topic = DLQ.name(prefix)
+        self._default_budget_ms = policy.tiers[tier].default_budget_ms
+
+    async def handle(self, record: IncomingRecord) -> Outcome:
+        """Accept and serve at once (no engine-slot bound): tests and single-record callers."""
+        accepted = self.accept(record)
+        return accepted if isinstance(accepted, DeadLettered) else await self.serve(accepted)
+
+    def accept(self, record: IncomingRecord) -> Job | DeadLettered:
+        """Validate the record and read its deadline; a record that cannot be served is dead-lettered."""
+        try:
+            request = parse_request(record.value, self.prefix)
+        except InvalidEvent as exc:
+            return self.dead_letter(record, exc.reason, exc.errors)
+        deadline_ms = read_deadline(record.headers)
+        if deadline_ms is None:
+            deadline_ms = request.created_at_ms + self._default_budget_ms
+        return Job(request, deadline_ms, request.reply_topic or self._default_reply_topic)
+
+    async def serve(self, job: Job) -> Replied:
+        """Answer an accepted request; call it once an engine slot is the caller's.
+
+        The deadline is checked here, so time spent queueing for the slot counts against it.
+        """
+        picked_ms = time.time() * 1000
+        if picked_ms > job.deadline_ms:
+            late_by = picked_ms - job.deadline_ms
+            error = f"deadline passed {late_by:.0f} ms before a worker took it"
+            return self._replied(job, ReplyStatus.EXPIRED, picked_ms, error=error)
+        self.stats.engine_calls += 1
+        try:
+            result = await self.engine.generate(job.request, job.deadline_ms)
+        except EngineError as exc:
+            return self._replied(job, ReplyStatus.ERROR, picked_ms, error=str(exc))
+        return self._replied(job, ReplyStatus.OK, picked_ms, result=result)
+
+    def dead_letter(
+        self, record: IncomingRecord, reason: str, errors: list[FieldError] | None = None
+    ) -> DeadLettered:
+        """The dead-letter outcome for ``record`` (also used by the loop for a bug in serving)."""
+        letter = DeadLetter.of(
+            record.value, reason, record.topic, record.partition, record.offset, errors, stage="worker"
+        )
+        outcome = DeadLettered(letter, self._dlq_topic)
+        self.stats.dead_letters += 1
+        self.hooks.dead_lettered(outcome)
+        return outcome
+
+    def _replied(
+        self,
+        job: Job,
+        status: ReplyStatus,
+        picked_ms: float,
+        *,
+        result: EngineResult | None = None,
+        error: str | None = None,
+    ) -> Replied:
+        reply = build_reply(
+            job,
+            self.tier,
+            status,
+            picked_ms,
+            engine=self.engine.name,
+            policy=self.policy,
+            result=result,
+            error=error,
+        )
+        outcome = Replied(
+            reply, Output(request=job.request, reply=reply), job.reply_topic, self._outputs_topic
+        )
+        self.stats.replies[status.value] = self.stats.replies.get(status.value, 0) + 1
+        self.hooks.replied(outcome)
+        return outcome
+
+
+def build_reply(
+    job: Job,
+    tier: Tier,
+    status: ReplyStatus,
+    picked_ms: float,
+    *,
+    engine: str,
+    policy: RoutingPolicy,
+    result: EngineResult | None = None,
+    error: str | None = None,
+    done_ms: float | None = None,
+) -> Reply:
+    """The one reply for ``job``: who served it, where the time went, what it cost, whether late."""
+    request = job.request
+    done_ms = time.time() * 1000 if done_ms is None else done_ms
+    served_by = ServedBy.ENGINE if result is not None else ServedBy.NONE
+    tokens = TokenUsage(
+        prompt=result.prompt_tokens if result else 0, completion=result.completion_tokens if result else 0
+    )
+    return Reply(
+        request_id=request.request_id,
+        npc_id=request.npc_id,
+        tenant_id=request.tenant_id,
+        tier=tier,
+        served_by=served_by,
+        engine=engine if served_by is ServedBy.ENGINE else "",
+        status=status,
+        late=status is ReplyStatus.OK and done_ms > job.deadline_ms,
+        text=result.text if result else "",
+        tokens=tokens,
+        latency=Latency(
+            queue_ms=max(0.0, picked_ms - request.created_at_ms),
+            engine_ms=max(0.0, done_ms - picked_ms) if result else 0.0,
+            total_ms=max(0.0, done_ms - request.created_at_ms),
+        ),
+        cost_usd=policy.cost_usd(tier, tokens.prompt + tokens.completion),
+        error=error,
+        replied_at_ms=int(done_ms),
+    )
