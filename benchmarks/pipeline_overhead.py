@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
-from pipeline import eventloop
-from pipeline.config import fetch_max_wait_ms
+from devstack.processes import PipelineProcesses
+from devstack.stack import EmbeddedStack
+from pipeline import eventloop, kafka
+from pipeline.config import ENV_KAFKA_BOOTSTRAP, ENV_TOPIC_PREFIX, Settings
 from pipeline.observability.metrics import percentiles
-from pipeline.processes import PipelineProcesses
-from pipeline.stack import EmbeddedStack
 from topics.admin import create_topics
 from topics.catalogue import REPLIES, REQUESTS, REQUESTS_GOLD, Tier
 from topics.schemas import Reply, Request, Sla
@@ -64,13 +64,11 @@ def _cpu(pid: int) -> float:
     return t.user + t.system
 
 
-async def segment(bootstrap: str, side: Side, rate: float, duration: float) -> None:
+async def segment(settings: Settings, side: Side, rate: float, duration: float) -> None:
     """Send ``rate`` req/s for ``duration`` s through one side and record its latencies."""
     intake, replies = REQUESTS.name(side.prefix), REPLIES.name(side.prefix)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=fetch_max_wait_ms()
-    )
+    producer = kafka.producer(settings, "bench-load")
+    consumer = kafka.consumer(settings, "bench-load")
     await producer.start()
     await consumer.start()
     tps = [TopicPartition(replies, p) for p in sorted(consumer.partitions_for_topic(replies) or [])]
@@ -158,7 +156,7 @@ def start_floor(bootstrap: str, work: Path, stack: ExitStack) -> dict[str, int]:
 
 
 def start_pipeline(bootstrap: str, work: Path, stack: ExitStack) -> dict[str, int]:
-    env = {"NPCFLOW_KAFKA_BOOTSTRAP": bootstrap, "NPCFLOW_TOPIC_PREFIX": PIPELINE_PREFIX}
+    env = {ENV_KAFKA_BOOTSTRAP: bootstrap, ENV_TOPIC_PREFIX: PIPELINE_PREFIX}
     procs = PipelineProcesses(
         env, work / "pipeline", workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=0"}
     )
@@ -166,29 +164,30 @@ def start_pipeline(bootstrap: str, work: Path, stack: ExitStack) -> dict[str, in
     return {p.name: p.pid for p, _ in procs.procs}
 
 
-def run(rate: float, duration: float, segments: int) -> dict[str, object]:
+def run(settings: Settings, rate: float, duration: float, segments: int) -> dict[str, object]:
+    """``settings``: a broker given there (``NPCFLOW_KAFKA_BOOTSTRAP``) is used, else one is started."""
     work = Path(tempfile.mkdtemp(prefix="npcflow-bench-"))
     with ExitStack() as stack:
-        configured = os.environ.get("NPCFLOW_KAFKA_BOOTSTRAP")
         broker: dict[str, int] = {}
-        if configured:
-            bootstrap = configured
+        if settings.kafka_bootstrap:
+            bootstrap = settings.kafka_bootstrap
         else:
-            embedded = EmbeddedStack(work / "stack")
+            embedded = EmbeddedStack(work / "stack", settings=settings)
             bootstrap = embedded.start().kafka_bootstrap
             stack.callback(embedded.stop)
             broker = {
                 p.name.replace("kafka", "broker"): p.pid for p in embedded.processes if p.name == "kafka"
             }
+        settings = settings.with_(kafka_bootstrap=bootstrap)
         for prefix in (FLOOR_PREFIX, PIPELINE_PREFIX):
-            asyncio.run(create_topics(bootstrap, prefix))
+            asyncio.run(create_topics(settings, prefix))
         floor = Side("floor", FLOOR_PREFIX, key_by_request=True)
         pipe = Side("pipeline", PIPELINE_PREFIX, key_by_request=False)
         floor.pids = broker | start_floor(bootstrap, work, stack) | {"load": os.getpid()}
         pipe.pids = broker | start_pipeline(bootstrap, work, stack) | {"load": os.getpid()}
         for _ in range(segments):
             for side in (floor, pipe):
-                asyncio.run(segment(bootstrap, side, rate, duration / segments))
+                asyncio.run(segment(settings, side, rate, duration / segments))
     f, p = percentiles(floor.latencies), percentiles(pipe.latencies)
     return {
         "rate": rate,
@@ -216,8 +215,10 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=4, help="alternating segments per side")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
-    eventloop.install()
-    result = run(args.rate, args.duration, args.segments)
+    # The environment only: a stack.env left in .npcflow must not pick the broker by accident.
+    settings = Settings.from_env(stack_file=False)
+    eventloop.install(settings.process.event_loop)
+    result = run(settings, args.rate, args.duration, args.segments)
     if not args.json:
         print(f"floor {result['floor_ms']}  pipeline {result['pipeline_ms']}", file=sys.stderr)
     print(json.dumps(result))

@@ -1,7 +1,8 @@
 """The floor for the overhead benchmark: one bare aiokafka hop that only forwards records.
 
-Same client settings as the pipeline (fetch wait, linger 0, acks 1, consumer group), no
-parsing, no validation, no engine: whatever the pipeline costs beyond this is its overhead.
+Same clients as the pipeline (built by :mod:`pipeline.kafka`: fetch wait, linger 0, acks 1,
+consumer group timings), no parsing, no validation, no engine: whatever the pipeline costs beyond
+this is its overhead.
 """
 
 from __future__ import annotations
@@ -10,35 +11,32 @@ import argparse
 import asyncio
 import signal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import ConsumerRebalanceListener
 
-from pipeline import eventloop
-from pipeline.config import fetch_max_wait_ms
+from pipeline import eventloop, kafka
+from pipeline.config import KafkaOptions, Settings
 from pipeline.readiness import mark_ready
 
 
 class _Ready(ConsumerRebalanceListener):
+    def __init__(self, ready_file: str | None) -> None:
+        self.ready_file = ready_file
+
     async def on_partitions_revoked(self, revoked: object) -> None:
         return None
 
     async def on_partitions_assigned(self, assigned: set) -> None:
         if assigned:
-            mark_ready(f"relay assigned {len(assigned)} partitions")
+            mark_ready(self.ready_file, f"relay assigned {len(assigned)} partitions")
 
 
-async def relay(bootstrap: str, source: str, target: str, group: str, fetch_max_wait_ms: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=True,
-        auto_commit_interval_ms=500,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=fetch_max_wait_ms,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1500,
+async def relay(settings: Settings, source: str, target: str, group: str) -> None:
+    producer = kafka.producer(settings, f"relay-{group}")
+    # Auto-commit, unlike the pipeline: the floor does no bookkeeping at all.
+    consumer = kafka.consumer(
+        settings, f"relay-{group}", group_id=group, enable_auto_commit=True, auto_commit_interval_ms=500
     )
-    consumer.subscribe([source], listener=_Ready())
+    consumer.subscribe([source], listener=_Ready(settings.process.ready_file))
     await producer.start()
     await consumer.start()
     stop = asyncio.Event()
@@ -57,15 +55,23 @@ async def relay(bootstrap: str, source: str, target: str, group: str, fetch_max_
 
 
 def main() -> None:
+    settings = Settings.from_env()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--source", required=True)
     parser.add_argument("--target", required=True)
     parser.add_argument("--group", required=True)
-    parser.add_argument("--fetch-max-wait-ms", type=int, default=fetch_max_wait_ms())
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=settings.kafka.fetch_max_wait_ms)
     a = parser.parse_args()
-    eventloop.install()  # the same loop as the pipeline processes, so the floor is a fair one
-    asyncio.run(relay(a.bootstrap, a.source, a.target, a.group, a.fetch_max_wait_ms))
+    settings = settings.with_(
+        kafka_bootstrap=a.bootstrap,
+        kafka=KafkaOptions(
+            fetch_max_wait_ms=a.fetch_max_wait_ms, session_timeout_s=settings.kafka.session_timeout_s
+        ),
+    )
+    # The same loop as the pipeline processes, so the floor is a fair one.
+    eventloop.install(settings.process.event_loop)
+    asyncio.run(relay(settings, a.source, a.target, a.group))
 
 
 if __name__ == "__main__":
