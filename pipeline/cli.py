@@ -94,12 +94,22 @@ def topics() -> None:
 
 @topics.command("create")
 @click.option("--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX).")
+@click.option(
+    "--reply-topic",
+    "reply_topics",
+    multiple=True,
+    metavar="NAME",
+    help="Also create a tenant's reply topic, npc.replies.<tenant_id>[.<name>] (repeatable). "
+    "Workers never create reply topics; a game server registers its own here.",
+)
 @click.pass_obj
-def topics_create(settings: Settings, prefix: str | None) -> None:
+def topics_create(settings: Settings, prefix: str | None, reply_topics: tuple[str, ...]) -> None:
     """Create every catalogue topic that does not exist yet (safe to repeat)."""
-    from topics.admin import create_topics
+    from topics.admin import create_reply_topics, create_topics
 
     result = asyncio.run(create_topics(settings, prefix))
+    if reply_topics:
+        result |= asyncio.run(create_reply_topics(settings, reply_topics, prefix))
     for name, outcome in result.items():
         click.echo(f"{name}: {outcome}")
 

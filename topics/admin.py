@@ -1,14 +1,16 @@
-"""Create the topic catalogue on a broker, idempotently."""
+"""Create the topic catalogue, and tenants' reply topics, on a broker, idempotently."""
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable
 
 from aiokafka.admin import NewTopic
 
 from pipeline import kafka
-from pipeline.config import Settings
-from topics.catalogue import CATALOGUE, TopicSpec
+from pipeline.config import ConfigError, Settings
+from topics.catalogue import CATALOGUE, REPLIES, TopicSpec, reply_topic_pattern
 
 log = logging.getLogger("npcflow.topics")
 
@@ -22,10 +24,32 @@ async def create_topics(
     start: a topic that already exists is left exactly as it is.
     """
     prefix = settings.topic_prefix if prefix is None else prefix
-    topics = [
-        NewTopic(spec.name(prefix), spec.partitions, replication_factor=1, topic_configs=spec.config())
-        for spec in specs
-    ]
+    return await _create(settings, (_new_topic(spec.name(prefix), spec) for spec in specs))
+
+
+async def create_reply_topics(
+    settings: Settings, names: Iterable[str], prefix: str | None = None
+) -> dict[str, str]:
+    """Create tenants' reply topics (``npc.replies.<tenant>[.<name>]``) with the reply topic's settings.
+
+    A name outside the reply family is refused before anything is created.
+    """
+    prefix = settings.topic_prefix if prefix is None else prefix
+    names = list(names)
+    pattern = re.compile(reply_topic_pattern(prefix)[1:-1])
+    bad = [name for name in names if not pattern.fullmatch(name)]
+    if bad:
+        family = f"{REPLIES.name(prefix)}.<tenant_id>[.<name>]"
+        raise ConfigError(f"not a reply topic: {', '.join(map(repr, bad))}; use {family}")
+    return await _create(settings, (_new_topic(name, REPLIES) for name in names))
+
+
+def _new_topic(name: str, spec: TopicSpec) -> NewTopic:
+    return NewTopic(name, spec.partitions, replication_factor=1, topic_configs=spec.config())
+
+
+async def _create(settings: Settings, topics: Iterable[NewTopic]) -> dict[str, str]:
+    topics = list(topics)
     admin = kafka.admin(settings)
     await admin.start()
     try:
