@@ -1,30 +1,35 @@
-"""The tier worker in-process against the real broker: deadlines, failures and shared load."""
+"""The tier worker in-process against the real broker: deadlines, failures, reply topics and shared load."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from pipeline import kafka as kafka_clients
 from pipeline.client import NPCClient
+from pipeline.config import Settings
 from pipeline.deadlines import deadline_headers, now_ms
 from tests.integration.kafka_util import eventually, read_topic
+from topics.admin import create_topics
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, TIER_TOPICS, Tier
-from topics.schemas import DeadLetter, Output, Reply, Request, Sla
+from topics.schemas import DeadLetter, Output, Reply, ReplyStatus, Request, ServedBy, Sla
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.tier_worker import TierWorker, WorkerConfig
 
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    kafka: str, prefix: str, tier: Tier, engine: ScriptedEngine, **config: object
+    settings: Settings, prefix: str, tier: Tier, engine: ScriptedEngine, **config: object
 ) -> AsyncIterator[TierWorker]:
     """A worker consuming in the background; yields once its group assigned it partitions."""
-    worker = TierWorker(WorkerConfig(tier=tier, bootstrap=kafka, prefix=prefix, **config), engine)
+    worker_config = WorkerConfig.from_settings(settings.with_(topic_prefix=prefix), tier, **config)
+    worker = TierWorker(worker_config, engine)
     await worker.start()
     task = asyncio.create_task(worker.run())
     try:
@@ -37,8 +42,8 @@ async def running_worker(
 
 
 @pytest.fixture
-async def producer(kafka: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=0)
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    p = kafka_clients.producer(settings, "npcflow-test")
     await p.start()
     yield p
     await p.stop()
@@ -52,13 +57,14 @@ async def serve_one(
     request: Request,
     deadline_in_ms: int,
     then: bytes | None = None,
+    reply_topic: str | None = None,
 ) -> Reply:
     """Put one routed request on the tier topic (and ``then`` raw bytes after it); await its reply.
 
     The deadline header is ``deadline_in_ms`` from the moment the request is produced.
     """
     topic = TIER_TOPICS[tier].name(prefix)
-    async with NPCClient(kafka, "gs-test", prefix=prefix) as client:
+    async with NPCClient(kafka, "gs-test", prefix=prefix, reply_topic=reply_topic) as client:
         waiter = asyncio.create_task(client.request(request, timeout_s=20))
         await asyncio.sleep(0.2)  # the client registers the request before the reply can exist
         await producer.send_and_wait(
@@ -86,13 +92,13 @@ def make_request(i: int, **kw: object) -> Request:
 
 
 async def test_expired_request_is_answered_expired_without_an_engine_call(
-    kafka: str, prefix: str, producer: AIOKafkaProducer
+    settings: Settings, kafka: str, prefix: str, producer: AIOKafkaProducer
 ) -> None:
     engine = ScriptedEngine()
-    async with running_worker(kafka, prefix, Tier.GOLD, engine):
+    async with running_worker(settings, prefix, Tier.GOLD, engine):
         request = make_request(1, created_at_ms=now_ms() - 1000)
         reply = await serve_one(kafka, prefix, producer, Tier.GOLD, request, -500)
-        assert reply.status == "expired" and reply.served_by == "none"
+        assert reply.status is ReplyStatus.EXPIRED and reply.served_by is ServedBy.NONE
         assert "deadline passed" in (reply.error or "")
         assert engine.calls == 0
         outputs = [
@@ -102,24 +108,24 @@ async def test_expired_request_is_answered_expired_without_an_engine_call(
 
 
 async def test_late_result_is_still_replied_and_marked_late(
-    kafka: str, prefix: str, producer: AIOKafkaProducer
+    settings: Settings, kafka: str, prefix: str, producer: AIOKafkaProducer
 ) -> None:
     engine = ScriptedEngine(ScriptedProfile(latency_ms=1500))
-    async with running_worker(kafka, prefix, Tier.GOLD, engine):
+    async with running_worker(settings, prefix, Tier.GOLD, engine):
         reply = await serve_one(kafka, prefix, producer, Tier.GOLD, make_request(2), 1000)
-        assert reply.status == "ok" and reply.late is True and engine.calls == 1
+        assert reply.status is ReplyStatus.OK and reply.late is True and engine.calls == 1
         assert reply.latency.engine_ms >= 1500
 
 
 async def test_engine_failure_becomes_an_error_reply_and_poison_goes_to_the_dlq(
-    kafka: str, prefix: str, producer: AIOKafkaProducer
+    settings: Settings, kafka: str, prefix: str, producer: AIOKafkaProducer
 ) -> None:
     engine = ScriptedEngine(ScriptedProfile(fail_every=1))
     topic = TIER_TOPICS[Tier.SILVER].name(prefix)
-    async with running_worker(kafka, prefix, Tier.SILVER, engine):
+    async with running_worker(settings, prefix, Tier.SILVER, engine):
         request = make_request(3, sla=Sla.INTERACTIVE)
         reply = await serve_one(kafka, prefix, producer, Tier.SILVER, request, 5000, then=b"\x00garbage")
-        assert reply.status == "error" and "scripted failure" in (reply.error or "")
+        assert reply.status is ReplyStatus.ERROR and "scripted failure" in (reply.error or "")
         letters = [
             DeadLetter.from_bytes(r.value) for r in await read_topic(kafka, DLQ.name(prefix), expect=1)
         ]
@@ -127,14 +133,38 @@ async def test_engine_failure_becomes_an_error_reply_and_poison_goes_to_the_dlq(
         assert len(poison) == 1 and poison[0].stage == "worker" and poison[0].source_topic == topic
 
 
+async def test_a_stalled_engine_is_abandoned_at_deadline_plus_grace_with_an_error_reply(
+    settings: Settings, kafka: str, prefix: str, producer: AIOKafkaProducer
+) -> None:
+    engine = ScriptedEngine(ScriptedProfile(latency_ms=60_000))
+    async with running_worker(settings, prefix, Tier.GOLD, engine, engine_grace_s=0.3):
+        started = time.monotonic()
+        reply = await serve_one(kafka, prefix, producer, Tier.GOLD, make_request(4), 200)
+        assert reply.status is ReplyStatus.ERROR and "gave no result within" in (reply.error or "")
+        assert time.monotonic() - started < 10
+
+
+async def test_a_reply_goes_to_the_reply_topic_the_request_names_and_nowhere_else(
+    settings: Settings, kafka: str, prefix: str, producer: AIOKafkaProducer
+) -> None:
+    custom = REPLIES.name(prefix) + ".gs-test.worker"
+    await create_topics(settings, prefix, (dataclasses.replace(REPLIES, base="npc.replies.gs-test.worker"),))
+    async with running_worker(settings, prefix, Tier.GOLD, ScriptedEngine()):
+        request = make_request(5, reply_topic=custom)
+        reply = await serve_one(kafka, prefix, producer, Tier.GOLD, request, 5000, reply_topic=custom)
+        assert reply.request_id == request.request_id and reply.status is ReplyStatus.OK
+        default = await read_topic(kafka, REPLIES.name(prefix), timeout_s=1)
+        assert request.request_id not in {Reply.from_bytes(r.value).request_id for r in default}
+
+
 async def test_two_workers_of_one_tier_share_the_load(
-    kafka: str, prefix: str, producer: AIOKafkaProducer
+    settings: Settings, kafka: str, prefix: str, producer: AIOKafkaProducer
 ) -> None:
     group = f"{prefix}bronze-share"
     engines = [ScriptedEngine(ScriptedProfile(latency_ms=5)), ScriptedEngine(ScriptedProfile(latency_ms=5))]
     async with contextlib.AsyncExitStack() as stack:
         workers = [
-            await stack.enter_async_context(running_worker(kafka, prefix, Tier.BRONZE, e, group_id=group))
+            await stack.enter_async_context(running_worker(settings, prefix, Tier.BRONZE, e, group_id=group))
             for e in engines
         ]
         assert await eventually(lambda: all(w.partitions() for w in workers), timeout_s=30)
@@ -156,7 +186,7 @@ async def test_two_workers_of_one_tier_share_the_load(
 
 
 async def test_a_rebalance_mid_load_hands_over_queued_records_and_commits_go_on(
-    kafka: str, prefix: str, producer: AIOKafkaProducer
+    settings: Settings, kafka: str, prefix: str, producer: AIOKafkaProducer
 ) -> None:
     """Worker A is busy (one slow engine slot) when B joins: A gives up the records it has not
     started, B serves them, every request is answered, and both keep committing afterwards."""
@@ -167,7 +197,7 @@ async def test_a_rebalance_mid_load_hands_over_queued_records_and_commits_go_on(
     requests = [make_request(300 + i) for i in range(40)]
     async with contextlib.AsyncExitStack() as stack:
         a = await stack.enter_async_context(
-            running_worker(kafka, prefix, Tier.GOLD, slow, group_id=group, max_in_flight=1, max_pending=2)
+            running_worker(settings, prefix, Tier.GOLD, slow, group_id=group, max_in_flight=1, max_pending=2)
         )
         deadline = now_ms() + 120_000
         for r in requests:
@@ -177,7 +207,7 @@ async def test_a_rebalance_mid_load_hands_over_queued_records_and_commits_go_on(
         await producer.flush()
         assert await eventually(lambda: slow.calls >= 3, timeout_s=20)
         b = await stack.enter_async_context(
-            running_worker(kafka, prefix, Tier.GOLD, other, group_id=group, max_in_flight=1)
+            running_worker(settings, prefix, Tier.GOLD, other, group_id=group, max_in_flight=1)
         )
         assert await eventually(lambda: bool(a.partitions()) and bool(b.partitions()), timeout_s=30)
         assert await eventually(lambda: slow.calls + other.calls >= len(requests), timeout_s=60)
