@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -16,7 +15,7 @@ from pipeline.client import NPCClient
 from pipeline.config import Settings
 from pipeline.deadlines import deadline_headers, now_ms
 from tests.integration.kafka_util import eventually, read_topic
-from topics.admin import create_topics
+from topics.admin import create_reply_topics
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, TIER_TOPICS, Tier
 from topics.schemas import DeadLetter, Output, Reply, ReplyStatus, Request, ServedBy, Sla
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
@@ -148,7 +147,7 @@ async def test_a_reply_goes_to_the_reply_topic_the_request_names_and_nowhere_els
     settings: Settings, kafka: str, prefix: str, producer: AIOKafkaProducer
 ) -> None:
     custom = REPLIES.name(prefix) + ".gs-test.worker"
-    await create_topics(settings, prefix, (dataclasses.replace(REPLIES, base="npc.replies.gs-test.worker"),))
+    await create_reply_topics(settings, [custom], prefix)
     async with running_worker(settings, prefix, Tier.GOLD, ScriptedEngine()):
         request = make_request(5, reply_topic=custom)
         reply = await serve_one(kafka, prefix, producer, Tier.GOLD, request, 5000, reply_topic=custom)
