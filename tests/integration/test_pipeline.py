@@ -9,15 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
+from devstack.endpoints import StackEndpoints
+from devstack.processes import PipelineProcesses
+from pipeline import kafka as kafka_clients
 from pipeline.client import NPCClient, ReplyTimeout
-from pipeline.processes import PipelineProcesses
-from pipeline.stack import StackEndpoints
+from pipeline.config import ENV_EMBEDDED_THREADS, ENV_TOPIC_PREFIX, Settings
 from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, VALID_REQUEST, encode
 from tests.integration.kafka_util import eventually, read_topic
+from topics.admin import create_reply_topics
 from topics.catalogue import DLQ, REPLIES, REQUESTS, ROUTING, Tier
-from topics.schemas import DeadLetter, Reply, Request, RoutingDecision, Sla
+from topics.schemas import DeadLetter, Reply, ReplyStatus, Request, RoutingDecision, ServedBy, Sla
 
 ENGINES = {
     Tier.GOLD: "scripted:latency_ms=1",
@@ -28,7 +30,7 @@ ENGINES = {
 
 @pytest.fixture(scope="module")
 def pipeline(stack: StackEndpoints, prefix: str, work_dir: Path) -> Iterator[PipelineProcesses]:
-    env = stack.as_env() | {"NPCFLOW_TOPIC_PREFIX": prefix, "NPCFLOW_EMBEDDED_THREADS": "1"}
+    env = stack.as_env() | {ENV_TOPIC_PREFIX: prefix, ENV_EMBEDDED_THREADS: "1"}
     # Two routers share the intake in one consumer group: each must be assigned partitions to be ready.
     with PipelineProcesses(env, work_dir, routers=2, engines=ENGINES) as procs:
         yield procs
@@ -73,7 +75,7 @@ def mixed_requests(client: NPCClient) -> list[tuple[Request, Tier]]:
 
 
 async def test_300_mixed_requests_get_exactly_one_reply_on_the_right_tier(
-    pipeline: PipelineProcesses, kafka: str, prefix: str
+    pipeline: PipelineProcesses, settings: Settings, kafka: str, prefix: str
 ) -> None:
     async with NPCClient(kafka, tenant_id="gs-test", prefix=prefix) as client:
         cases = mixed_requests(client)
@@ -81,7 +83,7 @@ async def test_300_mixed_requests_get_exactly_one_reply_on_the_right_tier(
         for (request, tier), reply in zip(cases, replies, strict=True):
             assert reply.request_id == request.request_id
             assert reply.tier == tier, (request, reply)
-            assert reply.status == "ok" and reply.served_by == "engine"
+            assert reply.status is ReplyStatus.OK and reply.served_by is ServedBy.ENGINE
             assert reply.text
         bronze = [r for r in replies if r.tier == Tier.BRONZE]
         assert len(bronze) == 20
@@ -103,7 +105,7 @@ async def test_300_mixed_requests_get_exactly_one_reply_on_the_right_tier(
         assert all(d.tier == expected_tier[d.request_id] and d.sla.value in d.reason for d in decisions)
 
         # A duplicate delivery (as at-least-once allows) is dropped and counted, never returned twice.
-        producer = AIOKafkaProducer(bootstrap_servers=kafka)
+        producer = kafka_clients.producer(settings, "npcflow-test")
         await producer.start()
         await producer.send_and_wait(REPLIES.name(prefix), records[0].value, key=records[0].key)
         await producer.stop()
@@ -112,7 +114,7 @@ async def test_300_mixed_requests_get_exactly_one_reply_on_the_right_tier(
 
 
 async def test_invalid_events_are_dead_lettered_while_valid_traffic_is_served(
-    pipeline: PipelineProcesses, kafka: str, prefix: str
+    pipeline: PipelineProcesses, settings: Settings, kafka: str, prefix: str
 ) -> None:
     # A request naming a topic that is not a reply topic would make workers write into it.
     hijack = encode({**VALID_REQUEST, "request_id": "hijack", "reply_topic": f"{prefix}npc.outputs"})
@@ -123,7 +125,7 @@ async def test_invalid_events_are_dead_lettered_while_valid_traffic_is_served(
     }
     expected_words[hijack] = "reply_topic"
     async with NPCClient(kafka, tenant_id="gs-test", prefix=prefix) as client:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=0)
+        producer = kafka_clients.producer(settings, "npcflow-test")
         await producer.start()
         valid: list[asyncio.Task[Reply]] = []
         for i, raw in enumerate(bad):
@@ -132,7 +134,7 @@ async def test_invalid_events_are_dead_lettered_while_valid_traffic_is_served(
             valid.append(asyncio.create_task(client.request(request, timeout_s=60)))
         await producer.stop()
         replies = await asyncio.gather(*valid)
-        assert all(r.status == "ok" for r in replies)
+        assert all(r.status is ReplyStatus.OK for r in replies)
 
     records = await read_topic(kafka, DLQ.name(prefix), expect=len(bad))
     letters = [DeadLetter.from_bytes(r.value) for r in records]
@@ -145,15 +147,21 @@ async def test_invalid_events_are_dead_lettered_while_valid_traffic_is_served(
     assert sorted(letter.original() for letter in letters) == sorted(bad)
 
 
-async def test_a_valid_request_with_a_custom_reply_topic_is_answered_there(
-    pipeline: PipelineProcesses, kafka: str, prefix: str
+async def test_a_valid_request_with_a_custom_reply_topic_is_answered_there_and_only_there(
+    pipeline: PipelineProcesses, settings: Settings, kafka: str, prefix: str
 ) -> None:
-    custom = f"{prefix}npc.replies"  # any existing topic works; here the prefixed default, named explicitly
+    custom = f"{REPLIES.name(prefix)}.gs-test.quests"
+    await create_reply_topics(settings, [custom], prefix)
     async with NPCClient(kafka, tenant_id="gs-test", prefix=prefix, reply_topic=custom) as client:
         request = client.build_request("npc-x", "Hi", max_tokens=8)
         assert json.loads(request.to_bytes())["reply_topic"] == custom
+        # The client reads only the custom topic: a worker ignoring reply_topic times this out.
         reply = await client.request(request, timeout_s=30)
-        assert reply.tier == Tier.SILVER
+        assert reply.request_id == request.request_id and reply.tier == Tier.SILVER
+    there = await read_topic(kafka, custom, expect=1)
+    assert [Reply.from_bytes(r.value).request_id for r in there] == [request.request_id]
+    default = await read_topic(kafka, REPLIES.name(prefix), timeout_s=1)
+    assert request.request_id not in {Reply.from_bytes(r.value).request_id for r in default}
 
 
 def decision_for(records: list, request_id: str) -> RoutingDecision | None:
@@ -175,8 +183,9 @@ async def test_the_router_stamps_deadlines_and_demotes_contradictions(
         expired, demoted = await asyncio.gather(
             client.request(stale, timeout_s=60), client.request(big, timeout_s=120)
         )
-    assert expired.status == "expired" and expired.tier == Tier.GOLD and expired.served_by == "none"
-    assert demoted.tier == Tier.BRONZE and demoted.status == "ok" and demoted.text
+    assert expired.status is ReplyStatus.EXPIRED and expired.served_by is ServedBy.NONE
+    assert expired.tier == Tier.GOLD
+    assert demoted.tier == Tier.BRONZE and demoted.status is ReplyStatus.OK and demoted.text
     records = await read_topic(
         kafka, ROUTING.name(prefix), until=lambda rs: decision_for(rs, big.request_id) is not None
     )
