@@ -63,10 +63,7 @@ def _missing_extra(name: str, help_text: str, exc: ImportError) -> click.Command
     """A stand-in command that says which extra to install, instead of an ImportError traceback."""
 
     def fail() -> None:
-        raise click.ClickException(
-            f"`npcflow {name}` needs the embedded stack ({exc}): "
-            "pip install 'npcflow[embedded]' (make demo / make test install it)"
-        )
+        raise click.ClickException(f"`npcflow {name}` needs the embedded stack: {exc}")
 
     settings = {"ignore_unknown_options": True, "allow_extra_args": True}
     return click.Command(name, callback=fail, help=help_text, context_settings=settings)
