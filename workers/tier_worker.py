@@ -19,6 +19,7 @@ import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -66,7 +67,7 @@ class WorkerConfig:
     commit_interval_s: float = 0.2
 
     @classmethod
-    def from_settings(cls, settings: Settings, tier: Tier, **overrides: object) -> WorkerConfig:
+    def from_settings(cls, settings: Settings, tier: Tier, **overrides: Any) -> WorkerConfig:
         """The tier's worker as the settings describe it; ``overrides`` for tests and benchmarks."""
         config = cls(
             settings=settings,
@@ -75,7 +76,7 @@ class WorkerConfig:
             max_pending=settings.worker.max_pending,
             engine_grace_s=settings.worker.engine_grace_s,
         )
-        return replace(config, **overrides)  # type: ignore[arg-type]
+        return replace(config, **overrides)
 
     @property
     def prefix(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
@@ -28,7 +29,7 @@ class ScriptedProfile:
     @classmethod
     def parse(cls, spec: str) -> ScriptedProfile:
         """Parse ``key=value,key=value``; unknown keys are an error that names them."""
-        values: dict[str, float | int] = {}
+        values: dict[str, Any] = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
             key, sep, raw = part.partition("=")
             if not sep or key not in cls.__dataclass_fields__:
@@ -36,7 +37,7 @@ class ScriptedProfile:
                 raise ValueError(f"scripted engine: bad profile entry {part!r} (known keys: {known})")
             field_type = cls.__dataclass_fields__[key].type
             values[key] = int(raw) if field_type == "int" else float(raw)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
 
 class ScriptedEngine(Lifecycle):
