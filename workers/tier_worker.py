@@ -27,12 +27,14 @@ from aiokafka.structs import ConsumerRecord
 from pipeline import kafka
 from pipeline.config import Settings
 from pipeline.lifecycle import Lifecycle
+from pipeline.observability import metrics
 from pipeline.readiness import mark_ready
 from pipeline.router.policy import RoutingPolicy
-from topics.catalogue import TIER_TOPICS, Tier
+from topics.catalogue import REPLIES, TIER_TOPICS, Tier
 from workers.engines.base import Engine
 from workers.hooks import standard_hooks
 from workers.offsets import OffsetTracker
+from workers.reply_topics import ReplyTopics
 from workers.resilience import wrap_engine
 from workers.serving import DeadLettered, Hooks, Outcome, Serving, ServingStats
 
@@ -151,6 +153,8 @@ class TierWorker(Lifecycle):
         self._outputs_producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self._topic = TIER_TOPICS[self.tier].name(config.prefix)
+        self._default_reply_topic = REPLIES.name(config.prefix)
+        self.reply_topics = ReplyTopics(self._all_topics)
 
     async def _start(self) -> None:
         """Start the engine, producers and consumer (on failure ``stop`` closes what did start)."""
@@ -300,9 +304,22 @@ class TierWorker(Lifecycle):
         if isinstance(accepted, DeadLettered):
             self._queued.discard(task)
             return accepted
+        topic = accepted.reply_topic
+        if topic != self._default_reply_topic and not await self.reply_topics.exists(topic):
+            self._queued.discard(task)
+            metrics.REPLY_TOPIC_MISSING.labels(self.tier.value).inc()
+            reason = (
+                f"reply topic {topic!r} does not exist; workers never create one: "
+                f"register it with `npcflow topics create --reply-topic {topic}`"
+            )
+            return self.serving.dead_letter(record, reason)
         async with self._slots:
             self._queued.discard(task)
             return await self.serving.serve(accepted)
+
+    async def _all_topics(self) -> set[str]:
+        assert self._consumer is not None
+        return set(await self._consumer.topics())
 
     async def _produce(self, outcome: Outcome) -> None:
         """Produce the outcome's records and wait for their acks (replies linger 0, outputs batch)."""

@@ -23,6 +23,11 @@ ENGINE_LATENCY_MS = Histogram(
     ["tier", "engine"],
     buckets=LATENCY_BUCKETS_MS,
 )
+REPLY_TOPIC_MISSING = Counter(
+    "npcflow_reply_topic_missing_total",
+    "Requests dead-lettered because their reply topic does not exist (workers never create topics)",
+    ["tier"],
+)
 COST_USD = Counter("npcflow_cost_usd_total", "Estimated inference cost", ["tier", "tenant"])
 
 

@@ -156,6 +156,41 @@ async def test_a_reply_goes_to_the_reply_topic_the_request_names_and_nowhere_els
         assert request.request_id not in {Reply.from_bytes(r.value).request_id for r in default}
 
 
+async def test_a_reply_topic_that_does_not_exist_is_dead_lettered_never_created(
+    settings: Settings, kafka: str, prefix: str, producer: AIOKafkaProducer
+) -> None:
+    missing = REPLIES.name(prefix) + ".gs-test.never-registered"
+    engine = ScriptedEngine()
+    async with running_worker(settings, prefix, Tier.GOLD, engine) as worker:
+        request = make_request(6, reply_topic=missing)
+        await producer.send_and_wait(
+            TIER_TOPICS[Tier.GOLD].name(prefix),
+            request.to_bytes(),
+            key=request.npc_id.encode(),
+            headers=deadline_headers(now_ms() + 5000, "gold"),
+        )
+        letters = await read_topic(
+            kafka,
+            DLQ.name(prefix),
+            until=lambda rs: any(
+                request.request_id.encode() in DeadLetter.from_bytes(r.value).original() for r in rs
+            ),
+        )
+        [letter] = [
+            d
+            for d in map(lambda r: DeadLetter.from_bytes(r.value), letters)
+            if request.request_id.encode() in d.original()
+        ]
+        assert "does not exist" in letter.reason and "--reply-topic" in letter.reason
+        assert engine.calls == 0 and worker.reply_topics.missing >= 1
+        admin = kafka_clients.admin(settings)
+        await admin.start()
+        try:
+            assert missing not in set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+
 async def test_two_workers_of_one_tier_share_the_load(
     settings: Settings, kafka: str, prefix: str, producer: AIOKafkaProducer
 ) -> None:

@@ -122,7 +122,9 @@ async def test_a_request_no_tier_can_serve_is_dead_lettered_as_unroutable(topics
         }
     )
     router = Router(small, topics.produce, topics.record, prefix="p.")
-    assert await router.route(encode(with_(max_tokens=500, reply_topic=None)), SOURCE) is Outcome.DEAD_LETTERED
+    assert (
+        await router.route(encode(with_(max_tokens=500, reply_topic=None)), SOURCE) is Outcome.DEAD_LETTERED
+    )
     assert "unroutable" in json.loads(topics.records["p.npc.requests.dlq"][0][1])["reason"]
 
 
