@@ -92,9 +92,11 @@ class EmbeddedEngine(Lifecycle):
     async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
         if self._llm is None:
             raise EngineUnavailable("embedded engine used before start()")
+        # The prompt alone: an ``[npc_id]`` tag in front of it invited the model to answer with
+        # the tag (sometimes another NPC's). The persona stays a fixed prefix for llama.cpp's cache.
         messages = [
             {"role": "system", "content": self.persona},
-            {"role": "user", "content": f"[{request.npc_id}] {request.prompt}"},
+            {"role": "user", "content": request.prompt},
         ]
         call = partial(
             self._llm.create_chat_completion,
