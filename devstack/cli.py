@@ -9,6 +9,7 @@ lazily, and passes the :class:`~pipeline.config.Settings` it read as the click c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -23,6 +24,7 @@ from types import FrameType
 
 import click
 
+from devstack.broker import broker_identity, check_offsets
 from devstack.endpoints import SERVICES, STACK_ENV_FILE, StackEndpoints
 from devstack.errors import StackError
 from devstack.probes import probe_all
@@ -189,10 +191,14 @@ def check(settings: Settings, as_json: bool, timeout: float, verbose: bool) -> N
     stop_from_pidfile(check_dir)
     shutil.rmtree(check_dir, ignore_errors=True)
     embedded = EmbeddedStack(check_dir, startup_timeout=timeout, external_timeout=timeout)
+    broker: dict[str, str] = {}
     try:
         with _on_signals(_raise_interrupted):
             try:
-                results = probe_all(embedded.start(), timeout=timeout)
+                endpoints = embedded.start()
+                results = probe_all(endpoints, timeout=timeout)
+                broker = broker_identity(embedded.settings, started="kafka" in embedded.started)
+                broker["broker_offsets"] = _offsets_report(embedded.settings, endpoints, results)
             except StackError as exc:
                 results = exc.results or dict.fromkeys(SERVICES, str(exc))
             finally:
@@ -201,6 +207,7 @@ def check(settings: Settings, as_json: bool, timeout: float, verbose: bool) -> N
         click.echo("interrupted; everything started was stopped", err=True)
         sys.exit(130)
     report: dict[str, str | float] = {name: results.get(name, "not checked") for name in SERVICES}
+    report |= broker
     report["seconds"] = round(time.monotonic() - began, 2)
     healthy = all(results.get(name) == "ok" for name in SERVICES)
     if as_json:
@@ -208,9 +215,27 @@ def check(settings: Settings, as_json: bool, timeout: float, verbose: bool) -> N
     else:
         for name in SERVICES:
             click.echo(f"{name:<11} {report[name]}")
+        for key, value in broker.items():
+            click.echo(f"{key:<15} {value}")
         click.echo(f"{'all ok' if healthy else 'FAILED'} in {report['seconds']} s")
     if not healthy:
         sys.exit(1)
+
+
+def _offsets_report(settings: Settings, endpoints: StackEndpoints, results: dict[str, str]) -> str:
+    """ "ok" when ListOffsets and offsets_for_times answer right (informational: not a failure)."""
+    if results.get("kafka") != "ok":
+        return "not checked"
+    try:
+        found = asyncio.run(check_offsets(endpoints.apply_to(settings)))
+    except Exception as exc:
+        return f"not checked: {type(exc).__name__}: {exc}"
+    if found.ok:
+        return "ok"
+    return (
+        f"wrong: ListOffsets(latest) {found.latest} of {found.records}, "
+        f"offsets_for_times {found.for_time} for {found.for_time_expected}"
+    )
 
 
 @click.command("demo")

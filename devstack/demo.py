@@ -27,7 +27,7 @@ from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import ENV_EMBEDDED_THREADS, Settings
 from pipeline.observability.metrics import percentiles
 from topics.admin import create_topics
-from topics.catalogue import DLQ, REQUESTS, Tier
+from topics.catalogue import DLQ, EMBEDDED_TOPIC_CONFIG, REQUESTS, Tier
 from topics.schemas import Reply, Request, Sla
 
 log = logging.getLogger("npcflow.demo")
@@ -263,7 +263,7 @@ def _run_demo(
         endpoints = stack.endpoints
         assert endpoints is not None
         settings = endpoints.apply_to(settings)
-        asyncio.run(create_topics(settings, prefix))
+        asyncio.run(create_topics(settings, prefix, overrides=EMBEDDED_TOPIC_CONFIG))
         env = endpoints.as_env() | {ENV_EMBEDDED_THREADS: "1"}
         if not as_json:
             print(

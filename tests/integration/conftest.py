@@ -1,6 +1,7 @@
 """Session fixtures: one embedded stack (real servers on loopback) shared by the suite.
 
-The stack comes from the same launcher as ``npcflow stack up``; services given in the
+The stack comes from the same launcher as ``npcflow stack up`` (the broker ``NPCFLOW_EMBEDDED_BROKER``
+picks: noida by default, or tansu); services given in the
 environment (``NPCFLOW_KAFKA_BOOTSTRAP`` …) are used instead of started. Each test module that
 needs topics gets its own topic prefix, so tests never read each other's traffic.
 """
@@ -18,6 +19,7 @@ from devstack.endpoints import StackEndpoints
 from devstack.stack import EmbeddedStack
 from pipeline.config import Settings
 from topics.admin import create_topics
+from topics.catalogue import EMBEDDED_TOPIC_CONFIG
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +45,9 @@ def kafka(settings: Settings) -> str:
 
 @pytest.fixture(scope="module")
 def prefix(settings: Settings) -> str:
-    """A fresh topic prefix with the whole catalogue created under it."""
+    """A fresh topic prefix with the whole catalogue created under it, with the dev stack's retention."""
     value = f"t{uuid.uuid4().hex[:8]}."
-    asyncio.run(create_topics(settings, value))
+    asyncio.run(create_topics(settings, value, overrides=EMBEDDED_TOPIC_CONFIG))
     return value
 
 
