@@ -36,7 +36,22 @@ ENV_METRICS_PORT = "NPCFLOW_METRICS_PORT"
 ENV_EVENT_LOOP = "NPCFLOW_EVENT_LOOP"
 ENV_GIL_SWITCH_S = "NPCFLOW_GIL_SWITCH_S"
 ENV_READY_FILE = "NPCFLOW_READY_FILE"
+ENV_INTENT_TTL_MS = "NPCFLOW_INTENT_TTL_MS"
+ENV_INTENT_REFRESH_INTERVAL_MS = "NPCFLOW_INTENT_REFRESH_INTERVAL_MS"
+ENV_INTENT_REFRESH_TIMEOUT_MS = "NPCFLOW_INTENT_REFRESH_TIMEOUT_MS"
+ENV_DEFAULT_INTENTS_FILE = "NPCFLOW_DEFAULT_INTENTS_FILE"
+ENV_GOLD_FAST_PATH = "NPCFLOW_GOLD_FAST_PATH"
 ENV_EMBEDDED_BROKER = "NPCFLOW_EMBEDDED_BROKER"
+ENV_BREAKER_FAILURES = "NPCFLOW_BREAKER_FAILURES"
+ENV_BREAKER_COOLDOWN_S = "NPCFLOW_BREAKER_COOLDOWN_S"
+ENV_BREAKER_PROBES = "NPCFLOW_BREAKER_PROBES"
+ENV_BREAKER_LATENCY_FACTOR = "NPCFLOW_BREAKER_LATENCY_FACTOR"
+ENV_BREAKER_LATENCY_WINDOW_S = "NPCFLOW_BREAKER_LATENCY_WINDOW_S"
+ENV_BREAKER_LATENCY_MIN_SAMPLES = "NPCFLOW_BREAKER_LATENCY_MIN_SAMPLES"
+ENV_BREAKER_CACHE_S = "NPCFLOW_BREAKER_CACHE_S"
+ENV_FALLBACK = "NPCFLOW_FALLBACK"
+ENV_SHEDDING = "NPCFLOW_SHEDDING"
+ENV_TENANT_WEIGHTS = "NPCFLOW_TENANT_WEIGHTS"
 
 #: Consumer fetch wait on latency paths: the embedded broker answers a waiting fetch late
 #: (docs/architecture.md, "The embedded broker").
@@ -167,6 +182,73 @@ class ProcessSettings:
 
 
 @dataclass(frozen=True)
+class ResilienceSettings:
+    """Fallback, circuit breakers, load shedding and tenant fair share (docs/architecture.md, "Resilience")."""
+
+    #: Consecutive failures that open a breaker.
+    breaker_failures: int = 5
+    #: How long an open breaker stays open before it admits probes (half-open).
+    breaker_cooldown_s: float = 60.0
+    #: Calls a half-open breaker admits at once; one success closes it, one failure reopens it.
+    breaker_probes: int = 1
+    #: A tier whose windowed p95 engine latency exceeds its budget times this factor opens (0: off).
+    breaker_latency_factor: float = 4.0
+    breaker_latency_window_s: float = 10.0
+    breaker_latency_min_samples: int = 20
+    #: How long a process trusts its copy of a breaker's shared state (no Redis trip per request).
+    breaker_cache_s: float = 0.25
+    #: Gold → Silver (refresh) and Silver → Bronze (re-publish) when a tier cannot answer in time.
+    fallback: bool = True
+    #: Degrade a request now when the queue predicts it would miss its deadline.
+    shedding: bool = True
+    #: Engine-slot shares per tenant (``NPCFLOW_TENANT_WEIGHTS=gs-a=2,gs-b=1``); others weigh 1.
+    tenant_weights: Mapping[str, float] = field(default_factory=dict)
+
+
+def _parse_weights(raw: str | None) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in (raw or "").split(","))):
+        tenant, sep, value = part.partition("=")
+        try:
+            weight = float(value) if sep else float("nan")
+        except ValueError:
+            weight = float("nan")
+        if not tenant.strip() or not weight > 0:
+            raise ConfigError(
+                f"{ENV_TENANT_WEIGHTS}: bad entry {part!r}; write tenant=weight pairs, e.g. gs-eu-1=2,gs-us-1=1"
+            )
+        weights[tenant.strip()] = weight
+    return weights
+
+
+def _flag(r: _Reader, name: str, default: bool) -> bool:
+    value = (r.str(name) or "").lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r}: use 1 or 0")
+
+
+@dataclass(frozen=True)
+class IntentSettings:
+    """Gold's intent cache (docs/architecture.md, "Gold's two paths")."""
+
+    #: An intent older than this is not served: Redis expires it, near caches fall back to the default.
+    ttl_ms: int = 1000
+    #: No model refresh for an NPC whose intent is younger than this (2 Hz per active NPC).
+    refresh_interval_ms: int = 500
+    #: A refresh not answered by a new intent within this is given up (and may be sent again).
+    refresh_timeout_ms: int = 2000
+    #: Default intents per archetype; None: the packaged ``pipeline/default_intents.yaml``.
+    defaults_file: str | None = None
+    #: The router answers realtime Gold requests from its near cache and sends only refreshes on.
+    fast_path: bool = True
+
+
+@dataclass(frozen=True)
 class Settings:
     """Endpoints and every knob; ``None`` endpoints mean "not configured"."""
 
@@ -182,8 +264,10 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     engines: EngineSettings = field(default_factory=EngineSettings)
     process: ProcessSettings = field(default_factory=ProcessSettings)
+    resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
     #: Which broker ``devstack`` starts (one of :data:`EMBEDDED_BROKERS`); unused with a given bootstrap.
     embedded_broker: str = DEFAULT_EMBEDDED_BROKER
+    intents: IntentSettings = field(default_factory=IntentSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, stack_file: bool = True) -> Settings:
@@ -238,6 +322,25 @@ class Settings:
                 ready_file=r.str(ENV_READY_FILE),
             ),
             embedded_broker=broker,
+            intents=IntentSettings(
+                ttl_ms=r.int(ENV_INTENT_TTL_MS, 1000) or 1000,
+                refresh_interval_ms=r.int(ENV_INTENT_REFRESH_INTERVAL_MS, 500) or 0,
+                refresh_timeout_ms=r.int(ENV_INTENT_REFRESH_TIMEOUT_MS, 2000) or 2000,
+                defaults_file=r.str(ENV_DEFAULT_INTENTS_FILE),
+                fast_path=_flag(r, ENV_GOLD_FAST_PATH, True),
+            ),
+            resilience=ResilienceSettings(
+                breaker_failures=r.int(ENV_BREAKER_FAILURES, 5) or 5,
+                breaker_cooldown_s=r.float(ENV_BREAKER_COOLDOWN_S, 60.0),
+                breaker_probes=r.int(ENV_BREAKER_PROBES, 1) or 1,
+                breaker_latency_factor=r.float(ENV_BREAKER_LATENCY_FACTOR, 4.0),
+                breaker_latency_window_s=r.float(ENV_BREAKER_LATENCY_WINDOW_S, 10.0),
+                breaker_latency_min_samples=r.int(ENV_BREAKER_LATENCY_MIN_SAMPLES, 20) or 20,
+                breaker_cache_s=r.float(ENV_BREAKER_CACHE_S, 0.25),
+                fallback=_flag(r, ENV_FALLBACK, True),
+                shedding=_flag(r, ENV_SHEDDING, True),
+                tenant_weights=_parse_weights(r.str(ENV_TENANT_WEIGHTS)),
+            ),
         )
 
     def with_(self, **changes: object) -> Settings:

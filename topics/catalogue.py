@@ -138,6 +138,16 @@ GAME_STATE = TopicSpec(
     compacted=True,
 )
 
+INTENTS = TopicSpec(
+    "npc.intents",
+    "npc_id",
+    6,
+    "Each NPC's current intent (Gold model results, game overrides), followed by routers and game servers.",
+    "Intent",
+    retention_ms=None,
+    compacted=True,
+)
+
 
 #: Kafka's own limit is 249 characters; ours leaves room for a prefix and keeps names readable.
 MAX_REPLY_TOPIC_CHARS = 200
@@ -192,6 +202,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     ROUTING,
     DLQ,
     GAME_STATE,
+    INTENTS,
 )
 
 TIER_TOPICS: dict[Tier, TopicSpec] = {

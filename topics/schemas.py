@@ -45,6 +45,8 @@ MAX_DEAD_LETTER_ERRORS = 20
 MAX_ERROR_TEXT = 200
 MAX_REASON_CHARS = 4000
 DEAD_LETTER_OVERHEAD_BYTES = 24 * 1024
+#: An intent is a short action ("flee: run to the gate"), not dialogue.
+MAX_INTENT_CHARS = 256
 
 
 def _integral_float_to_int(value: Any) -> Any:
@@ -185,6 +187,19 @@ class Latency(BaseModel):
     total_ms: Annotated[float, Field(ge=0)] = 0.0
 
 
+class TierAttempt(BaseModel):
+    """One tier a request went through: served it, failed (and why), or was skipped or shed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    tier: Tier
+    outcome: Literal["served", "failed", "skipped", "shed"]
+    reason: Annotated[str, StringConstraints(max_length=300)] = ""
+
+
+#: A request passes through at most every tier once (and a Gold refresh through Silver's engine).
+MAX_CHAIN = 6
+
+
 class Reply(Event):
     """Exactly one per accepted request, on the request's reply topic, key = request_id."""
 
@@ -198,11 +213,23 @@ class Reply(Event):
     status: ReplyStatus
     late: bool = Field(default=False, description="The result arrived after the request's deadline.")
     text: Annotated[str, StringConstraints(max_length=64_000)] = ""
-    intent: Annotated[str, StringConstraints(max_length=256)] | None = None
+    intent: Annotated[str, StringConstraints(max_length=MAX_INTENT_CHARS)] | None = None
+    intent_age_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+        default=None, description="Age of the intent that answered, when served_by is cache."
+    )
     tokens: TokenUsage = Field(default_factory=TokenUsage)
     latency: Latency = Field(default_factory=Latency)
     cost_usd: Annotated[float, Field(ge=0)] = 0.0
     error: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    served_tier: Tier | None = Field(
+        default=None,
+        description="The tier whose engine produced the answer (differs from tier after a fallback); "
+        "absent when nothing answered.",
+    )
+    chain: Annotated[list[TierAttempt], Field(max_length=MAX_CHAIN)] = Field(
+        default_factory=list,
+        description="Every tier the request went through, in order, and why it moved on.",
+    )
     replied_at_ms: TimestampMs
 
 
@@ -226,6 +253,10 @@ class RoutingDecision(Event):
     reason: Annotated[str, StringConstraints(max_length=500)]
     deadline_ms: TimestampMs
     decided_at_ms: TimestampMs
+    fallback_from: Tier | None = Field(
+        default=None, description="Set when the request was diverted from this tier (breaker, shedding)."
+    )
+    stage: Literal["router", "worker"] = "router"
 
 
 class FieldError(BaseModel):
@@ -318,7 +349,34 @@ class GameStateUpdate(Event):
     updated_at_ms: TimestampMs
 
 
-EVENTS: tuple[type[Event], ...] = (Request, Reply, Output, RoutingDecision, DeadLetter, GameStateUpdate)
+class Intent(Event):
+    """An NPC's current intent (the Gold model's short action); ``npc.intents`` is compacted on npc_id.
+
+    Written by the Gold worker for every model result (docs/architecture.md, "Gold's two paths")
+    and by game servers through ``IntentCache.update_intent``; a null value (tombstone) forgets it.
+    """
+
+    event_name: ClassVar[str] = "intent"
+    npc_id: Identifier
+    intent: Annotated[str, StringConstraints(min_length=1, max_length=MAX_INTENT_CHARS)]
+    generated_at_ms: TimestampMs
+    request_id: RequestId | None = Field(
+        default=None, description="The request whose model call produced it."
+    )
+    engine: Annotated[str, StringConstraints(max_length=128)] = Field(
+        default="", description="The engine that produced it; 'game' when a game server set it."
+    )
+
+
+EVENTS: tuple[type[Event], ...] = (
+    Request,
+    Reply,
+    Output,
+    RoutingDecision,
+    DeadLetter,
+    GameStateUpdate,
+    Intent,
+)
 
 
 class InvalidEvent(ValueError):

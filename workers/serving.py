@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pipeline.deadlines import read_deadline
+from pipeline.intents import is_refresh
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, Tier
 from topics.schemas import (
@@ -43,6 +44,7 @@ from topics.schemas import (
     TokenUsage,
     parse_request,
 )
+from workers.cache.intents import IntentRefresh, IntentUpdate, Refreshed
 from workers.engines.base import Engine, EngineError, EngineResult
 
 log = logging.getLogger("npcflow.worker")
@@ -65,6 +67,8 @@ class Job:
     request: Request
     deadline_ms: int
     reply_topic: str
+    #: A Gold model refresh the router already answered: it updates the intent, never replies.
+    refresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ class Replied:
     output: Output
     reply_topic: str
     outputs_topic: str
+    #: Gold: the model result as the NPC's new intent, for ``npc.intents``.
+    intent_update: IntentUpdate | None = None
 
     @property
     def key(self) -> bytes:
@@ -94,7 +100,7 @@ class DeadLettered:
         return self.letter.source_topic.encode()
 
 
-Outcome = Replied | DeadLettered
+Outcome = Replied | DeadLettered | Refreshed
 ReplyHook = Callable[[Replied], None]
 DeadLetterHook = Callable[[DeadLettered], None]
 
@@ -145,8 +151,11 @@ class Serving:
         *,
         prefix: str = "",
         hooks: Hooks | None = None,
+        intents: IntentRefresh | None = None,
     ) -> None:
         self.tier = tier
+        #: Gold's intent step: model results refresh the NPC's intent; refreshes are served by it.
+        self.intents = intents
         self.engine = engine
         self.policy = policy
         self.prefix = prefix
@@ -171,13 +180,19 @@ class Serving:
         deadline_ms = read_deadline(record.headers)
         if deadline_ms is None:
             deadline_ms = request.created_at_ms + self._default_budget_ms
-        return Job(request, deadline_ms, request.reply_topic or self._default_reply_topic)
+        refresh = is_refresh(record.headers)
+        return Job(request, deadline_ms, request.reply_topic or self._default_reply_topic, refresh)
 
-    async def serve(self, job: Job) -> Replied:
+    async def serve(self, job: Job) -> Replied | Refreshed:
         """Answer an accepted request; call it once an engine slot is the caller's.
 
         The deadline is checked here, so time spent queueing for the slot counts against it.
+        A refresh goes to the intent step and ends without a reply.
         """
+        if job.refresh:
+            self.stats.engine_calls += 1
+            intents = self.intents or IntentRefresh(None, prefix=self.prefix)
+            return await intents.refresh(job.request, job.deadline_ms, self.engine)
         picked_ms = time.time() * 1000
         if picked_ms > job.deadline_ms:
             late_by = picked_ms - job.deadline_ms
@@ -188,7 +203,8 @@ class Serving:
             result = await self.engine.generate(job.request, job.deadline_ms)
         except EngineError as exc:
             return self._replied(job, ReplyStatus.ERROR, picked_ms, error=str(exc))
-        return self._replied(job, ReplyStatus.OK, picked_ms, result=result)
+        update = await self.intents.record(job.request, result, self.engine.name) if self.intents else None
+        return self._replied(job, ReplyStatus.OK, picked_ms, result=result, intent_update=update)
 
     def dead_letter(
         self, record: IncomingRecord, reason: str, errors: list[FieldError] | None = None
@@ -210,6 +226,7 @@ class Serving:
         *,
         result: EngineResult | None = None,
         error: str | None = None,
+        intent_update: IntentUpdate | None = None,
     ) -> Replied:
         reply = build_reply(
             job,
@@ -222,7 +239,11 @@ class Serving:
             error=error,
         )
         outcome = Replied(
-            reply, Output(request=job.request, reply=reply), job.reply_topic, self._outputs_topic
+            reply,
+            Output(request=job.request, reply=reply),
+            job.reply_topic,
+            self._outputs_topic,
+            intent_update,
         )
         self.stats.replies[status.value] = self.stats.replies.get(status.value, 0) + 1
         self.hooks.replied(outcome)

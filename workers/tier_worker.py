@@ -31,6 +31,7 @@ from pipeline.observability import metrics
 from pipeline.readiness import mark_ready
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import REPLIES, TIER_TOPICS, Tier
+from workers.cache.intents import IntentRefresh, Refreshed
 from workers.engines.base import Engine
 from workers.hooks import standard_hooks
 from workers.offsets import OffsetTracker
@@ -128,12 +129,15 @@ class TierWorker(Lifecycle):
         self.config = config
         self.tier = config.tier
         self.engine = wrap_engine(engine, grace_s=config.engine_grace_s, cap_s=config.engine_timeout_cap_s)
+        #: Gold keeps each NPC's intent (Redis + npc.intents) from its model results and refreshes.
+        self.intents = IntentRefresh.from_settings(config.settings) if self.tier is Tier.GOLD else None
         self.serving = Serving(
             config.tier,
             self.engine,
             policy or RoutingPolicy.load(config.settings.policy_file),
             prefix=config.prefix,
             hooks=standard_hooks() if hooks is None else hooks,
+            intents=self.intents,
         )
         self.stats = WorkerStats(serving=self.serving.stats)
         self.assigned = asyncio.Event()
@@ -160,6 +164,8 @@ class TierWorker(Lifecycle):
         """Start the engine, producers and consumer (on failure ``stop`` closes what did start)."""
         settings, tier = self.config.settings, self.tier.value
         await self.engine.start()
+        if self.intents is not None:
+            await self.intents.start()
         self._producer = kafka.producer(settings, f"npcflow-{tier}", linger_ms=0)
         await self._producer.start()
         self._outputs_producer = kafka.producer(
@@ -187,6 +193,8 @@ class TierWorker(Lifecycle):
             if producer is not None:
                 await producer.stop()
         await self.engine.stop()
+        if self.intents is not None:
+            await self.intents.stop()
         log.info("%s worker stopped: %s", self.tier.value, self.stats)
 
     def partitions(self) -> set[int]:
@@ -324,6 +332,11 @@ class TierWorker(Lifecycle):
     async def _produce(self, outcome: Outcome) -> None:
         """Produce the outcome's records and wait for their acks (replies linger 0, outputs batch)."""
         assert self._producer is not None and self._outputs_producer is not None
+        if isinstance(outcome, Refreshed):  # the router answered already: only the intent goes out
+            if outcome.update is not None:
+                update = outcome.update
+                await (await self._producer.send(update.topic, update.value, key=update.key))
+            return
         if isinstance(outcome, DeadLettered):
             await (await self._producer.send(outcome.topic, outcome.letter.to_bytes(), key=outcome.key))
             letter = outcome.letter
@@ -341,6 +354,9 @@ class TierWorker(Lifecycle):
         )
         await reply_ack
         await output_ack
+        if outcome.intent_update is not None:
+            update = outcome.intent_update
+            await (await self._producer.send(update.topic, update.value, key=update.key))
 
     def _fail(self, exc: BaseException, record: ConsumerRecord) -> bool:
         """Kafka refused a result: stop, so the record is replayed instead of skipped."""

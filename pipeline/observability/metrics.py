@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 16, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
@@ -29,6 +29,35 @@ REPLY_TOPIC_MISSING = Counter(
     ["tier"],
 )
 COST_USD = Counter("npcflow_cost_usd_total", "Estimated inference cost", ["tier", "tenant"])
+BREAKER_STATE = Gauge(
+    "npcflow_breaker_state", "Circuit breaker state as this process last saw it: 0 closed, 1 half-open, 2 open",
+    ["breaker"],
+)
+BREAKER_TRANSITIONS = Counter(
+    "npcflow_breaker_transitions_total", "Breaker state changes seen by this process", ["breaker", "state"]
+)
+FALLBACKS = Counter(
+    "npcflow_fallbacks_total",
+    "Requests (or Gold refreshes) moved to the next tier, by why: breaker_open, deadline, timeout, "
+    "unavailable, error, shed",
+    ["from_tier", "to_tier", "reason"],
+)
+SHED = Counter(
+    "npcflow_shed_total", "Requests degraded because the queue predicted a missed deadline", ["tier", "action"]
+)
+LATE_RESULTS = Counter(
+    "npcflow_late_results_total", "Engine results that finished after a fallback answered (outputs only)", ["tier"]
+)
+INTENT_REFRESHES = Counter(
+    "npcflow_intent_refreshes_total",
+    "Gold model refreshes by the router's decision: sent, coalesced_fresh, coalesced_in_flight, timed_out",
+    ["decision"],
+)
+INTENT_UPDATES = Counter(
+    "npcflow_intent_updates_total",
+    "Refreshes served by Gold workers: written, engine_error, expired, empty",
+    ["result"],
+)
 
 
 def percentiles(values: list[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:

@@ -21,14 +21,17 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline import kafka
 from pipeline.config import Settings
+from pipeline.intents import IntentCache
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import metrics
 from pipeline.readiness import mark_ready
+from pipeline.router.gold import GoldPath, Produce, Record
 from pipeline.router.logic import Headers, Router, RouterStats, Source
 from pipeline.router.monitor import LeanMonitor
 from pipeline.router.policy import RoutingPolicy
 from pipeline.router.transport import FETCH_WAIT_ATTR
 from topics.catalogue import REQUESTS
+from workers.reply_topics import ReplyTopics
 
 log = logging.getLogger("npcflow.router")
 
@@ -74,6 +77,35 @@ class DecisionLog(Lifecycle):
                 await decision_log.stop()
 
         return DecisionLogService
+
+
+def _gold_path(app: faust.App, settings: Settings, produce: Produce, record: Record) -> GoldPath:
+    """Gold's fast path with its near cache of ``npc.intents``, started and stopped with the app."""
+    intents = IntentCache(settings, client_id="npcflow-router-intents")
+    app.service(_lifecycle_service(intents))
+    reply_topics = ReplyTopics(intents.topics)
+    return GoldPath(
+        intents,
+        produce,
+        record,
+        settings=settings.intents,
+        prefix=settings.topic_prefix,
+        topic_exists=reply_topics.exists,
+    )
+
+
+def _lifecycle_service(thing: Lifecycle) -> type[mode.Service]:
+    """A faust service that starts ``thing`` before the agents run and stops it with the app."""
+
+    class LifecycleService(mode.Service):
+        async def on_start(self) -> None:
+            await thing.start()
+
+        async def on_stop(self) -> None:
+            await thing.stop()
+
+    LifecycleService.__name__ = f"{type(thing).__name__}Service"
+    return LifecycleService
 
 
 def _log_send_failure(ack: asyncio.Future) -> None:
@@ -131,7 +163,8 @@ def create_app(
 
     decisions = DecisionLog(settings)
     app.service(decisions.service())
-    router = Router(policy, produce, decisions.send, prefix=prefix)
+    gold = _gold_path(app, settings, produce, decisions.send) if settings.intents.fast_path else None
+    router = Router(policy, produce, decisions.send, prefix=prefix, gold=gold)
     intake = app.topic(REQUESTS.name(prefix), key_type=bytes, value_type=bytes)
 
     @app.on_partitions_assigned.connect

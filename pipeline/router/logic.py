@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from pipeline.deadlines import deadline_headers, now_ms
 from pipeline.observability import metrics
+from pipeline.router.gold import GoldPath
 from pipeline.router.policy import Route, RoutingPolicy, Unroutable
 from topics.catalogue import DLQ, ROUTING, TIER_TOPICS, Tier
 from topics.schemas import DeadLetter, InvalidEvent, Request, RoutingDecision, parse_request
@@ -59,8 +60,11 @@ class Router:
         *,
         prefix: str = "",
         clock: Callable[[], int] = now_ms,
+        gold: GoldPath | None = None,
     ) -> None:
         self.policy = policy
+        #: Gold's fast path (answer from the intent cache, refresh on the side); None: forward as any tier.
+        self.gold = gold
         self.prefix = prefix
         self.stats = RouterStats()
         self._produce = produce
@@ -94,9 +98,10 @@ class Router:
             await self.reject(raw, source, f"unroutable: {exc}")
             return Outcome.DEAD_LETTERED
         assert raw is not None  # validate() rejects a missing value
-        headers = deadline_headers(route.deadline_ms, route.tier.value)
-        # The original bytes travel on: the worker validates the same event the game server sent.
-        await self._produce(self._tier_topics[route.tier], request.npc_id.encode(), raw, headers)
+        if self.gold is None or not await self.gold.answer(request, route, raw):
+            headers = deadline_headers(route.deadline_ms, route.tier.value)
+            # The original bytes travel on: the worker validates the same event the game server sent.
+            await self._produce(self._tier_topics[route.tier], request.npc_id.encode(), raw, headers)
         await self._record(
             self._routing, request.request_id.encode(), self._decision(request, route).to_bytes()
         )

@@ -1,0 +1,363 @@
+"""NPC intents: the default intents, the refresh header, and the game server's near cache.
+
+An intent is an NPC's current short action (:class:`topics.schemas.Intent`). The Gold model
+refreshes intents asynchronously; everybody who needs one *now* reads it from a near cache that
+follows the compacted ``npc.intents`` topic: the game server's per-frame reads and the router's
+in-budget answers (docs/architecture.md, "Gold's two paths"). A read is a dictionary lookup: no
+network, no lock, no await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Self
+
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from pipeline import kafka
+from pipeline.config import ConfigError, IntentSettings, Settings
+from pipeline.lifecycle import Lifecycle
+from topics.catalogue import INTENTS
+from topics.schemas import MAX_INTENT_CHARS, Intent, Request
+
+log = logging.getLogger("npcflow.intents")
+
+#: A routed Gold request carrying this header is a model refresh: the worker updates the NPC's
+#: intent and sends no reply (the router already answered).
+REFRESH_HEADER = "npcflow-refresh"
+#: The request ``context`` key naming the NPC's archetype.
+ARCHETYPE_KEY = "archetype"
+#: The intent when neither the file's ``default`` nor an archetype applies.
+BUILTIN_DEFAULT_INTENT = "idle: stay where you are and watch the surroundings"
+
+
+def refresh_headers(deadline_ms: int) -> list[tuple[str, bytes]]:
+    """Headers of a refresh sent to the Gold tier topic (its own deadline: a refresh is not urgent)."""
+    from pipeline.deadlines import deadline_headers
+
+    return [*deadline_headers(deadline_ms, "gold"), (REFRESH_HEADER, b"1")]
+
+
+def is_refresh(headers: Iterable[tuple[str, bytes]] | None) -> bool:
+    return any(key == REFRESH_HEADER and value == b"1" for key, value in headers or ())
+
+
+def archetype_of(request: Request) -> str | None:
+    value = request.context.get(ARCHETYPE_KEY)
+    return value if isinstance(value, str) else None
+
+
+def intent_text(text: str) -> str:
+    """An engine's text as an intent: its first non-empty line, cut to the schema's limit."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line[:MAX_INTENT_CHARS]
+
+
+@dataclass(frozen=True)
+class DefaultIntents:
+    """The intent per archetype when an NPC has no fresh one; ``default`` for unknown archetypes."""
+
+    default: str = BUILTIN_DEFAULT_INTENT
+    archetypes: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> DefaultIntents:
+        """``path`` (``NPCFLOW_DEFAULT_INTENTS_FILE``), else the packaged ``default_intents.yaml``."""
+        source = str(path or "pipeline/default_intents.yaml")
+        text = (
+            Path(path).read_text()
+            if path
+            else resources.files("pipeline").joinpath("default_intents.yaml").read_text()
+        )
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict) or not isinstance(data.get("archetypes", {}), dict):
+            raise ConfigError(f"{source}: expected `default: <intent>` and `archetypes: {{name: intent}}`")
+        archetypes = {str(k): str(v)[:MAX_INTENT_CHARS] for k, v in (data.get("archetypes") or {}).items()}
+        default = str(data.get("default") or BUILTIN_DEFAULT_INTENT)[:MAX_INTENT_CHARS]
+        return cls(default=default, archetypes=archetypes)
+
+    @classmethod
+    def from_settings(cls, settings: IntentSettings) -> DefaultIntents:
+        return cls.load(settings.defaults_file)
+
+    def for_archetype(self, archetype: str | None) -> str:
+        return self.archetypes.get(archetype, self.default) if archetype else self.default
+
+
+@dataclass(frozen=True)
+class SeenIntent:
+    """What :meth:`IntentCache.get_intent` returns: the intent, its age, and whether it is the default."""
+
+    npc_id: str
+    intent: str
+    #: Milliseconds since the model (or the game) produced it; None for a default intent.
+    age_ms: float | None
+    is_default: bool
+    #: The event behind it (request id, engine); None for a default intent.
+    event: Intent | None = None
+
+
+@dataclass
+class IntentCacheStats:
+    updates: int = 0
+    tombstones: int = 0
+    undecodable: int = 0
+    published: int = 0
+    publish_failures: int = 0
+
+
+Listener = Callable[[Intent], None]
+
+
+class IntentCache(Lifecycle):
+    """A near cache of every NPC's intent, kept current by following ``npc.intents``.
+
+    ``get_intent`` never blocks: it reads a dictionary that the follower replaces entries of.
+    Two ways to run it:
+
+    - in an asyncio program: ``async with IntentCache(settings) as intents:``;
+    - in a synchronous game loop: ``with IntentCache(settings) as intents:`` runs the follower on
+      a daemon thread with its own event loop; reads from the game thread stay dictionary reads.
+
+    ``start`` returns once the cache has read the topic up to where it ended when it started
+    (or after ``catch_up_timeout_s``), so a restarted router or game server serves the intents
+    it had. Memory: one entry per NPC that has an intent.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        prefix: str | None = None,
+        defaults: DefaultIntents | None = None,
+        ttl_ms: int | None = None,
+        client_id: str = "npcflow-intents",
+        catch_up_timeout_s: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.topic = INTENTS.name(settings.topic_prefix if prefix is None else prefix)
+        self.defaults = defaults or DefaultIntents.from_settings(settings.intents)
+        self.ttl_ms = settings.intents.ttl_ms if ttl_ms is None else ttl_ms
+        self.client_id = client_id
+        self.catch_up_timeout_s = catch_up_timeout_s
+        self.stats = IntentCacheStats()
+        self.caught_up = threading.Event()
+        #: Why the follower stopped, if it did (reads go on serving what it had).
+        self.follower_error: Exception | None = None
+        self._entries: dict[str, Intent] = {}
+        self._listeners: list[Listener] = []
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: set[asyncio.Future[None]] = set()
+        self._thread: threading.Thread | None = None
+        #: Set once caught up or once the follower failed: ``start`` stops waiting.
+        self._settled = asyncio.Event()
+
+    # -- reads: any thread, never blocking ---------------------------------------------------
+
+    def get_intent(self, npc_id: str, archetype: str | None = None) -> SeenIntent:
+        """The NPC's intent if younger than the TTL, else its archetype's default; no I/O."""
+        entry = self._entries.get(npc_id)
+        if entry is not None:
+            age = time.time() * 1000 - entry.generated_at_ms
+            if age < self.ttl_ms:
+                return SeenIntent(npc_id, entry.intent, age if age > 0 else 0.0, False, entry)
+        return SeenIntent(npc_id, self.defaults.for_archetype(archetype), None, True)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def topics(self) -> set[str]:
+        """Every topic on the cluster (a metadata request; creates nothing)."""
+        assert self._consumer is not None, "start() first"
+        return set(await self._consumer.topics())
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(intent)`` for every intent applied (on the follower's loop; keep it quick)."""
+        self._listeners.append(listener)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def update_intent(self, npc_id: str, intent: str) -> Intent:
+        """Set an NPC's intent from the game: visible here at once, published asynchronously.
+
+        Safe from any thread; never waits for the broker (a failed publish is logged and counted).
+        """
+        event = Intent(
+            npc_id=npc_id,
+            intent=intent[:MAX_INTENT_CHARS],
+            generated_at_ms=int(time.time() * 1000),
+            engine="game",
+        )
+        self._apply(event)
+        if self._loop is None:
+            raise RuntimeError("start the IntentCache before update_intent")
+        self._loop.call_soon_threadsafe(self._spawn_publish, event)
+        return event
+
+    def _spawn_publish(self, event: Intent) -> None:
+        task = asyncio.ensure_future(self._publish(event))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _publish(self, event: Intent) -> None:
+        assert self._producer is not None
+        try:
+            await (await self._producer.send(self.topic, event.to_bytes(), key=event.npc_id.encode()))
+            self.stats.published += 1
+        except Exception as exc:
+            self.stats.publish_failures += 1
+            log.error("intent for %s not published: %s", event.npc_id, exc)
+
+    # -- lifecycle (asyncio) -----------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._producer = kafka.producer(self.settings, f"{self.client_id}-updates")
+        await self._producer.start()
+        self._consumer = kafka.consumer(self.settings, self.client_id)
+        await self._consumer.start()
+        partitions = await self._partitions()
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        ends = await self._consumer.end_offsets(tps)
+        self._follower = asyncio.create_task(self._follow(ends), name="npcflow-intents")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), self.catch_up_timeout_s)
+        if not self.caught_up.is_set():
+            timeout = self.catch_up_timeout_s
+            log.warning("intent cache not caught up with %s after %.0f s", self.topic, timeout)
+
+    async def _partitions(self, timeout_s: float = 10.0) -> set[int]:
+        assert self._consumer is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            partitions = self._consumer.partitions_for_topic(self.topic)
+            if partitions:
+                return set(partitions)
+            if time.monotonic() > deadline:
+                raise ConfigError(f"topic {self.topic!r} does not exist: run `npcflow topics create` first")
+            await self._consumer._client.force_metadata_update()  # aiokafka has no public refresh
+            await asyncio.sleep(0.1)
+
+    async def _stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def _follow(self, ends: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        behind = {tp for tp, end in ends.items() if end > 0}
+        if not behind:
+            self._caught_up()
+        try:
+            while True:
+                batches = await self._consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        self._apply_record(record.value, record.key)
+                if behind:
+                    for tp in list(behind):
+                        if await self._consumer.position(tp) >= ends[tp]:
+                            behind.discard(tp)
+                    if not behind:
+                        self._caught_up()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("intent follower on %s stopped: %s", self.topic, exc)
+            self.follower_error = exc
+            self._settled.set()
+
+    def _caught_up(self) -> None:
+        self.caught_up.set()
+        self._settled.set()
+
+    def _apply_record(self, value: bytes | None, key: bytes | None = None) -> None:
+        if value is None:
+            if key is not None:
+                self._entries.pop(key.decode(errors="replace"), None)
+            self.stats.tombstones += 1
+            return
+        try:
+            event = Intent.from_bytes(value)
+        except ValueError:
+            self.stats.undecodable += 1
+            return
+        self._apply(event)
+
+    def _apply(self, event: Intent) -> None:
+        current = self._entries.get(event.npc_id)
+        if current is not None and current.generated_at_ms > event.generated_at_ms:
+            return  # an older intent arriving late never replaces a newer one
+        self._entries[event.npc_id] = event
+        self.stats.updates += 1
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("intent listener failed")
+
+    # -- lifecycle (synchronous game loops) --------------------------------------------------
+
+    def start_background(self, timeout_s: float = 30.0) -> None:
+        """Run the follower on a daemon thread; returns once it has caught up (or failed)."""
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(self.stop())
+                loop.close()
+
+        self._thread = threading.Thread(target=main, name="npcflow-intent-cache", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout_s):
+            raise TimeoutError(f"intent cache did not start within {timeout_s} s")
+        if failure:
+            raise failure[0]
+
+    def stop_background(self) -> None:
+        """Stop the follower thread (safe to call twice)."""
+        thread, self._thread = self._thread, None
+        if thread is None or self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        thread.join(timeout=30)
+
+    def __enter__(self) -> Self:
+        self.start_background()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_background()
