@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pipeline.deadlines import read_deadline
+from pipeline.observability import metrics
 from pipeline.intents import is_refresh
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, Tier
@@ -41,11 +42,15 @@ from topics.schemas import (
     ReplyStatus,
     Request,
     ServedBy,
+    TierAttempt,
     TokenUsage,
     parse_request,
 )
 from workers.cache.intents import IntentRefresh, IntentUpdate, Refreshed
 from workers.engines.base import Engine, EngineError, EngineResult
+from workers.resilience.exceptions import DeadlineReached, reason_kind
+from workers.resilience.fallback import FallbackContext, FallbackStep, Forwarded, attempt
+from workers.resilience.shedding import LoadShedder
 
 log = logging.getLogger("npcflow.worker")
 
@@ -69,6 +74,11 @@ class Job:
     reply_topic: str
     #: A Gold model refresh the router already answered: it updates the intent, never replies.
     refresh: bool = False
+    #: The record's value, re-published as is when the request falls back to the next tier.
+    raw: bytes = b""
+    #: Tiers this request went through before this one (from the fallback headers).
+    chain: tuple[TierAttempt, ...] = ()
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,7 @@ class DeadLettered:
         return self.letter.source_topic.encode()
 
 
-Outcome = Replied | DeadLettered | Refreshed
+Outcome = Replied | DeadLettered | Refreshed | Forwarded
 ReplyHook = Callable[[Replied], None]
 DeadLetterHook = Callable[[DeadLettered], None]
 
@@ -152,8 +162,13 @@ class Serving:
         prefix: str = "",
         hooks: Hooks | None = None,
         intents: IntentRefresh | None = None,
+        fallback: FallbackStep | None = None,
+        shedder: LoadShedder | None = None,
     ) -> None:
         self.tier = tier
+        #: Where a request goes when this tier cannot answer in time (None: reply with the error).
+        self.fallback = fallback
+        self.shedder = shedder or LoadShedder(enabled=False)
         #: Gold's intent step: model results refresh the NPC's intent; refreshes are served by it.
         self.intents = intents
         self.engine = engine
@@ -181,9 +196,47 @@ class Serving:
         if deadline_ms is None:
             deadline_ms = request.created_at_ms + self._default_budget_ms
         refresh = is_refresh(record.headers)
-        return Job(request, deadline_ms, request.reply_topic or self._default_reply_topic, refresh)
+        came = FallbackContext.read(record.headers)
+        reply_topic = request.reply_topic or self._default_reply_topic
+        return Job(request, deadline_ms, reply_topic, refresh, record.value or b"", came.chain, came.attempt)
 
-    async def serve(self, job: Job) -> Replied | Refreshed:
+    def shed(self, job: Job, expected_wait_ms: float, service_ms: float | None) -> Outcome | None:
+        """Load shedding, before the job queues for a slot: degrade it now if the queue predicts a miss.
+
+        Silver → the request goes to Bronze (:class:`Forwarded`); a Gold refresh is skipped (the
+        router answered already; the intent ages to the default); a Gold request with nowhere to
+        go gets an ``expired`` reply saying why. Bronze is never shed. None: queue it.
+        """
+        why = self.shedder.verdict(job.deadline_ms, time.time() * 1000, expected_wait_ms, service_ms)
+        if why is None or self.tier is Tier.BRONZE:
+            return None
+        forwarded = self.fallback.forward(job, why, "shed", outcome="shed") if self.fallback else None
+        if forwarded is not None:
+            metrics.SHED.labels(self.tier.value, "forwarded").inc()
+            return forwarded
+        metrics.SHED.labels(self.tier.value, "skipped").inc()
+        if job.refresh:
+            return Refreshed(job.request, None, "shed")
+        return self._replied(
+            job, ReplyStatus.EXPIRED, time.time() * 1000, error=why, tried=attempt(self.tier, "shed", why)
+        )
+
+    def late_output(self, job: Job, result: EngineResult) -> Output:
+        """A result that came after the request fell back: an output for the sinks, never a reply."""
+        now = time.time() * 1000
+        reply = build_reply(
+            job,
+            self.tier,
+            ReplyStatus.OK,
+            now,
+            engine=self.engine.name,
+            policy=self.policy,
+            result=result,
+            chain=(*job.chain, attempt(self.tier, "served", "late: after the fallback answered")),
+        )
+        return Output(request=job.request, reply=reply)
+
+    async def serve(self, job: Job) -> Replied | Refreshed | Forwarded:
         """Answer an accepted request; call it once an engine slot is the caller's.
 
         The deadline is checked here, so time spent queueing for the slot counts against it.
@@ -202,9 +255,19 @@ class Serving:
         try:
             result = await self.engine.generate(job.request, job.deadline_ms)
         except EngineError as exc:
-            return self._replied(job, ReplyStatus.ERROR, picked_ms, error=str(exc))
+            return self._cannot_answer(job, picked_ms, exc)
         update = await self.intents.record(job.request, result, self.engine.name) if self.intents else None
         return self._replied(job, ReplyStatus.OK, picked_ms, result=result, intent_update=update)
+
+    def _cannot_answer(self, job: Job, picked_ms: float, exc: EngineError) -> Replied | Forwarded:
+        """Fall back to the next tier if there is one; otherwise an error naming every tier tried."""
+        late = exc.late if isinstance(exc, DeadlineReached) else None
+        if self.fallback is not None:
+            forwarded = self.fallback.forward(job, str(exc), reason_kind(exc), late=late)
+            if forwarded is not None:
+                return forwarded
+        tried = attempt(self.tier, "failed", f"{reason_kind(exc)}: {exc}")
+        return self._replied(job, ReplyStatus.ERROR, picked_ms, error=str(exc), tried=tried)
 
     def dead_letter(
         self, record: IncomingRecord, reason: str, errors: list[FieldError] | None = None
@@ -227,16 +290,31 @@ class Serving:
         result: EngineResult | None = None,
         error: str | None = None,
         intent_update: IntentUpdate | None = None,
+        tried: TierAttempt | None = None,
     ) -> Replied:
+        engine = self.engine.name
+        if result is not None and result.substituted is not None:
+            sub = result.substituted
+            engine = sub.engine
+            chain = (*job.chain, attempt(self.tier, "failed", sub.reason), attempt(Tier(sub.tier), "served"))
+        elif result is not None:
+            chain = (*job.chain, attempt(self.tier, "served"))
+        else:
+            chain = (*job.chain, tried or attempt(self.tier, "failed", error or status.value))
+            if job.chain and error is not None:
+                error = "every tier failed: " + "; ".join(f"{a.tier.value}: {a.reason}" for a in chain)
+        if status is ReplyStatus.OK and len(chain) > 1:
+            status = ReplyStatus.FALLBACK
         reply = build_reply(
             job,
             self.tier,
             status,
             picked_ms,
-            engine=self.engine.name,
+            engine=engine,
             policy=self.policy,
             result=result,
             error=error,
+            chain=chain,
         )
         outcome = Replied(
             reply,
@@ -261,11 +339,13 @@ def build_reply(
     result: EngineResult | None = None,
     error: str | None = None,
     done_ms: float | None = None,
+    chain: Sequence[TierAttempt] = (),
 ) -> Reply:
     """The one reply for ``job``: who served it, where the time went, what it cost, whether late."""
     request = job.request
     done_ms = time.time() * 1000 if done_ms is None else done_ms
     served_by = ServedBy.ENGINE if result is not None else ServedBy.NONE
+    served_tier = next((a.tier for a in chain if a.outcome == "served"), tier if result else None)
     tokens = TokenUsage(
         prompt=result.prompt_tokens if result else 0, completion=result.completion_tokens if result else 0
     )
@@ -277,7 +357,7 @@ def build_reply(
         served_by=served_by,
         engine=engine if served_by is ServedBy.ENGINE else "",
         status=status,
-        late=status is ReplyStatus.OK and done_ms > job.deadline_ms,
+        late=status in (ReplyStatus.OK, ReplyStatus.FALLBACK) and done_ms > job.deadline_ms,
         text=result.text if result else "",
         tokens=tokens,
         latency=Latency(
@@ -286,6 +366,8 @@ def build_reply(
             total_ms=max(0.0, done_ms - request.created_at_ms),
         ),
         cost_usd=policy.cost_usd(tier, tokens.prompt + tokens.completion),
-        error=error,
+        error=error[:2000] if error else error,
+        served_tier=served_tier,
+        chain=list(chain),
         replied_at_ms=int(done_ms),
     )

@@ -19,10 +19,21 @@ class EngineUnavailable(EngineError, UserFacingError):
 
 
 @dataclass(frozen=True)
+class Substitution:
+    """Set on a result by a wrapper that answered with another tier's engine (Gold → Silver)."""
+
+    tier: str
+    engine: str
+    from_tier: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class EngineResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    substituted: Substitution | None = None
 
 
 @runtime_checkable

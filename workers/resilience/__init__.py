@@ -1,19 +1,80 @@
-"""Resilience as engine wrappers: each is an :class:`~workers.engines.base.Engine` around another.
+"""Resilience as engine wrappers and serving steps, each small and tested alone.
 
-Today: :class:`Timeout`. The fallback chain, circuit breakers and load shedding join here as
-further wrappers (or serving steps), composed per tier in :func:`wrap_engine`, never as
-branches in the worker loop.
+Engine wrappers (each an :class:`~workers.engines.base.Engine` around another), composed per
+tier by :func:`wrap_engine`, innermost first::
+
+    Timeout(engine)                  no call outlives deadline + grace          timeout.py
+    CutAtDeadline(...)               Silver: give up waiting at the deadline    fallback.py
+    BreakerGuard(..., tier, engine)  refuse while a breaker is open; count      breaker.py
+    Substitute(..., BreakerGuard(Timeout(silver engine)))
+                                     Gold: refresh with Silver's engine         fallback.py
+
+Serving steps: :class:`~workers.resilience.fallback.FallbackStep` (re-publish to the next
+tier), :class:`~workers.resilience.shedding.LoadShedder` (degrade before queueing into a miss).
+The worker loop's engine slots are a :class:`~workers.resilience.fair_share.FairShare`. The
+router reads the tier breakers through :class:`~workers.resilience.breaker.BreakerReader` and
+diverts with :class:`~workers.resilience.fallback.RouterFallback`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from pipeline.router.policy import RoutingPolicy
+from topics.catalogue import Tier
 from workers.engines.base import Engine
-from workers.resilience.exceptions import EngineTimeout
+from workers.resilience.breaker import BreakerBoard, BreakerGuard
+from workers.resilience.exceptions import BreakerOpen, DeadlineReached, EngineTimeout
+from workers.resilience.fallback import FORWARD, SUBSTITUTE, CutAtDeadline, Substitute
 from workers.resilience.timeout import DEFAULT_CAP_S, DEFAULT_GRACE_S, Timeout
 
-__all__ = ["EngineTimeout", "Timeout", "wrap_engine"]
+__all__ = [
+    "BreakerOpen",
+    "DeadlineReached",
+    "EngineTimeout",
+    "Timeout",
+    "TierResilience",
+    "wrap_engine",
+]
 
 
-def wrap_engine(engine: Engine, *, grace_s: float = DEFAULT_GRACE_S, cap_s: float = DEFAULT_CAP_S) -> Engine:
-    """The wrappers a tier worker puts around its engine, outermost last."""
-    return Timeout(engine, grace_s=grace_s, cap_s=cap_s)
+@dataclass
+class TierResilience:
+    """What a tier's engine is wrapped with beyond the timeout."""
+
+    tier: Tier
+    board: BreakerBoard
+    policy: RoutingPolicy
+    fallback: bool = True
+    #: The next tier's engine, for a tier that substitutes (Gold's refresh → Silver's engine).
+    substitute: Engine | None = None
+
+    def latency_budget_ms(self, tier: Tier) -> float | None:
+        """The budget the latency trigger compares p95 with; Gold's engine only refreshes: none."""
+        return None if tier is Tier.GOLD else float(self.policy.tiers[tier].default_budget_ms)
+
+    def guard(self, engine: Engine, tier: Tier, endpoint: str) -> BreakerGuard:
+        breakers = [self.board.tier(tier.value, self.latency_budget_ms(tier)), self.board.engine(endpoint)]
+        return BreakerGuard(engine, breakers, tier=tier.value)
+
+
+def wrap_engine(
+    engine: Engine,
+    *,
+    grace_s: float = DEFAULT_GRACE_S,
+    cap_s: float = DEFAULT_CAP_S,
+    resilience: TierResilience | None = None,
+) -> Engine:
+    """The wrappers a tier worker puts around its engine (see the module docstring)."""
+    wrapped: Engine = Timeout(engine, grace_s=grace_s, cap_s=cap_s)
+    r = resilience
+    if r is None:
+        return wrapped
+    if r.fallback and r.tier in FORWARD:
+        wrapped = CutAtDeadline(wrapped)
+    wrapped = r.guard(wrapped, r.tier, engine.name)
+    if r.fallback and r.substitute is not None and r.tier in SUBSTITUTE:
+        to = SUBSTITUTE[r.tier]
+        other = r.guard(Timeout(r.substitute, grace_s=grace_s, cap_s=cap_s), to, r.substitute.name)
+        wrapped = Substitute(wrapped, other, from_tier=r.tier, to_tier=to)
+    return wrapped

@@ -1,0 +1,328 @@
+"""The fallback chain Gold → Silver → Bronze, as engine wrappers and one serving step.
+
+- **Gold** answers in time from the NPC's intent (the router's part); its engine serves the
+  *refresh*. :class:`Substitute` serves that refresh with Silver's engine when Gold's engine is
+  down or its breaker open, and says so on the result (the reply records the fallback).
+- **Silver** cannot answer in time (engine error, breaker open, stall at the deadline, or a
+  queue that predicts a miss) → :class:`FallbackStep` turns the request into a
+  :class:`Forwarded` outcome: the original bytes re-published to the Bronze tier topic with
+  fallback headers. The worker loop produces it like a reply and commits only after the ack,
+  so the fallback survives a worker crash. :class:`CutAtDeadline` makes a stalled engine
+  (no result, no error) fall back at the deadline, not at the grace timeout; its call goes on,
+  and a late result only updates the outputs (never a second reply).
+- **Bronze** is last: an ``error`` reply naming every tier tried and why.
+- The router diverts Silver traffic straight to Bronze while Silver's breaker is open
+  (:class:`RouterFallback`), with the same headers.
+
+Headers (all optional; a request without them is a first attempt):
+``npcflow-fallback-attempt`` (1, 2, …), ``npcflow-fallback-from`` (the tier that gave up),
+``npcflow-fallback-reason`` (why, short), ``npcflow-fallback-chain`` (JSON list of
+:class:`~topics.schemas.TierAttempt`), ``npcflow-original-deadline-ms``. The new deadline
+(``npcflow-deadline-ms``) is the later of the original one and now + the next tier's budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from pipeline.deadlines import deadline_headers
+from pipeline.observability import metrics
+from pipeline.router.policy import Route, RoutingPolicy
+from topics.catalogue import ROUTING, TIER_TOPICS, Tier
+from topics.schemas import MAX_CHAIN, Request, RoutingDecision, TierAttempt
+from workers.engines.base import Engine, EngineError, EngineResult, EngineWrapper, Substitution
+from workers.resilience.exceptions import DeadlineReached, reason_kind
+
+log = logging.getLogger("npcflow.fallback")
+
+ATTEMPT_HEADER = "npcflow-fallback-attempt"
+FROM_HEADER = "npcflow-fallback-from"
+REASON_HEADER = "npcflow-fallback-reason"
+CHAIN_HEADER = "npcflow-fallback-chain"
+ORIGINAL_DEADLINE_HEADER = "npcflow-original-deadline-ms"
+FALLBACK_HEADERS = (ATTEMPT_HEADER, FROM_HEADER, REASON_HEADER, CHAIN_HEADER, ORIGINAL_DEADLINE_HEADER)
+
+#: Where a tier's request goes when the tier cannot answer in time (re-published). Gold is not
+#: here: its in-time answer is the intent, and its refresh falls back inside the worker.
+FORWARD: dict[Tier, Tier] = {Tier.SILVER: Tier.BRONZE}
+#: Whose engine serves a tier's work when its own is down (:class:`Substitute`).
+SUBSTITUTE: dict[Tier, Tier] = {Tier.GOLD: Tier.SILVER}
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class FallbackContext:
+    """What the fallback headers of a consumed record say (attempt 0: not a fallback)."""
+
+    attempt: int = 0
+    from_tier: str | None = None
+    reason: str = ""
+    chain: tuple[TierAttempt, ...] = ()
+    original_deadline_ms: int | None = None
+
+    @classmethod
+    def read(cls, headers: Iterable[tuple[str, bytes]] | None) -> FallbackContext:
+        """Parse the headers; malformed ones are ignored (the request is still served)."""
+        values = {k: v for k, v in headers or () if k in FALLBACK_HEADERS}
+        if not values:
+            return cls()
+        try:
+            attempt = int(values.get(ATTEMPT_HEADER, b"0"))
+            chain = tuple(
+                TierAttempt.model_validate(hop) for hop in json.loads(values.get(CHAIN_HEADER, b"[]"))
+            )[:MAX_CHAIN]
+            original = values.get(ORIGINAL_DEADLINE_HEADER)
+            return cls(
+                attempt=attempt,
+                from_tier=values[FROM_HEADER].decode() if FROM_HEADER in values else None,
+                reason=values.get(REASON_HEADER, b"").decode(errors="replace"),
+                chain=chain,
+                original_deadline_ms=int(original) if original else None,
+            )
+        except (ValueError, TypeError) as exc:
+            log.warning("ignoring malformed fallback headers: %s", exc)
+            return cls()
+
+
+def fallback_headers(
+    to_tier: Tier,
+    deadline_ms: int,
+    *,
+    attempt: int,
+    from_tier: Tier,
+    reason: str,
+    chain: Sequence[TierAttempt],
+    original_deadline_ms: int,
+) -> Headers:
+    """Every header a re-published (or router-diverted) request carries."""
+    hops = json.dumps([hop.model_dump(mode="json") for hop in chain[-MAX_CHAIN:]])
+    return [
+        *deadline_headers(deadline_ms, to_tier.value),
+        (ATTEMPT_HEADER, str(attempt).encode()),
+        (FROM_HEADER, from_tier.value.encode()),
+        (REASON_HEADER, reason[:300].encode()),
+        (CHAIN_HEADER, hops.encode()),
+        (ORIGINAL_DEADLINE_HEADER, str(original_deadline_ms).encode()),
+    ]
+
+
+def next_deadline(policy: RoutingPolicy, tier: Tier, deadline_ms: int, now_ms: int) -> int:
+    """The deadline a request gets on ``tier``: its own, or the tier's budget from now if later."""
+    return max(deadline_ms, now_ms + policy.tiers[tier].default_budget_ms)
+
+
+def attempt(tier: Tier, outcome: str, reason: str = "") -> TierAttempt:
+    return TierAttempt(tier=tier, outcome=outcome, reason=reason[:300])  # type: ignore[arg-type]
+
+
+class FallbackJob(Protocol):
+    """What a fallback needs of a served job (:class:`workers.serving.Job`)."""
+
+    request: Request
+    raw: bytes
+    deadline_ms: int
+    chain: tuple[TierAttempt, ...]
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A serving outcome: the request re-published to the next tier, plus its routing record.
+
+    ``late`` is the abandoned engine call of a deadline cut; when it finishes the loop records
+    its result as an output only (:meth:`workers.serving.Serving.late_output`).
+    """
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers
+    decision: RoutingDecision
+    routing_topic: str
+    from_tier: Tier
+    to_tier: Tier
+    job: Any = None
+    late: asyncio.Future[EngineResult] | None = None
+
+
+class FallbackStep:
+    """The serving step that turns "this tier cannot answer in time" into a :class:`Forwarded`."""
+
+    def __init__(self, tier: Tier, policy: RoutingPolicy, prefix: str = "", enabled: bool = True) -> None:
+        self.tier = tier
+        self.policy = policy
+        self.prefix = prefix
+        self.to_tier = FORWARD.get(tier) if enabled else None
+        self._routing = ROUTING.name(prefix)
+
+    def forward(
+        self, job: FallbackJob, reason: str, kind: str, *, outcome: str = "failed", late: Any = None
+    ) -> Forwarded | None:
+        """The re-published request, or None when this tier is the last (the caller replies)."""
+        to = self.to_tier
+        if to is None:
+            return None
+        now = int(time.time() * 1000)
+        deadline = next_deadline(self.policy, to, job.deadline_ms, now)
+        chain = (*job.chain, attempt(self.tier, outcome, reason))
+        original = job.deadline_ms
+        request = job.request
+        headers = fallback_headers(
+            to,
+            deadline,
+            attempt=job.attempt + 1,
+            from_tier=self.tier,
+            reason=f"{kind}: {reason}",
+            chain=chain,
+            original_deadline_ms=original,
+        )
+        decision = RoutingDecision(
+            request_id=request.request_id,
+            npc_id=request.npc_id,
+            tenant_id=request.tenant_id,
+            tier=to,
+            sla=self.policy.classify(request)[0],
+            reason=f"{self.tier.value} → {to.value} ({kind}): {reason}"[:500],
+            deadline_ms=deadline,
+            decided_at_ms=now,
+            fallback_from=self.tier,
+            stage="worker",
+        )
+        metrics.FALLBACKS.labels(self.tier.value, to.value, kind).inc()
+        return Forwarded(
+            topic=TIER_TOPICS[to].name(self.prefix),
+            key=request.npc_id.encode(),
+            value=job.raw,
+            headers=headers,
+            decision=decision,
+            routing_topic=self._routing,
+            from_tier=self.tier,
+            to_tier=to,
+            job=job,
+            late=late,
+        )
+
+
+class CutAtDeadline(EngineWrapper):
+    """Give up waiting at the deadline (raise :class:`DeadlineReached`); the call itself goes on.
+
+    The inner call (bounded by :class:`~workers.resilience.timeout.Timeout` at deadline + grace)
+    keeps running in ``DeadlineReached.late`` so its result can still refresh caches and outputs.
+    Only a tier with somewhere to fall back to is cut; the last tier waits out the grace.
+    """
+
+    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+        call = asyncio.ensure_future(self.inner.generate(request, deadline_ms))
+        remaining_s = max(0.0, (deadline_ms - time.time() * 1000) / 1000.0)
+        try:
+            done, _ = await asyncio.wait({call}, timeout=remaining_s)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        if call in done:
+            return call.result()
+        call.add_done_callback(_consume_exception)
+        raise DeadlineReached(self.name, late=call)
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class Substitute(EngineWrapper):
+    """Serve with ``substitute`` (another tier's engine, own breakers) when the inner engine fails.
+
+    Used for Gold's refresh: Gold's engine down or its breaker open → Silver's engine answers,
+    and the result says so (:class:`~workers.engines.base.Substitution`). If both fail, the error
+    names both.
+    """
+
+    def __init__(self, inner: Engine, substitute: Engine, *, from_tier: Tier, to_tier: Tier) -> None:
+        super().__init__(inner)
+        self.substitute = substitute
+        self.from_tier = from_tier
+        self.to_tier = to_tier
+
+    async def _start(self) -> None:
+        await self.inner.start()
+        await self.substitute.start()
+
+    async def _stop(self) -> None:
+        await self.inner.stop()
+        await self.substitute.stop()
+
+    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+        try:
+            return await self.inner.generate(request, deadline_ms)
+        except EngineError as first:
+            kind = reason_kind(first)
+            metrics.FALLBACKS.labels(self.from_tier.value, self.to_tier.value, kind).inc()
+            try:
+                result = await self.substitute.generate(request, deadline_ms)
+            except EngineError as second:
+                raise EngineError(
+                    f"{self.from_tier.value}: {first}; {self.to_tier.value} ({self.substitute.name}): {second}"
+                ) from second
+            note = Substitution(
+                tier=self.to_tier.value,
+                engine=self.substitute.name,
+                from_tier=self.from_tier.value,
+                reason=f"{kind}: {first}",
+            )
+            return replace(result, substituted=note)
+
+
+class TierHealth(Protocol):
+    def is_open(self, tier: str) -> bool: ...
+
+
+class RouterFallback:
+    """The router's one call into resilience: divert a route whose tier's breaker is open."""
+
+    def __init__(self, health: TierHealth, policy: RoutingPolicy, *, clock: Callable[[], int] | None = None) -> None:
+        self.health = health
+        self.policy = policy
+        self._clock = clock or (lambda: int(time.time() * 1000))
+
+    def detour(self, route: Route) -> tuple[Route, Headers] | None:
+        """(the diverted route, its headers), or None to route as the policy said."""
+        to = FORWARD.get(route.tier)
+        if to is None or not self.health.is_open(route.tier.value) or self.health.is_open(to.value):
+            return None
+        now = self._clock()
+        reason = f"breaker open on {route.tier.value}"
+        deadline = next_deadline(self.policy, to, route.deadline_ms, now)
+        headers = fallback_headers(
+            to,
+            deadline,
+            attempt=1,
+            from_tier=route.tier,
+            reason=f"breaker_open: {reason}",
+            chain=[attempt(route.tier, "skipped", reason)],
+            original_deadline_ms=route.deadline_ms,
+        )
+        metrics.FALLBACKS.labels(route.tier.value, to.value, "breaker_open").inc()
+        diverted = replace(
+            route, tier=to, deadline_ms=deadline, reason=f"{route.reason} → {reason}: fallback to {to.value}"
+        )
+        return diverted, headers
+
+
+async def watch_late(
+    late: asyncio.Future[EngineResult], on_result: Callable[[EngineResult], Any]
+) -> None:
+    """Await an abandoned call; hand its result (if any) to ``on_result``. Never raises."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        result = await late
+        outcome = on_result(result)
+        if asyncio.iscoroutine(outcome):
+            await outcome
