@@ -169,8 +169,13 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     tier_enum = Tier(tier)
     spec = engine or settings.engines.spec_for(tier)
     config = WorkerConfig.from_settings(settings, tier_enum)
+    # Gold's refresh falls back to Silver's engine while Gold's is down (docs/architecture.md, "Resilience").
+    substitute = None
+    if tier_enum is Tier.GOLD and settings.resilience.fallback:
+        silver = Tier.SILVER.value
+        substitute = build_engine(settings.engines.spec_for(silver), silver, settings.engines)
     serve_metrics(settings.process.metrics_port)
-    asyncio.run(run_worker(config, build_engine(spec, tier, settings.engines)))
+    asyncio.run(run_worker(config, build_engine(spec, tier, settings.engines), substitute))
 
 
 if __name__ == "__main__":

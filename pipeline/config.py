@@ -183,7 +183,7 @@ class ProcessSettings:
 
 @dataclass(frozen=True)
 class ResilienceSettings:
-    """Fallback, circuit breakers, load shedding and tenant fair share (docs/architecture.md, "Resilience")."""
+    """Fallback, breakers, load shedding and tenant fair share (docs/architecture.md, "Resilience")."""
 
     #: Consecutive failures that open a breaker.
     breaker_failures: int = 5
@@ -215,7 +215,8 @@ def _parse_weights(raw: str | None) -> dict[str, float]:
             weight = float("nan")
         if not tenant.strip() or not weight > 0:
             raise ConfigError(
-                f"{ENV_TENANT_WEIGHTS}: bad entry {part!r}; write tenant=weight pairs, e.g. gs-eu-1=2,gs-us-1=1"
+                f"{ENV_TENANT_WEIGHTS}: bad entry {part!r}; "
+                "write tenant=weight pairs, e.g. gs-eu-1=2,gs-us-1=1"
             )
         weights[tenant.strip()] = weight
     return weights

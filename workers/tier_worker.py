@@ -30,13 +30,16 @@ from pipeline.lifecycle import Lifecycle
 from pipeline.observability import metrics
 from pipeline.readiness import mark_ready
 from pipeline.router.policy import RoutingPolicy
-from topics.catalogue import REPLIES, TIER_TOPICS, Tier
+from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
 from workers.cache.intents import IntentRefresh, Refreshed
-from workers.engines.base import Engine
+from workers.engines.base import Engine, EngineResult
 from workers.hooks import standard_hooks
 from workers.offsets import OffsetTracker
 from workers.reply_topics import ReplyTopics
-from workers.resilience import wrap_engine
+from workers.resilience import TierResilience, wrap_engine
+from workers.resilience.fair_share import FairShare
+from workers.resilience.fallback import FallbackStep, Forwarded, watch_late
+from workers.resilience.shedding import LoadShedder
 from workers.serving import DeadLettered, Hooks, Outcome, Serving, ServingStats
 
 log = logging.getLogger("npcflow.worker")
@@ -125,27 +128,43 @@ class TierWorker(Lifecycle):
         engine: Engine,
         policy: RoutingPolicy | None = None,
         hooks: Hooks | None = None,
+        substitute: Engine | None = None,
     ) -> None:
         self.config = config
         self.tier = config.tier
-        self.engine = wrap_engine(engine, grace_s=config.engine_grace_s, cap_s=config.engine_timeout_cap_s)
+        policy = policy or RoutingPolicy.load(config.settings.policy_file)
+        #: Breakers, fallback and shedding (docs/architecture.md, "Resilience"); ``substitute``: the
+        #: next tier's engine, which serves Gold's refreshes while Gold's own engine is down.
+        self.resilience = TierResilience.from_settings(config.settings, config.tier, policy, substitute)
+        self.engine = wrap_engine(
+            engine,
+            grace_s=config.engine_grace_s,
+            cap_s=config.engine_timeout_cap_s,
+            resilience=self.resilience,
+        )
         #: Gold keeps each NPC's intent (Redis + npc.intents) from its model results and refreshes.
         self.intents = IntentRefresh.from_settings(config.settings) if self.tier is Tier.GOLD else None
         self.serving = Serving(
             config.tier,
             self.engine,
-            policy or RoutingPolicy.load(config.settings.policy_file),
+            policy,
             prefix=config.prefix,
             hooks=standard_hooks() if hooks is None else hooks,
             intents=self.intents,
+            fallback=FallbackStep(config.tier, policy, config.prefix, config.settings.resilience.fallback),
+            shedder=LoadShedder(enabled=config.settings.resilience.shedding),
         )
         self.stats = WorkerStats(serving=self.serving.stats)
         self.assigned = asyncio.Event()
         self.failure: BaseException | None = None
         self._offsets = OffsetTracker()
-        self._slots = asyncio.Semaphore(
-            min(config.max_in_flight, self.engine.max_concurrency or config.max_in_flight)
+        #: Engine slots, shared per tenant by weight: a flooding tenant never queues a quiet one.
+        self._slots = FairShare(
+            min(config.max_in_flight, self.engine.max_concurrency or config.max_in_flight),
+            config.settings.resilience.tenant_weights,
         )
+        #: Abandoned engine calls of deadline cuts, still running (their results become outputs).
+        self._late: set[asyncio.Task[None]] = set()
         self._pending = asyncio.Semaphore(config.max_pending)
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         #: Tasks still waiting for an engine slot: nothing sent yet, so they can be abandoned on a revoke.
@@ -192,7 +211,10 @@ class TierWorker(Lifecycle):
         for producer in (self._producer, self._outputs_producer):
             if producer is not None:
                 await producer.stop()
+        for task in list(self._late):
+            task.cancel()
         await self.engine.stop()
+        await self.resilience.board.stop()
         if self.intents is not None:
             await self.intents.stop()
         log.info("%s worker stopped: %s", self.tier.value, self.stats)
@@ -321,7 +343,13 @@ class TierWorker(Lifecycle):
                 f"register it with `npcflow topics create --reply-topic {topic}`"
             )
             return self.serving.dead_letter(record, reason)
-        async with self._slots:
+        shed = self.serving.shed(
+            accepted, self._slots.expected_wait_ms(accepted.request.tenant_id), self._slots.service_ms
+        )
+        if shed is not None:
+            self._queued.discard(task)
+            return shed
+        async with self._slots.slot(accepted.request.tenant_id):
             self._queued.discard(task)
             return await self.serving.serve(accepted)
 
@@ -336,6 +364,18 @@ class TierWorker(Lifecycle):
             if outcome.update is not None:
                 update = outcome.update
                 await (await self._producer.send(update.topic, update.value, key=update.key))
+            return
+        if isinstance(outcome, Forwarded):  # the next tier answers: the request and its routing record
+            sent = await self._producer.send(
+                outcome.topic, outcome.value, key=outcome.key, headers=outcome.headers
+            )
+            decision = await self._outputs_producer.send(
+                outcome.routing_topic, outcome.decision.to_bytes(), key=outcome.decision.request_id.encode()
+            )
+            await sent
+            await decision
+            if outcome.late is not None:
+                self._watch_late(outcome)
             return
         if isinstance(outcome, DeadLettered):
             await (await self._producer.send(outcome.topic, outcome.letter.to_bytes(), key=outcome.key))
@@ -358,6 +398,21 @@ class TierWorker(Lifecycle):
             update = outcome.intent_update
             await (await self._producer.send(update.topic, update.value, key=update.key))
 
+    def _watch_late(self, outcome: Forwarded) -> None:
+        """When an abandoned call finishes, record its result as an output only (never a reply)."""
+        assert outcome.late is not None
+
+        async def record(result: EngineResult) -> None:
+            assert self._outputs_producer is not None
+            output = self.serving.late_output(outcome.job, result)
+            metrics.LATE_RESULTS.labels(self.tier.value).inc()
+            key = output.request.request_id.encode()
+            await self._outputs_producer.send(OUTPUTS.name(self.config.prefix), output.to_bytes(), key=key)
+
+        task = asyncio.create_task(watch_late(outcome.late, record))
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
     def _fail(self, exc: BaseException, record: ConsumerRecord) -> bool:
         """Kafka refused a result: stop, so the record is replayed instead of skipped."""
         log.error(
@@ -372,13 +427,13 @@ class TierWorker(Lifecycle):
         return False
 
 
-async def run_worker(config: WorkerConfig, engine: Engine) -> None:
+async def run_worker(config: WorkerConfig, engine: Engine, substitute: Engine | None = None) -> None:
     """Run one worker until SIGINT/SIGTERM, then finish started work and commit.
 
     Raises :class:`WorkerFailed` if the worker stopped because Kafka refused a result or its
     consumer failed.
     """
-    worker = TierWorker(config, engine)
+    worker = TierWorker(config, engine, substitute=substitute)
     await worker.start()
     loop = asyncio.get_running_loop()
     run_task = asyncio.create_task(worker.run())

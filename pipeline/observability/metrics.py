@@ -30,7 +30,8 @@ REPLY_TOPIC_MISSING = Counter(
 )
 COST_USD = Counter("npcflow_cost_usd_total", "Estimated inference cost", ["tier", "tenant"])
 BREAKER_STATE = Gauge(
-    "npcflow_breaker_state", "Circuit breaker state as this process last saw it: 0 closed, 1 half-open, 2 open",
+    "npcflow_breaker_state",
+    "Circuit breaker state as this process last saw it: 0 closed, 1 half-open, 2 open",
     ["breaker"],
 )
 BREAKER_TRANSITIONS = Counter(
@@ -43,10 +44,14 @@ FALLBACKS = Counter(
     ["from_tier", "to_tier", "reason"],
 )
 SHED = Counter(
-    "npcflow_shed_total", "Requests degraded because the queue predicted a missed deadline", ["tier", "action"]
+    "npcflow_shed_total",
+    "Requests degraded because the queue predicted a missed deadline",
+    ["tier", "action"],
 )
 LATE_RESULTS = Counter(
-    "npcflow_late_results_total", "Engine results that finished after a fallback answered (outputs only)", ["tier"]
+    "npcflow_late_results_total",
+    "Engine results that finished after a fallback answered (outputs only)",
+    ["tier"],
 )
 INTENT_REFRESHES = Counter(
     "npcflow_intent_refreshes_total",

@@ -32,6 +32,8 @@ from pipeline.router.policy import RoutingPolicy
 from pipeline.router.transport import FETCH_WAIT_ATTR
 from topics.catalogue import REQUESTS
 from workers.reply_topics import ReplyTopics
+from workers.resilience.breaker import BreakerBoard, BreakerReader
+from workers.resilience.fallback import FORWARD, RouterFallback
 
 log = logging.getLogger("npcflow.router")
 
@@ -92,6 +94,17 @@ def _gold_path(app: faust.App, settings: Settings, produce: Produce, record: Rec
         prefix=settings.topic_prefix,
         topic_exists=reply_topics.exists,
     )
+
+
+def _breaker_detour(app: faust.App, settings: Settings, policy: RoutingPolicy) -> RouterFallback | None:
+    """The tier breakers as the workers share them (Redis), read in the background; None: fallback off."""
+    if not settings.resilience.fallback:
+        return None
+    board = BreakerBoard.from_settings(settings.redis_url, settings.topic_prefix, settings.resilience)
+    tiers = {t.value for pair in FORWARD.items() for t in pair}
+    reader = BreakerReader(board, sorted(tiers))
+    app.service(_lifecycle_service(reader))
+    return RouterFallback(reader, policy)
 
 
 def _lifecycle_service(thing: Lifecycle) -> type[mode.Service]:
@@ -164,7 +177,8 @@ def create_app(
     decisions = DecisionLog(settings)
     app.service(decisions.service())
     gold = _gold_path(app, settings, produce, decisions.send) if settings.intents.fast_path else None
-    router = Router(policy, produce, decisions.send, prefix=prefix, gold=gold)
+    breakers = _breaker_detour(app, settings, policy)
+    router = Router(policy, produce, decisions.send, prefix=prefix, gold=gold, breakers=breakers)
     intake = app.topic(REQUESTS.name(prefix), key_type=bytes, value_type=bytes)
 
     @app.on_partitions_assigned.connect

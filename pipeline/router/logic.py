@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from pipeline.deadlines import deadline_headers, now_ms
 from pipeline.observability import metrics
@@ -27,6 +28,12 @@ Headers = list[tuple[str, bytes]]
 Produce = Callable[[str, bytes, bytes, Headers | None], Awaitable[None]]
 #: Record a routing decision: ``(topic, key, value)``; an audit trail, batched off the latency path.
 Record = Callable[[str, bytes, bytes], Awaitable[None]]
+
+
+class Detour(Protocol):
+    """Where a route goes instead while its tier's breaker is open: (route, headers), or None."""
+
+    def detour(self, route: Route) -> tuple[Route, Headers] | None: ...
 
 
 class Outcome(StrEnum):
@@ -61,8 +68,11 @@ class Router:
         prefix: str = "",
         clock: Callable[[], int] = now_ms,
         gold: GoldPath | None = None,
+        breakers: Detour | None = None,
     ) -> None:
         self.policy = policy
+        #: Diverts a route whose tier's breaker is open (workers/resilience/fallback.RouterFallback).
+        self.breakers = breakers
         #: Gold's fast path (answer from the intent cache, refresh on the side); None: forward as any tier.
         self.gold = gold
         self.prefix = prefix
@@ -98,13 +108,15 @@ class Router:
             await self.reject(raw, source, f"unroutable: {exc}")
             return Outcome.DEAD_LETTERED
         assert raw is not None  # validate() rejects a missing value
+        headers = deadline_headers(route.deadline_ms, route.tier.value)
+        diverted_from = None
+        if self.breakers is not None and (detour := self.breakers.detour(route)) is not None:
+            diverted_from, (route, headers) = route.tier, detour
         if self.gold is None or not await self.gold.answer(request, route, raw):
-            headers = deadline_headers(route.deadline_ms, route.tier.value)
             # The original bytes travel on: the worker validates the same event the game server sent.
             await self._produce(self._tier_topics[route.tier], request.npc_id.encode(), raw, headers)
-        await self._record(
-            self._routing, request.request_id.encode(), self._decision(request, route).to_bytes()
-        )
+        decision = self._decision(request, route, diverted_from)
+        await self._record(self._routing, request.request_id.encode(), decision.to_bytes())
         self.stats.routed[route.tier.value] += 1
         metrics.ROUTED.labels(route.tier.value, route.sla.value, str(route.contradiction is not None)).inc()
         if route.contradiction:
@@ -115,7 +127,7 @@ class Router:
         """Parse and check the event; :class:`InvalidEvent` names every broken field and rule."""
         return parse_request(raw, self.prefix)
 
-    def _decision(self, request: Request, route: Route) -> RoutingDecision:
+    def _decision(self, request: Request, route: Route, diverted_from: Tier | None = None) -> RoutingDecision:
         return RoutingDecision(
             request_id=request.request_id,
             npc_id=request.npc_id,
@@ -125,6 +137,7 @@ class Router:
             reason=route.reason[:500],
             deadline_ms=route.deadline_ms,
             decided_at_ms=self._clock(),
+            fallback_from=diverted_from,
         )
 
     async def reject(

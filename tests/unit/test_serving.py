@@ -238,6 +238,8 @@ def test_a_worker_wraps_its_engine_and_connects_nothing_before_start() -> None:
     settings = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix=PREFIX)
     engine = ScriptedEngine()
     worker = TierWorker(WorkerConfig.from_settings(settings, Tier.SILVER, engine_grace_s=0.5), engine)
-    assert isinstance(worker.engine, Timeout) and worker.engine.inner is engine
-    assert worker.engine.grace_s == 0.5 and worker.serving.engine is worker.engine
+    # Silver: BreakerGuard(CutAtDeadline(Timeout(engine))) (docs/architecture.md, "Resilience").
+    timeout = worker.engine.inner.inner  # type: ignore[attr-defined]
+    assert isinstance(timeout, Timeout) and timeout.inner is engine
+    assert timeout.grace_s == 0.5 and worker.serving.engine is worker.engine
     assert not worker.started and worker.partitions() == set()

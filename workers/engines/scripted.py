@@ -8,12 +8,13 @@ test or a benchmark can configure a worker process from the environment, e.g.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
-from workers.engines.base import EngineError, EngineResult
+from workers.engines.base import EngineError, EngineResult, EngineUnavailable
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,22 @@ class ScriptedProfile:
     stall_every: int = 0
     stall_ms: float = 0.0
     tokens_per_reply: int = 0
+    #: An outage by the wall clock (epoch ms; 0: none), the same in every process given the profile:
+    #: from ``outage_at_ms`` the engine refuses every call for ``refuse_ms`` (EngineUnavailable at
+    #: once), then hangs every call for ``hang_ms`` (no result, no error), then recovers.
+    outage_at_ms: float = 0.0
+    refuse_ms: float = 0.0
+    hang_ms: float = 0.0
+
+    def phase(self, now_ms: float) -> str:
+        """``ok``, ``refusing`` or ``hanging`` at ``now_ms`` (epoch)."""
+        if not self.outage_at_ms or now_ms < self.outage_at_ms:
+            return "ok"
+        if now_ms < self.outage_at_ms + self.refuse_ms:
+            return "refusing"
+        if now_ms < self.outage_at_ms + self.refuse_ms + self.hang_ms:
+            return "hanging"
+        return "ok"
 
     @classmethod
     def parse(cls, spec: str) -> ScriptedProfile:
@@ -57,6 +74,11 @@ class ScriptedEngine(Lifecycle):
         self.calls += 1
         n = self.calls
         p = self.profile
+        phase = p.phase(time.time() * 1000)
+        if phase == "refusing":
+            raise EngineUnavailable(f"scripted outage: refusing call {n}")
+        if phase == "hanging":
+            await asyncio.sleep(3600)  # a stalled engine: only a timeout ends this call
         delay = p.latency_ms
         if p.stall_every and n % p.stall_every == 0:
             delay += p.stall_ms

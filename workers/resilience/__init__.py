@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config import Settings
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import Tier
 from workers.engines.base import Engine
@@ -32,8 +33,8 @@ __all__ = [
     "BreakerOpen",
     "DeadlineReached",
     "EngineTimeout",
-    "Timeout",
     "TierResilience",
+    "Timeout",
     "wrap_engine",
 ]
 
@@ -48,6 +49,14 @@ class TierResilience:
     fallback: bool = True
     #: The next tier's engine, for a tier that substitutes (Gold's refresh → Silver's engine).
     substitute: Engine | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, tier: Tier, policy: RoutingPolicy, substitute: Engine | None = None
+    ) -> TierResilience:
+        """Breakers shared through ``NPCFLOW_REDIS_URL`` (this process's own without one)."""
+        board = BreakerBoard.from_settings(settings.redis_url, settings.topic_prefix, settings.resilience)
+        return cls(tier, board, policy, settings.resilience.fallback, substitute)
 
     def latency_budget_ms(self, tier: Tier) -> float | None:
         """The budget the latency trigger compares p95 with; Gold's engine only refreshes: none."""

@@ -3,7 +3,7 @@
 The rules, all of them (docs/architecture.md, "Resilience"):
 
 - **closed** → **open** after ``failures`` consecutive failed calls (any process's: the count is
-  shared), or when the windowed p95 latency of successful calls exceeds ``budget × factor``.
+  shared), or when the windowed p95 latency of successful calls exceeds ``budget * factor``.
 - **open** → **half-open** once ``cooldown_s`` has passed since it opened.
 - **half-open** admits at most ``probes`` calls; one success closes the breaker, one failure
   opens it again for another cooldown. Probes admitted by a process that died are forgotten after
@@ -151,7 +151,9 @@ def transition(
 class BreakerStore(Protocol):
     """Where breakers keep their state; ``apply`` runs :func:`transition` atomically."""
 
-    async def apply(self, name: str, op: Op, now_ms: int, policy: BreakerPolicy, reason: str = "") -> tuple[Snapshot, bool]: ...
+    async def apply(
+        self, name: str, op: Op, now_ms: int, policy: BreakerPolicy, reason: str = ""
+    ) -> tuple[Snapshot, bool]: ...
 
     async def close(self) -> None: ...
 
@@ -275,7 +277,9 @@ class Breaker:
 
     def _seen(self, snapshot: Snapshot) -> None:
         if snapshot.state is not self._snapshot.state:
-            log.warning("breaker %s: %s → %s %s", self.name, self._snapshot.state, snapshot.state, snapshot.reason)
+            log.warning(
+                "breaker %s: %s → %s %s", self.name, self._snapshot.state, snapshot.state, snapshot.reason
+            )
             metrics.BREAKER_TRANSITIONS.labels(self.name, snapshot.state.value).inc()
             self.history.append(snapshot.state)
             if snapshot.state is not State.CLOSED and self.latency is not None:
@@ -345,7 +349,9 @@ class BreakerBoard(Lifecycle):
     @classmethod
     def from_settings(cls, redis_url: str | None, prefix: str, settings: ResilienceSettings) -> BreakerBoard:
         """Shared through Redis when one is configured; otherwise this process's own."""
-        store: BreakerStore = RedisStore(redis_url, f"npcflow:breaker:{prefix}") if redis_url else MemoryStore()
+        store: BreakerStore = (
+            RedisStore(redis_url, f"npcflow:breaker:{prefix}") if redis_url else MemoryStore()
+        )
         return cls(store, settings)
 
     async def _start(self) -> None:

@@ -131,8 +131,10 @@ class FairShare:
         self.in_use -= 1
 
     def _observe(self, held_ms: float) -> None:
-        self.service_ms = held_ms if self.service_ms is None else (
-            self._alpha * held_ms + (1 - self._alpha) * self.service_ms
+        self.service_ms = (
+            held_ms
+            if self.service_ms is None
+            else (self._alpha * held_ms + (1 - self._alpha) * self.service_ms)
         )
 
     @asynccontextmanager

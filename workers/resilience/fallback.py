@@ -269,9 +269,8 @@ class Substitute(EngineWrapper):
             try:
                 result = await self.substitute.generate(request, deadline_ms)
             except EngineError as second:
-                raise EngineError(
-                    f"{self.from_tier.value}: {first}; {self.to_tier.value} ({self.substitute.name}): {second}"
-                ) from second
+                tiers = f"{self.from_tier.value}: {first}; {self.to_tier.value}"
+                raise EngineError(f"{tiers} ({self.substitute.name}): {second}") from second
             note = Substitution(
                 tier=self.to_tier.value,
                 engine=self.substitute.name,
@@ -288,7 +287,9 @@ class TierHealth(Protocol):
 class RouterFallback:
     """The router's one call into resilience: divert a route whose tier's breaker is open."""
 
-    def __init__(self, health: TierHealth, policy: RoutingPolicy, *, clock: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self, health: TierHealth, policy: RoutingPolicy, *, clock: Callable[[], int] | None = None
+    ) -> None:
         self.health = health
         self.policy = policy
         self._clock = clock or (lambda: int(time.time() * 1000))
@@ -317,9 +318,7 @@ class RouterFallback:
         return diverted, headers
 
 
-async def watch_late(
-    late: asyncio.Future[EngineResult], on_result: Callable[[EngineResult], Any]
-) -> None:
+async def watch_late(late: asyncio.Future[EngineResult], on_result: Callable[[EngineResult], Any]) -> None:
     """Await an abandoned call; hand its result (if any) to ``on_result``. Never raises."""
     with contextlib.suppress(Exception, asyncio.CancelledError):
         result = await late
