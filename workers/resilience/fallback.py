@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from pydantic import TypeAdapter
+
 from pipeline.deadlines import deadline_headers
 from pipeline.observability import metrics
 from pipeline.router.policy import Route, RoutingPolicy
@@ -56,6 +58,7 @@ FORWARD: dict[Tier, Tier] = {Tier.SILVER: Tier.BRONZE}
 SUBSTITUTE: dict[Tier, Tier] = {Tier.GOLD: Tier.SILVER}
 
 Headers = list[tuple[str, bytes]]
+_CHAIN = TypeAdapter(list[TierAttempt])
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,7 @@ class FallbackContext:
             return cls()
         try:
             attempt = int(values.get(ATTEMPT_HEADER, b"0"))
-            chain = tuple(
-                TierAttempt.model_validate(hop) for hop in json.loads(values.get(CHAIN_HEADER, b"[]"))
-            )[:MAX_CHAIN]
+            chain = tuple(_CHAIN.validate_json(values.get(CHAIN_HEADER, b"[]")))[:MAX_CHAIN]
             original = values.get(ORIGINAL_DEADLINE_HEADER)
             return cls(
                 attempt=attempt,
@@ -87,7 +88,7 @@ class FallbackContext:
                 chain=chain,
                 original_deadline_ms=int(original) if original else None,
             )
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             log.warning("ignoring malformed fallback headers: %s", exc)
             return cls()
 
