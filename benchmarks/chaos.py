@@ -1,0 +1,75 @@
+"""Chaos benchmark: the pipeline under load with one fault, as real processes on the embedded stack.
+
+Scenarios (devstack/chaos.py says exactly what each does):
+  worker-kill    SIGKILL one of two Silver workers mid-load
+  router-kill    SIGKILL one of two routers mid-load
+  engine-outage  Silver's engine refuses, then hangs, then recovers (breaker opens, traffic falls back, closes)
+  tenant-flood   a quiet tenant alone, then while another floods at 10x its rate
+  broker-kill    SIGKILL the embedded broker and restart it on the same data directory
+
+Prints one JSON line: {"scenario", "sent", "replied_once", "duplicates_delivered", "lost",
+"dead_letters", "fallbacks", "breaker_opened", "recovered", ...}; tenant-flood adds
+{"victim_p95_ms", "victim_baseline_p95_ms", "victim_ratio"}. Progress goes to stderr.
+Services given in the environment (NPCFLOW_KAFKA_BOOTSTRAP, NPCFLOW_REDIS_URL, ...) are used;
+the rest are started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from devstack.chaos import SCENARIOS, broker_restarter, run_scenario, stderr_progress
+from devstack.stack import EmbeddedStack
+from pipeline import eventloop
+from pipeline.config import Settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--scenario", choices=SCENARIOS, required=True, help="which fault to inject")
+    parser.add_argument("--duration", type=float, default=None, help="seconds of load (default per scenario)")
+    parser.add_argument("--rate", type=float, default=None, help="requests/s of the main (quiet) tenant")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress display on stderr")
+    args = parser.parse_args()
+    settings = Settings.from_env(stack_file=False)
+    eventloop.install(settings.process.event_loop)
+    work = Path(tempfile.mkdtemp(prefix="npcflow-chaos-"))
+    load_before = psutil.getloadavg()[0]
+    started = time.monotonic()
+    stack = EmbeddedStack(work / "stack", settings=settings)
+    endpoints = stack.start()
+    try:
+        restart = broker_restarter(stack) if "kafka" in stack.started else None
+        result = run_scenario(
+            args.scenario,
+            endpoints,
+            work,
+            duration_s=args.duration,
+            rate=args.rate,
+            progress=None if args.quiet else stderr_progress,
+            broker_restart=restart,
+        )
+    finally:
+        stack.stop()
+    result["broker"] = settings.embedded_broker if not settings.kafka_bootstrap else "given"
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    result["loadavg_1m"] = {"before": round(load_before, 2), "after": round(psutil.getloadavg()[0], 2)}
+    if not args.json:
+        print(f"{args.scenario}: lost {result['lost']}, logs in {work}", file=sys.stderr)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
