@@ -3,7 +3,7 @@
 Scenarios (devstack/chaos.py says exactly what each does):
   worker-kill    SIGKILL one of two Silver workers mid-load
   router-kill    SIGKILL one of two routers mid-load
-  engine-outage  Silver's engine refuses, then hangs, then recovers (breaker opens, traffic falls back, closes)
+  engine-outage  Silver's engine refuses, then hangs, then recovers (breaker opens, falls back, closes)
   tenant-flood   a quiet tenant alone, then while another floods at 10x its rate
   broker-kill    SIGKILL the embedded broker and restart it on the same data directory
 
