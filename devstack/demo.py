@@ -59,6 +59,8 @@ PROMPTS: dict[Tier, list[str]] = {
         "Describe the festival the village prepares for.",
     ],
 }
+#: Gold NPCs' archetypes, for their default intents (pipeline/default_intents.yaml).
+ARCHETYPES = ("guard", "merchant", "villager", "blacksmith", "wolf")
 #: Requests per second the embedded engines keep up with at this mix on 2 cores: three one-thread
 #: SmolLM2 workers measured ≈ 1.4 req/s (`npcflow demo` prints the figure it sees), so 1.0 leaves headroom.
 DEFAULT_EMBEDDED_RATE = 1.0
@@ -75,6 +77,19 @@ class TierTally:
     latencies: list[float] = field(default_factory=list)
     engine_ms: list[float] = field(default_factory=list)
     samples: deque[str] = field(default_factory=lambda: deque(maxlen=2))
+    served_by: Counter[str] = field(default_factory=Counter)
+    #: Replies that reached the game server within the request's budget, from ``created_at_ms``.
+    within_budget: int = 0
+    intent_age_ms: list[float] = field(default_factory=list)
+
+    def gold_summary(self) -> dict[str, Any]:
+        """Gold's promise as the game server sees it (docs/architecture.md, "Gold's two paths")."""
+        fresh = percentiles(self.intent_age_ms, (50, 95))
+        return {
+            "within_budget": round(self.within_budget / self.sent, 4) if self.sent else None,
+            "served_by": dict(self.served_by),
+            "freshness_ms": fresh,
+        }
 
 
 class GameServer:
@@ -106,6 +121,11 @@ class GameServer:
             return
         tally.replied += 1
         tally.statuses["late" if reply.late else reply.status] += 1
+        tally.served_by[reply.served_by] += 1
+        budget = request.latency_budget_ms
+        tally.within_budget += budget is not None and time.time() * 1000 - request.created_at_ms <= budget
+        if reply.intent_age_ms is not None:
+            tally.intent_age_ms.append(reply.intent_age_ms)
         tally.latencies.append((time.perf_counter() - sent_at) * 1000)
         if reply.served_by == "engine":
             tally.engine_ms.append(reply.latency.engine_ms)
@@ -118,8 +138,12 @@ class GameServer:
         n = 0
         while time.perf_counter() - start < duration:
             tier = self._pick_tier()
-            npc = f"npc-{self.rng.randrange(self.npcs):04d}"
-            request = self.client.build_request(npc, self.rng.choice(PROMPTS[tier]), **SHAPES[tier])
+            index = self.rng.randrange(self.npcs)
+            npc = f"npc-{index:04d}"
+            shape = dict(SHAPES[tier])
+            if tier is Tier.GOLD:  # the NPC's archetype picks its default intent
+                shape["context"] = {"archetype": ARCHETYPES[index % len(ARCHETYPES)]}
+            request = self.client.build_request(npc, self.rng.choice(PROMPTS[tier]), **shape)
             self.tally[tier].sent += 1
             task = asyncio.create_task(self._one(tier, request, time.perf_counter()))
             self._tasks.add(task)
@@ -152,6 +176,13 @@ def render(server: GameServer, elapsed: float, duration: float, engines: dict[Ti
         lines.append(
             f"{tier.value:7} {engines[tier][:24]:24} {t.sent:5} {t.replied:7} "
             f"{p50 or '-':>8} {p95 or '-':>8}  {statuses}"
+        )
+    gold = server.tally[Tier.GOLD].gold_summary()
+    if gold["within_budget"] is not None:
+        fresh = gold["freshness_ms"]
+        lines.append(
+            f"\ngold within budget {gold['within_budget']:.1%}  served_by {gold['served_by']}  "
+            f"intent age p50/p95 {fresh['p50']}/{fresh['p95']} ms"
         )
     rate = server.sustainable_rate()
     if rate:
@@ -233,6 +264,7 @@ async def drive(
         "duplicates_dropped": client.stats.duplicates,
         "rate": rate,
         "duration_s": duration,
+        "gold": server.tally[Tier.GOLD].gold_summary(),
     }
 
 

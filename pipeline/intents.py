@@ -142,6 +142,7 @@ class IntentCache(Lifecycle):
         ttl_ms: int | None = None,
         client_id: str = "npcflow-intents",
         catch_up_timeout_s: float = 10.0,
+        fetch_max_wait_ms: int | None = None,
     ) -> None:
         self.settings = settings
         self.topic = INTENTS.name(settings.topic_prefix if prefix is None else prefix)
@@ -149,6 +150,8 @@ class IntentCache(Lifecycle):
         self.ttl_ms = settings.intents.ttl_ms if ttl_ms is None else ttl_ms
         self.client_id = client_id
         self.catch_up_timeout_s = catch_up_timeout_s
+        #: None: the settings' (latency-path) fetch wait; a router can poll less often.
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.stats = IntentCacheStats()
         self.caught_up = threading.Event()
         #: Why the follower stopped, if it did (reads go on serving what it had).
@@ -226,7 +229,8 @@ class IntentCache(Lifecycle):
         self._loop = asyncio.get_running_loop()
         self._producer = kafka.producer(self.settings, f"{self.client_id}-updates")
         await self._producer.start()
-        self._consumer = kafka.consumer(self.settings, self.client_id)
+        overrides = {} if self.fetch_max_wait_ms is None else {"fetch_max_wait_ms": self.fetch_max_wait_ms}
+        self._consumer = kafka.consumer(self.settings, self.client_id, **overrides)
         await self._consumer.start()
         partitions = await self._partitions()
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]

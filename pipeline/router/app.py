@@ -39,6 +39,8 @@ log = logging.getLogger("npcflow.router")
 
 #: Routing decisions are an audit trail, off the latency path: batch them instead of one request each.
 DECISION_LINGER_MS = 50
+#: The router's near cache of intents polls at this wait: a new intent seen ≤ 20 ms later is fine.
+INTENTS_FETCH_WAIT_MS = 20
 
 
 class DecisionLog(Lifecycle):
@@ -83,7 +85,10 @@ class DecisionLog(Lifecycle):
 
 def _gold_path(app: faust.App, settings: Settings, produce: Produce, record: Record) -> GoldPath:
     """Gold's fast path with its near cache of ``npc.intents``, started and stopped with the app."""
-    intents = IntentCache(settings, client_id="npcflow-router-intents")
+    # Intents are not on the reply's path: poll for them less often than the intake (router CPU).
+    intents = IntentCache(
+        settings, client_id="npcflow-router-intents", fetch_max_wait_ms=INTENTS_FETCH_WAIT_MS
+    )
     app.service(_lifecycle_service(intents))
     reply_topics = ReplyTopics(intents.topics)
     return GoldPath(
