@@ -102,6 +102,7 @@ def scenario(name: str, duration_s: float | None = None, rate: float | None = No
         s.workers = {Tier.SILVER: 1, Tier.BRONZE: 1}
         s.engines = {Tier.SILVER: "scripted:latency_ms=30", Tier.BRONZE: "scripted:latency_ms=2"}
         s.env = {config.ENV_MAX_IN_FLIGHT: "1"}
+        s.fault_at = 0.5
     if duration_s:
         s.duration_s = duration_s
     if rate:
@@ -160,6 +161,8 @@ class Run:
             # from when the load will start (after readiness), not from now.
             self._outage_at = time.time() * 1000 + 20_000
             engines[Tier.SILVER] = self._outage_engine(self._outage_at)
+            d = self.spec.duration_s * 0.15
+            self.fault = f"silver engine refuses {d:.1f} s, then hangs {d:.1f} s, then recovers"
         procs = PipelineProcesses(
             self.endpoints.as_env() | {config.ENV_TOPIC_PREFIX: self.prefix} | self.spec.env,
             self.work / self.prefix.rstrip("."),
@@ -192,6 +195,8 @@ class Run:
             self._kill(procs, "worker-silver-0")
         elif name == "router-kill":
             self._kill(procs, "router-0")
+        elif name == "tenant-flood":
+            self.fault = f"gs-flood sends {self.spec.rate * 10:g} req/s from t={self.spec.duration_s / 2:g} s"
         elif name == "broker-kill":
             if self.broker_restart is None:
                 raise RuntimeError("broker-kill needs a broker it can restart (an embedded stack)")
@@ -236,7 +241,7 @@ class Run:
         spec = self.spec
         start = time.monotonic()
         fault_t = spec.duration_s * spec.fault_at
-        injected = spec.name in ("engine-outage", "tenant-flood")
+        injected = spec.name == "engine-outage"
         owed = {"quiet": 0.0, "flood": 0.0}
         n = 0
         tick = 0.01
@@ -339,6 +344,8 @@ class Run:
         opened = "open" in self.breaker_states
         tail_from = self.spec.duration_s * 0.8
         tail = [rid for rid, at in t.sent_at.items() if at >= tail_from]
+        if self.spec.name == "tenant-flood":  # the flood itself is meant to be degraded
+            tail = [rid for rid in tail if t.replies[rid].tenant_id == "gs-quiet"]
         tail_ok = [
             rid for rid in tail if t.replies[rid].status is ReplyStatus.OK and t.replies[rid].served_tier
         ]

@@ -399,3 +399,16 @@ async def test_scripted_outage_refuses_then_hangs_then_recovers() -> None:
         await engine.generate(request(), now_ms() + 100)
     parsed = ScriptedProfile.parse(f"outage_at_ms={start:.0f},refuse_ms=60,hang_ms=60")
     assert parsed.refuse_ms == 60
+
+
+async def test_a_deadline_cut_after_queueing_is_not_held_against_the_engine() -> None:
+    settings = ResilienceSettings(breaker_failures=1, breaker_cache_s=0)
+    board = BreakerBoard(MemoryStore(), settings)
+    slow = CutAtDeadline(ScriptedEngine(ScriptedProfile(latency_ms=200)))
+    guard = BreakerGuard(slow, [board.tier("silver")], tier="silver", stall_evidence_ms=100)
+    with pytest.raises(DeadlineReached):
+        await guard.generate(request(), now_ms() + 20)  # 20 ms left after queueing: no evidence
+    assert board.tier("silver").snapshot.state is State.CLOSED
+    with pytest.raises(DeadlineReached):
+        await guard.generate(request(), now_ms() + 120)  # a real stall
+    assert board.tier("silver").snapshot.state is State.OPEN

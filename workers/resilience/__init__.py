@@ -63,8 +63,10 @@ class TierResilience:
         return None if tier is Tier.GOLD else float(self.policy.tiers[tier].default_budget_ms)
 
     def guard(self, engine: Engine, tier: Tier, endpoint: str) -> BreakerGuard:
-        breakers = [self.board.tier(tier.value, self.latency_budget_ms(tier)), self.board.engine(endpoint)]
-        return BreakerGuard(engine, breakers, tier=tier.value)
+        budget = self.latency_budget_ms(tier)
+        breakers = [self.board.tier(tier.value, budget), self.board.engine(endpoint)]
+        # A deadline cut is evidence of a stall only if the call had half the tier's budget.
+        return BreakerGuard(engine, breakers, tier=tier.value, stall_evidence_ms=(budget or 0) / 2)
 
 
 def wrap_engine(

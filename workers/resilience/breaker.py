@@ -31,7 +31,7 @@ from pipeline.lifecycle import Lifecycle
 from pipeline.observability import metrics
 from topics.schemas import Request
 from workers.engines.base import Engine, EngineResult, EngineWrapper
-from workers.resilience.exceptions import BreakerOpen
+from workers.resilience.exceptions import BreakerOpen, DeadlineReached
 
 log = logging.getLogger("npcflow.breaker")
 
@@ -397,22 +397,32 @@ class BreakerGuard(EngineWrapper):
     """Refuse a call when any of its breakers is open; report every outcome to all of them.
 
     A tier's engine is guarded by the tier's breaker (which the router reads) and the engine
-    endpoint's (shared by every tier using that endpoint).
+    endpoint's (shared by every tier using that endpoint). A deadline cut counts as a failure only
+    when the call had at least ``stall_evidence_ms`` to answer: a request that spent its budget
+    queueing says nothing about the engine (shedding's business, not the breaker's).
     """
 
-    def __init__(self, inner: Engine, breakers: Iterable[Breaker], *, tier: str) -> None:
+    def __init__(
+        self, inner: Engine, breakers: Iterable[Breaker], *, tier: str, stall_evidence_ms: float = 0.0
+    ) -> None:
         super().__init__(inner)
         self.breakers = list(breakers)
         self.tier = tier
+        self.stall_evidence_ms = stall_evidence_ms
 
     async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
         for breaker in self.breakers:
             if not await breaker.allow():
                 raise BreakerOpen(breaker.name, breaker.snapshot.reason, tier=self.tier)
         started = time.monotonic()
+        given_ms = deadline_ms - time.time() * 1000
         try:
             result = await self.inner.generate(request, deadline_ms)
         except asyncio.CancelledError:
+            raise
+        except DeadlineReached:
+            if given_ms >= self.stall_evidence_ms:
+                await asyncio.gather(*(b.failure("no result by the deadline") for b in self.breakers))
             raise
         except Exception as exc:
             await asyncio.gather(*(b.failure(f"{type(exc).__name__}: {exc}") for b in self.breakers))
