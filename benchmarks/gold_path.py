@@ -34,6 +34,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from aiokafka import TopicPartition
 
 from devstack.processes import PipelineProcesses
@@ -327,6 +328,11 @@ def router_counters(port: int) -> dict[str, int]:
     return dict(counts)
 
 
+def cpu_seconds(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -370,7 +376,13 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
         )
         procs.wait_ready()
         floor_ms = floor_run(settings, floor, work, args, "before")
+        pids = {p.name: p.pid for p, _ in procs.procs} | {"bench": os.getpid()}
+        cpu_before, wall_before = {n: cpu_seconds(pid) for n, pid in pids.items()}, time.monotonic()
         result = asyncio.run(measure(settings, pipe, args))
+        wall = time.monotonic() - wall_before
+        result["cpu_cores"] = {
+            n: round((cpu_seconds(pid) - cpu_before[n]) / wall, 2) for n, pid in pids.items()
+        }
         counters = router_counters(port)
         floor_ms += floor_run(settings, floor, work, args, "after")
     result["floor_2hop_ms"] = percentiles(floor_ms, (50, 95))

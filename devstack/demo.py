@@ -9,8 +9,10 @@ table and ends with a summary; ``--json`` prints one summary line instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import random
 import sys
 import tempfile
@@ -268,6 +270,21 @@ async def drive(
     }
 
 
+def _cpu_engines_yield(procs: PipelineProcesses, engines: dict[Tier, str]) -> None:
+    """On a laptop the CPU models share the cores with the router: their threads yield (nice 10).
+
+    Otherwise Gold's two-hop answers wait behind a second-long decode for a core
+    (docs/architecture.md, "Gold's two paths"); on GPU hosts the question does not arise.
+    """
+    for proc, _ in procs.procs:
+        tier = next((t for t in Tier if proc.name.startswith(f"worker-{t.value}-")), None)
+        if tier is None or engines.get(tier) != "embedded":
+            continue
+        for task in Path(f"/proc/{proc.pid}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):
+                os.setpriority(os.PRIO_PROCESS, int(task.name), 10)
+
+
 def run_demo(
     settings: Settings, duration: float, rate: float | None, npcs: int, as_json: bool
 ) -> dict[str, Any]:
@@ -302,7 +319,8 @@ def _run_demo(
                 f"stack up; starting router and workers (engines: {json.dumps(engines)})",
                 flush=True,
             )
-        with PipelineProcesses(env, work, engines=engines):
+        with PipelineProcesses(env, work, engines=engines) as procs:
+            _cpu_engines_yield(procs, engines)
             summary = asyncio.run(drive(settings, prefix, duration, rate, npcs, as_json, engines))
     if not as_json:
         print("\nsummary: " + json.dumps(summary, indent=2))
