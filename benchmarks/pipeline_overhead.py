@@ -1,10 +1,12 @@
 """Pipeline overhead: intake → router → gold worker (zero-latency engine) → reply, against a floor.
 
 The floor is a bare aiokafka relay over the same three hops (intake → tier topic → reply
-topic, two forwarding processes) on the same broker in the same run. Both run side by side for
-the whole benchmark and take turns carrying the load in short alternating segments, so machine
-noise and the broker's growing in-memory log hit both alike. Prints one JSON line:
-{"rate","sent","received","lost","pipeline_ms":{p50,p95,p99},"floor_ms":{…},"ratio_p50","ratio_p99",…}
+topic, two forwarding processes) on the same broker in the same run. The two take turns in short
+alternating segments, so machine noise hits both alike, and every segment starts on fresh topics
+(a new prefix, benchmark retention) with its own processes: both sides see the same broker state,
+and no segment measures what earlier ones left in the broker. Prints one JSON line:
+{"rate","sent","received","lost","pipeline_ms":{p50,p95,p99},"floor_ms":{…},"ratio_p50","ratio_p99",
+ "broker","broker_version","records_per_partition":{"floor":[…],"pipeline":[…]},…}
 """
 
 from __future__ import annotations
@@ -21,22 +23,20 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 from aiokafka import TopicPartition
+from benchkit import cpu_seconds, create_fresh_topics, fresh_prefix, records_per_partition, start_broker
 
 from devstack.processes import PipelineProcesses
-from devstack.stack import EmbeddedStack
 from pipeline import eventloop, kafka
 from pipeline.config import ENV_KAFKA_BOOTSTRAP, ENV_TOPIC_PREFIX, Settings
 from pipeline.observability.metrics import percentiles
-from topics.admin import create_topics
 from topics.catalogue import REPLIES, REQUESTS, REQUESTS_GOLD, Tier
 from topics.schemas import Reply, Request, Sla
 
-#: Latencies from the first part of each segment are dropped (consumers catching up after a switch).
+#: Latencies from the first part of each segment are dropped (consumers' first fetches).
 SEGMENT_WARMUP_S = 0.5
-FLOOR_PREFIX = "bench.floor."
-PIPELINE_PREFIX = "bench.pipe."
+#: The topics a segment's load crosses, whose fill is reported at its end.
+PATH_TOPICS = (REQUESTS, REQUESTS_GOLD, REPLIES)
 
 
 @dataclass
@@ -44,7 +44,6 @@ class Side:
     """One contestant (floor or pipeline): its topics, its processes and what it measured."""
 
     name: str
-    prefix: str
     key_by_request: bool
     pids: dict[str, int] = field(default_factory=dict)
     sent: int = 0
@@ -54,28 +53,26 @@ class Side:
     to_worker_ms: list[float] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
+    #: Per segment: records held by the fullest partition of each path topic at its end.
+    records: list[dict[str, int]] = field(default_factory=list)
 
     def cpu_cores(self) -> dict[str, float]:
         return {name: round(sec / self.wall_s, 2) for name, sec in self.cpu_s.items()} if self.wall_s else {}
 
 
-def _cpu(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
+_cpu = cpu_seconds
 
 
-async def segment(settings: Settings, side: Side, rate: float, duration: float) -> None:
+async def segment(settings: Settings, side: Side, prefix: str, rate: float, duration: float) -> None:
     """Send ``rate`` req/s for ``duration`` s through one side and record its latencies."""
-    intake, replies = REQUESTS.name(side.prefix), REPLIES.name(side.prefix)
+    intake, replies = REQUESTS.name(prefix), REPLIES.name(prefix)
     producer = kafka.producer(settings, "bench-load")
     consumer = kafka.consumer(settings, "bench-load")
     await producer.start()
     await consumer.start()
-    tps = [TopicPartition(replies, p) for p in sorted(consumer.partitions_for_topic(replies) or [])]
+    tps = [TopicPartition(replies, p) for p in range(REPLIES.partitions)]
     consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
+    await consumer.seek_to_beginning(*tps)  # fresh topics: every reply on them is this segment's
     cpu_before = {name: _cpu(pid) for name, pid in side.pids.items()}
     sent_at: dict[bytes, float] = {}
     received = 0
@@ -136,9 +133,9 @@ async def segment(settings: Settings, side: Side, rate: float, duration: float) 
     await producer.stop()
 
 
-def start_floor(bootstrap: str, work: Path, stack: ExitStack) -> dict[str, int]:
+def start_floor(bootstrap: str, prefix: str, work: Path, stack: ExitStack) -> dict[str, int]:
     """The two relay processes of the floor; returns their pids once both joined their groups."""
-    relays = PipelineProcesses({}, work / "floor", routers=0, workers={})
+    relays = PipelineProcesses({}, work, routers=0, workers={})
     stack.callback(relays.stop)
     for i, (src, dst) in enumerate([(REQUESTS, REQUESTS_GOLD), (REQUESTS_GOLD, REPLIES)]):
         relay = Path(__file__).with_name("relay.py")
@@ -146,20 +143,18 @@ def start_floor(bootstrap: str, work: Path, stack: ExitStack) -> dict[str, int]:
             "--bootstrap",
             bootstrap,
             "--source",
-            src.name(FLOOR_PREFIX),
+            src.name(prefix),
             "--target",
-            dst.name(FLOOR_PREFIX),
+            dst.name(prefix),
         ]
-        relays.spawn(f"relay-{i}", [sys.executable, str(relay), *args, "--group", f"floor-{i}"])
+        relays.spawn(f"relay-{i}", [sys.executable, str(relay), *args, "--group", f"{prefix}floor-{i}"])
     relays.wait_ready()
     return {p.name: p.pid for p, _ in relays.procs}
 
 
-def start_pipeline(bootstrap: str, work: Path, stack: ExitStack) -> dict[str, int]:
-    env = {ENV_KAFKA_BOOTSTRAP: bootstrap, ENV_TOPIC_PREFIX: PIPELINE_PREFIX}
-    procs = PipelineProcesses(
-        env, work / "pipeline", workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=0"}
-    )
+def start_pipeline(bootstrap: str, prefix: str, work: Path, stack: ExitStack) -> dict[str, int]:
+    env = {ENV_KAFKA_BOOTSTRAP: bootstrap, ENV_TOPIC_PREFIX: prefix}
+    procs = PipelineProcesses(env, work, workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=0"})
     stack.enter_context(procs)
     return {p.name: p.pid for p, _ in procs.procs}
 
@@ -167,27 +162,22 @@ def start_pipeline(bootstrap: str, work: Path, stack: ExitStack) -> dict[str, in
 def run(settings: Settings, rate: float, duration: float, segments: int) -> dict[str, object]:
     """``settings``: a broker given there (``NPCFLOW_KAFKA_BOOTSTRAP``) is used, else one is started."""
     work = Path(tempfile.mkdtemp(prefix="npcflow-bench-"))
+    starters = {"floor": start_floor, "pipeline": start_pipeline}
     with ExitStack() as stack:
-        broker: dict[str, int] = {}
-        if settings.kafka_bootstrap:
-            bootstrap = settings.kafka_bootstrap
-        else:
-            embedded = EmbeddedStack(work / "stack", settings=settings)
-            bootstrap = embedded.start().kafka_bootstrap
-            stack.callback(embedded.stop)
-            broker = {
-                p.name.replace("kafka", "broker"): p.pid for p in embedded.processes if p.name == "kafka"
-            }
-        settings = settings.with_(kafka_bootstrap=bootstrap)
-        for prefix in (FLOOR_PREFIX, PIPELINE_PREFIX):
-            asyncio.run(create_topics(settings, prefix))
-        floor = Side("floor", FLOOR_PREFIX, key_by_request=True)
-        pipe = Side("pipeline", PIPELINE_PREFIX, key_by_request=False)
-        floor.pids = broker | start_floor(bootstrap, work, stack) | {"load": os.getpid()}
-        pipe.pids = broker | start_pipeline(bootstrap, work, stack) | {"load": os.getpid()}
-        for _ in range(segments):
+        broker = start_broker(settings, work, stack)
+        settings = broker.settings
+        bootstrap = settings.require_kafka()
+        floor = Side("floor", key_by_request=True)
+        pipe = Side("pipeline", key_by_request=False)
+        for k in range(segments):
             for side in (floor, pipe):
-                asyncio.run(segment(settings, side, rate, duration / segments))
+                prefix = fresh_prefix(side.name)
+                create_fresh_topics(settings, prefix)
+                with ExitStack() as processes:
+                    pids = starters[side.name](bootstrap, prefix, work / f"{side.name}-{k}", processes)
+                    side.pids = ({"broker": broker.pid} if broker.pid else {}) | pids | {"load": os.getpid()}
+                    asyncio.run(segment(settings, side, prefix, rate, duration / segments))
+                side.records.append(asyncio.run(records_per_partition(settings, prefix, PATH_TOPICS)))
     f, p = percentiles(floor.latencies), percentiles(pipe.latencies)
     return {
         "rate": rate,
@@ -205,6 +195,9 @@ def run(settings: Settings, rate: float, duration: float, segments: int) -> dict
         "ratio_p99": round(p["p99"] / f["p99"], 2) if p["p99"] and f["p99"] else None,
         "pipeline_to_worker_ms": percentiles(pipe.to_worker_ms),
         "cpu_cores": {"floor": floor.cpu_cores(), "pipeline": pipe.cpu_cores()},
+        **broker.identity,
+        #: Records in the fullest partition of each path topic at the end of each segment.
+        "records_per_partition": {"floor": floor.records, "pipeline": pipe.records},
     }
 
 

@@ -32,10 +32,9 @@ class _Ready(ConsumerRebalanceListener):
 
 async def relay(settings: Settings, source: str, target: str, group: str) -> None:
     producer = kafka.producer(settings, f"relay-{group}")
-    # Auto-commit, unlike the pipeline: the floor does no bookkeeping at all.
-    consumer = kafka.consumer(
-        settings, f"relay-{group}", group_id=group, enable_auto_commit=True, auto_commit_interval_ms=500
-    )
+    # No commits at all: the floor does no bookkeeping. Auto-commit stays off as everywhere (the
+    # factory's default): with it, a joining member of a group loops on IllegalGeneration on noida-db.
+    consumer = kafka.consumer(settings, f"relay-{group}", group_id=group)
     consumer.subscribe([source], listener=_Ready(settings.process.ready_file))
     await producer.start()
     await consumer.start()

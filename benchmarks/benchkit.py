@@ -1,0 +1,93 @@
+"""What every benchmark shares: the broker it ran on, fresh topics, and what the broker holds.
+
+A benchmark must measure npcflow, not the broker's state (docs/architecture.md §5): every measured
+segment starts on topics of its own (a new prefix, :func:`fresh_prefix`) created with the
+benchmark retention (:data:`topics.catalogue.BENCHMARK_TOPIC_CONFIG`), and the JSON says which
+broker it was and how many records each partition held at the end of a segment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from aiokafka import TopicPartition
+
+from devstack.broker import broker_identity
+from devstack.stack import EmbeddedStack
+from pipeline import kafka
+from pipeline.config import Settings
+from topics.admin import create_topics
+from topics.catalogue import BENCHMARK_TOPIC_CONFIG, TopicSpec
+
+
+@dataclass
+class Broker:
+    """The broker a benchmark runs on; ``pid`` only when the benchmark started it."""
+
+    settings: Settings
+    identity: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None
+
+    def cpu_s(self) -> float:
+        return cpu_seconds(self.pid) if self.pid else 0.0
+
+    def rss_mib(self) -> float | None:
+        return round(psutil.Process(self.pid).memory_info().rss / 2**20, 1) if self.pid else None
+
+
+def start_broker(settings: Settings, work: Path, stack: ExitStack) -> Broker:
+    """The broker ``NPCFLOW_KAFKA_BOOTSTRAP`` names, else the embedded stack's (stopped with ``stack``)."""
+    if settings.kafka_bootstrap:
+        return Broker(settings, broker_identity(settings, started=False))
+    embedded = EmbeddedStack(work / "stack", settings=settings)
+    endpoints = embedded.start()
+    stack.callback(embedded.stop)
+    pid = next(p.pid for p in embedded.processes if p.name == "kafka")
+    return Broker(endpoints.apply_to(settings), broker_identity(settings, started=True), pid)
+
+
+def fresh_prefix(label: str) -> str:
+    return f"bench.{label}.{uuid.uuid4().hex[:6]}."
+
+
+def create_fresh_topics(settings: Settings, prefix: str) -> None:
+    asyncio.run(create_topics(settings, prefix, overrides=BENCHMARK_TOPIC_CONFIG))
+
+
+def cpu_seconds(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+async def records_per_partition(
+    settings: Settings, prefix: str, specs: tuple[TopicSpec, ...]
+) -> dict[str, int]:
+    """``{topic: records held in its fullest partition}`` (end offset minus start offset).
+
+    The end comes from a fetch's high-water mark, not ListOffsets(latest), which Tansu gets wrong.
+    """
+    consumer = kafka.consumer(settings, "bench-records", max_partition_fetch_bytes=1024)
+    await consumer.start()
+    try:
+        base = {spec.name(prefix): spec.base for spec in specs}
+        tps = [TopicPartition(spec.name(prefix), p) for spec in specs for p in range(spec.partitions)]
+        consumer.assign(tps)
+        starts = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while any(consumer.highwater(tp) is None for tp in tps) and loop.time() < deadline:
+            await consumer.getmany(timeout_ms=100)
+        result: dict[str, int] = {}
+        for tp in tps:
+            held = max(0, (consumer.highwater(tp) or 0) - starts[tp])
+            result[base[tp.topic]] = max(result.get(base[tp.topic], 0), held)
+        return result
+    finally:
+        await consumer.stop()
