@@ -40,7 +40,7 @@ from aiokafka import TopicPartition
 from devstack.processes import PipelineProcesses
 from devstack.stack import EmbeddedStack
 from pipeline import eventloop, kafka
-from pipeline.config import ENV_METRICS_PORT, ENV_TOPIC_PREFIX, Settings
+from pipeline.config import ENV_GOLD_FAST_PATH, ENV_METRICS_PORT, ENV_TOPIC_PREFIX, Settings
 from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from topics.admin import create_topics
@@ -359,7 +359,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
                 "NPCFLOW_REDIS_URL": settings.redis_url,
             }.items()
             if v
-        } | {ENV_TOPIC_PREFIX: pipe}
+        } | {ENV_TOPIC_PREFIX: pipe, ENV_GOLD_FAST_PATH: "0" if args.no_fast_path else "1"}
         log("starting the Gold worker, the router and the floor relay …")
         procs = PipelineProcesses(
             env,
@@ -387,6 +387,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
         floor_ms += floor_run(settings, floor, work, args, "after")
     result["floor_2hop_ms"] = percentiles(floor_ms, (50, 95))
     result["floor_samples"] = len(floor_ms)
+    result["fast_path"] = not args.no_fast_path
     result["refreshes"] = counters.get("sent", 0)
     result["coalesced"] = sum(v for k, v in counters.items() if k.startswith("coalesced"))
     result["refresh_decisions"] = counters
@@ -430,6 +431,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--floor-duration", type=float, default=5.0, help="floor seconds before and after (5)"
+    )
+    parser.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="router forwards Gold to the worker (4 hops, the engine answers): the comparison",
     )
     parser.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     args = parser.parse_args()
