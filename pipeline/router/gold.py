@@ -13,6 +13,7 @@ The Gold worker answers a refresh by writing the intent, never with a second rep
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,6 +25,8 @@ from pipeline.observability import metrics
 from pipeline.router.policy import Route
 from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
 from topics.schemas import Intent, Latency, Output, Reply, ReplyStatus, Request, ServedBy
+
+log = logging.getLogger("npcflow.router")
 
 Headers = list[tuple[str, bytes]]
 Produce = Callable[[str, bytes, bytes, Headers | None], Awaitable[None]]
@@ -109,11 +112,16 @@ class GoldPath:
         reply = self.reply(request, route, seen, now)
         key = request.request_id.encode()
         await self._produce(reply_topic, key, reply.to_bytes(), None)
-        # The output feeds the sinks: batched with the decisions, off the reply's path.
-        await self._record(self._outputs, key, Output(request=request, reply=reply).to_bytes())
-        if self.should_refresh(request.npc_id, seen, now):
-            headers = refresh_headers(now + self.refresh_timeout_ms)
-            await self._produce(self._gold_topic, request.npc_id.encode(), raw, headers)
+        try:
+            # The output feeds the sinks: batched with the decisions, off the reply's path.
+            await self._record(self._outputs, key, Output(request=request, reply=reply).to_bytes())
+            if self.should_refresh(request.npc_id, seen, now):
+                headers = refresh_headers(now + self.refresh_timeout_ms)
+                await self._produce(self._gold_topic, request.npc_id.encode(), raw, headers)
+        except Exception:
+            # The reply is out: the request must not also be dead-lettered. A lost refresh is
+            # retried after the timeout; a lost output is logged.
+            log.exception("gold request %s answered; its output or refresh failed", request.request_id)
         self.stats.answered[reply.served_by.value] += 1
         metrics.REPLIES.labels(Tier.GOLD.value, reply.status.value, reply.served_by.value).inc()
         metrics.REPLY_LATENCY_MS.labels(Tier.GOLD.value).observe(reply.latency.total_ms)

@@ -327,3 +327,19 @@ async def test_a_gold_reply_from_the_engine_also_refreshes_the_intent() -> None:
     outcome = await gold_serving(engine).handle(Rec(raw, deadline_headers(now_ms() + 5000, "gold")))
     assert isinstance(outcome, Replied) and outcome.reply.served_by is ServedBy.ENGINE
     assert outcome.intent_update is not None and outcome.intent_update.intent.npc_id == "npc-blacksmith-7"
+
+
+async def test_a_failed_refresh_after_the_reply_never_dead_letters_the_answered_request(
+    cache: FakeCache, clock: Clock
+) -> None:
+    topics = Topics()
+
+    async def produce(topic: str, key: bytes, value: bytes, headers: list | None) -> None:
+        if topic == "p.npc.requests.gold":
+            raise RuntimeError("broker gone")
+        await topics.produce(topic, key, value, headers)
+
+    gold = GoldPath(cache, produce, topics.record, settings=SETTINGS, prefix="p.", clock=clock)
+    router = Router(POLICY, produce, topics.record, prefix="p.", clock=clock, gold=gold)
+    assert await router.route(gold_request(), SOURCE) is Outcome.ROUTED
+    assert len(replies(topics)) == 1 and not topics.get("p.npc.requests.dlq")
