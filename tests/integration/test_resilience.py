@@ -9,15 +9,24 @@ which reassigns them after the 6 s session timeout (docs/architecture.md, "Resil
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from devstack.chaos import broker_restarter, run_scenario
 from devstack.endpoints import StackEndpoints
 from devstack.stack import EmbeddedStack
 from pipeline.config import Settings
+from tests.integration.kafka_util import read_topic
+from tests.integration.test_worker import make_request, producer, running_worker, serve_one
+from topics.catalogue import OUTPUTS, REPLIES, Tier
+from topics.schemas import Output, Reply, ReplyStatus, Sla
+from workers.engines.scripted import ScriptedEngine, ScriptedProfile
+
+__all__ = ["producer"]  # the fixture, shared with test_worker
 
 
 def broker_only(settings: Settings, broker: str, path: Path) -> EmbeddedStack:
@@ -91,3 +100,38 @@ def test_broker_kill_9_and_restart_on_durable_storage_loses_no_request(
         stack.stop()
     assert_every_request_answered_once(result)
     assert result["fault"].startswith("SIGKILL broker")
+
+
+async def test_a_stalled_silver_engine_falls_back_to_bronze_at_the_deadline(
+    settings: Settings, kafka: str, prefix: str, producer: AIOKafkaProducer
+) -> None:
+    stalled = ScriptedEngine(ScriptedProfile(latency_ms=1500))
+    async with (
+        running_worker(settings, prefix, Tier.SILVER, stalled, engine_grace_s=10),
+        running_worker(settings, prefix, Tier.BRONZE, ScriptedEngine()),
+    ):
+        request = make_request(41, sla=Sla.INTERACTIVE)
+        started = time.monotonic()
+        reply = await serve_one(kafka, prefix, producer, Tier.SILVER, request, 300)
+        assert time.monotonic() - started < 1.5 + 0.2  # at the deadline, long before the stall ends
+        assert reply.status is ReplyStatus.FALLBACK and reply.served_tier is Tier.BRONZE
+        assert [(a.tier, a.outcome) for a in reply.chain] == [
+            (Tier.SILVER, "failed"),
+            (Tier.BRONZE, "served"),
+        ]
+        assert "deadline" in reply.chain[0].reason
+
+        # The late Silver result updates the outputs (for the caches and stores), never a second reply.
+        def outputs_for_request(records: list) -> list[Output]:
+            found = (Output.from_bytes(r.value) for r in records)
+            return [o for o in found if o.request.request_id == request.request_id]
+
+        records = await read_topic(
+            kafka, OUTPUTS.name(prefix), until=lambda rs: len(outputs_for_request(rs)) >= 2, timeout_s=10
+        )
+        outputs = outputs_for_request(records)
+        assert len(outputs) == 2, outputs
+        late = [o for o in outputs if o.reply.tier is Tier.SILVER]
+        assert len(late) == 1 and "late" in late[0].reply.chain[-1].reason
+        replies = await read_topic(kafka, REPLIES.name(prefix), expect=1)
+        assert sum(Reply.from_bytes(r.value).request_id == request.request_id for r in replies) == 1

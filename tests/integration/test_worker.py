@@ -119,11 +119,13 @@ async def test_late_result_is_still_replied_and_marked_late(
 async def test_engine_failure_becomes_an_error_reply_and_poison_goes_to_the_dlq(
     settings: Settings, kafka: str, prefix: str, producer: AIOKafkaProducer
 ) -> None:
+    # Bronze: the last tier answers an engine failure with an error reply (Silver would fall back
+    # to Bronze: tests/integration/test_resilience.py).
     engine = ScriptedEngine(ScriptedProfile(fail_every=1))
-    topic = TIER_TOPICS[Tier.SILVER].name(prefix)
-    async with running_worker(settings, prefix, Tier.SILVER, engine):
-        request = make_request(3, sla=Sla.INTERACTIVE)
-        reply = await serve_one(kafka, prefix, producer, Tier.SILVER, request, 5000, then=b"\x00garbage")
+    topic = TIER_TOPICS[Tier.BRONZE].name(prefix)
+    async with running_worker(settings, prefix, Tier.BRONZE, engine):
+        request = make_request(3, sla=Sla.ASYNC)
+        reply = await serve_one(kafka, prefix, producer, Tier.BRONZE, request, 5000, then=b"\x00garbage")
         assert reply.status is ReplyStatus.ERROR and "scripted failure" in (reply.error or "")
         letters = [
             DeadLetter.from_bytes(r.value) for r in await read_topic(kafka, DLQ.name(prefix), expect=1)
