@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -25,7 +26,14 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from aiokafka import TopicPartition
-from benchkit import Broker, create_fresh_topics, fresh_prefix, records_per_partition, start_broker
+from benchkit import (
+    Broker,
+    cpu_seconds,
+    create_fresh_topics,
+    fresh_prefix,
+    records_per_partition,
+    start_broker,
+)
 
 from devstack.processes import PipelineProcesses
 from pipeline import eventloop, kafka
@@ -177,6 +185,8 @@ def run(settings: Settings, rate: float, duration: float, window_s: float) -> di
             env, work / "pipeline", workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=5"}
         )
         stack.enter_context(procs)
+        pids = {p.name: p.pid for p, _ in procs.procs} | {"load": os.getpid()}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         print(
             f"soak: {rate:.0f} req/s for {duration:.0f} s on {broker.identity['broker']} "
             f"({broker.identity['broker_version']}), windows of {window_s:.0f} s",
@@ -186,7 +196,9 @@ def run(settings: Settings, rate: float, duration: float, window_s: float) -> di
         windows = Windows(window_s, broker)
         cpu0, t0 = broker.cpu_s(), time.perf_counter()
         sent, received, statuses = asyncio.run(load(settings, prefix, rate, duration, windows))
-        broker_cores = round((broker.cpu_s() - cpu0) / (time.perf_counter() - t0), 2) if broker.pid else None
+        wall = time.perf_counter() - t0
+        broker_cores = round((broker.cpu_s() - cpu0) / wall, 2) if broker.pid else None
+        cores = {name: round((cpu_seconds(pid) - cpu_before[name]) / wall, 2) for name, pid in pids.items()}
         held = asyncio.run(records_per_partition(settings, prefix, (REQUESTS, REQUESTS_GOLD, REPLIES)))
         rss = broker.rss_mib()
     rows = [windows.row(i) for i in range(windows.index(duration - 1e-9) + 1)]
@@ -207,6 +219,7 @@ def run(settings: Settings, rate: float, duration: float, window_s: float) -> di
         **broker.identity,
         "broker_cpu_cores": broker_cores,
         "broker_rss_mib_end": rss,
+        "cpu_cores": cores,
         "records_per_partition_end": held,
         "windows": rows,
     }
