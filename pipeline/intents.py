@@ -193,6 +193,14 @@ class IntentCache(Lifecycle):
         assert self._consumer is not None, "start() first"
         return set(await self._consumer.topics())
 
+    async def wait_caught_up(self, timeout_s: float | None = None) -> bool:
+        """Wait until the cache has read what the topic held when it started (or gave up); True if so."""
+        if not self.caught_up.is_set():
+            limit = self.catch_up_timeout_s + 5.0 if timeout_s is None else timeout_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), limit)
+        return self.caught_up.is_set()
+
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(intent)`` for every intent applied (on the follower's loop; keep it quick)."""
         self._listeners.append(listener)

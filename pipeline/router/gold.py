@@ -44,6 +44,8 @@ class IntentReader(Protocol):
 
     def add_listener(self, listener: Listener) -> None: ...
 
+    async def wait_caught_up(self, timeout_s: float | None = None) -> bool: ...
+
 
 @dataclass
 class GoldStats:
@@ -86,6 +88,8 @@ class GoldPath:
         self._outputs = OUTPUTS.name(prefix)
         #: npc_id → when its refresh was sent (ms); one entry per refresh in flight.
         self._in_flight: dict[str, int] = {}
+        #: Until the near cache has read the intents topic, an answer would wrongly be the default.
+        self._warm = False
         intents.add_listener(self._intent_seen)
 
     def in_flight(self, npc_id: str) -> bool:
@@ -107,6 +111,10 @@ class GoldPath:
             self._topic_exists is None or not await self._topic_exists(reply_topic)
         ):
             return False
+        if not self._warm:
+            # Once, at start: faust starts our services after the intake's partitions are assigned.
+            await self.intents.wait_caught_up()
+            self._warm = True
         now = self._clock()
         seen = self.intents.get_intent(request.npc_id, archetype_of(request))
         reply = self.reply(request, route, seen, now)

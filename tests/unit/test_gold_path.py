@@ -69,6 +69,9 @@ class FakeCache:
     def add_listener(self, listener) -> None:  # type: ignore[no-untyped-def]
         self.listeners.append(listener)
 
+    async def wait_caught_up(self, timeout_s: float | None = None) -> bool:
+        return True
+
     def publish(self, npc_id: str, text: str, age_ms: int = 0) -> None:
         intent = Intent(npc_id=npc_id, intent=text, generated_at_ms=self.clock() - age_ms, engine="x")
         self.entries[npc_id] = intent
