@@ -1,25 +1,23 @@
-"""Topic catalogue creation against the real broker, and the schema export for other languages."""
+"""Topic catalogue and reply-topic creation against the real broker, and the CLI around it."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from pathlib import Path
 
-import jsonschema
-import yaml
-from aiokafka.admin import AIOKafkaAdminClient
+import pytest
 from click.testing import CliRunner
 
+from pipeline import kafka as kafka_clients
 from pipeline.cli import main
-from topics.admin import create_topics
-from topics.catalogue import CATALOGUE, GAME_STATE, REQUESTS
-from topics.schemas import EVENTS
+from pipeline.config import ConfigError, Settings
+from topics.admin import create_reply_topics, create_topics
+from topics.catalogue import CATALOGUE, GAME_STATE, REPLIES, REQUESTS
 
 
-async def partitions(bootstrap: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def partitions(settings: Settings, topic: str) -> int:
+    admin = kafka_clients.admin(settings)
     await admin.start()
     try:
         [described] = await admin.describe_topics([topic])
@@ -28,13 +26,13 @@ async def partitions(bootstrap: str, topic: str) -> int:
         await admin.close()
 
 
-def test_create_topics_is_idempotent_and_uses_the_prefix(kafka: str) -> None:
+def test_create_topics_is_idempotent_and_uses_the_prefix(settings: Settings) -> None:
     prefix = f"idem{uuid.uuid4().hex[:6]}."
-    first = asyncio.run(create_topics(kafka, prefix))
+    first = asyncio.run(create_topics(settings, prefix))
     assert first == {spec.name(prefix): "created" for spec in CATALOGUE}
-    second = asyncio.run(create_topics(kafka, prefix))
+    second = asyncio.run(create_topics(settings, prefix))
     assert second == {spec.name(prefix): "exists" for spec in CATALOGUE}
-    assert asyncio.run(partitions(kafka, REQUESTS.name(prefix))) == REQUESTS.partitions
+    assert asyncio.run(partitions(settings, REQUESTS.name(prefix))) == REQUESTS.partitions
     assert GAME_STATE.config() == {"cleanup.policy": "compact"}
 
 
@@ -57,38 +55,22 @@ def test_topics_create_without_a_broker_says_how_to_get_one(monkeypatch, tmp_pat
     assert "Error: no Kafka broker configured: set NPCFLOW_KAFKA_BOOTSTRAP" in result.output
 
 
-def test_schema_export_writes_json_schemas_and_asyncapi(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["schema", "export", str(tmp_path / "out")])
+def test_a_tenant_registers_its_reply_topic_and_nothing_outside_the_family(settings: Settings) -> None:
+    prefix = f"rt{uuid.uuid4().hex[:6]}."
+    own = f"{prefix}npc.replies.gs-eu-1.frames"
+    assert asyncio.run(create_reply_topics(settings, [own], prefix)) == {own: "created"}
+    assert asyncio.run(partitions(settings, own)) == REPLIES.partitions
+    for bad in (f"{prefix}npc.replies.", f"{prefix}npc.replies.__consumer_offsets", f"{prefix}npc.routing"):
+        with pytest.raises(ConfigError, match="not a reply topic"):
+            asyncio.run(create_reply_topics(settings, [bad], prefix))
+
+
+def test_topics_create_reply_topic_command(kafka: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    prefix = f"cli{uuid.uuid4().hex[:6]}."
+    monkeypatch.setenv("NPCFLOW_KAFKA_BOOTSTRAP", kafka)
+    monkeypatch.setenv("NPCFLOW_TOPIC_PREFIX", prefix)
+    result = CliRunner().invoke(main, ["topics", "create", "--reply-topic", f"{prefix}npc.replies.gs-9"])
     assert result.exit_code == 0, result.output
-    out = tmp_path / "out"
-    names = sorted(p.name for p in out.glob("*.schema.json"))
-    assert names == sorted(f"{m.event_name}.schema.json" for m in EVENTS)
-    for path in out.glob("*.schema.json"):
-        schema = json.loads(path.read_text())
-        jsonschema.Draft202012Validator.check_schema(schema)
-        assert schema["$schema"].endswith("2020-12/schema")
-
-    doc = yaml.safe_load((out / "asyncapi.yaml").read_text())
-    assert doc["asyncapi"].startswith("3.")
-    assert {c["address"] for c in doc["channels"].values()} == {s.name("") for s in CATALOGUE}
-    # Every $ref in the document points at something that exists in it.
-    refs: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            refs.extend(v for k, v in node.items() if k == "$ref")
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(doc)
-    assert refs
-    for ref in refs:
-        target: object = doc
-        for part in ref.removeprefix("#/").split("/"):
-            assert isinstance(target, dict) and part in target, ref
-            target = target[part]
-    request_schema = doc["components"]["schemas"]["Request"]
-    assert request_schema["properties"]["max_tokens"]["maximum"] == 2000
+    assert f"{prefix}npc.replies.gs-9: created" in result.output
+    refused = CliRunner().invoke(main, ["topics", "create", "--reply-topic", "npc.replies.."])
+    assert refused.exit_code == 1 and "not a reply topic" in refused.output
