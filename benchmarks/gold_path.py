@@ -342,6 +342,7 @@ def free_port() -> int:
 def run(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="npcflow-gold-bench-"))
     load_before = os.getloadavg()
+    given_broker = bool(settings.kafka_bootstrap)
     with ExitStack() as stack:
         if not (settings.kafka_bootstrap and settings.redis_url):
             log("starting the embedded stack …")
@@ -388,6 +389,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
     result["floor_2hop_ms"] = percentiles(floor_ms, (50, 95))
     result["floor_samples"] = len(floor_ms)
     result["fast_path"] = not args.no_fast_path
+    result["broker"] = "given" if given_broker else settings.embedded_broker
     result["refreshes"] = counters.get("sent", 0)
     result["coalesced"] = sum(v for k, v in counters.items() if k.startswith("coalesced"))
     result["refresh_decisions"] = counters
