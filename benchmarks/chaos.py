@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     args = parser.parse_args()
     settings = Settings.from_env(stack_file=False)
+    if args.scenario == "broker-kill" and not settings.kafka_bootstrap and settings.embedded_broker == "tansu":
+        # Tansu's memory storage loses everything on a kill: only noida-db's disk can survive one.
+        settings = settings.with_(embedded_broker="noida")
     eventloop.install(settings.process.event_loop)
     work = Path(tempfile.mkdtemp(prefix="npcflow-chaos-"))
     load_before = psutil.getloadavg()[0]
