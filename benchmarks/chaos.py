@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     args = parser.parse_args()
     settings = Settings.from_env(stack_file=False)
-    if args.scenario == "broker-kill" and not settings.kafka_bootstrap and settings.embedded_broker == "tansu":
+    embedded_tansu = not settings.kafka_bootstrap and settings.embedded_broker == "tansu"
+    if args.scenario == "broker-kill" and embedded_tansu:
         # Tansu's memory storage loses everything on a kill: only noida-db's disk can survive one.
         settings = settings.with_(embedded_broker="noida")
     eventloop.install(settings.process.event_loop)
