@@ -83,12 +83,14 @@ async def test_300_mixed_requests_get_exactly_one_reply_on_the_right_tier(
         for (request, tier), reply in zip(cases, replies, strict=True):
             assert reply.request_id == request.request_id
             assert reply.tier == tier, (request, reply)
-            assert reply.status is ReplyStatus.OK and reply.served_by is ServedBy.ENGINE
-            assert reply.text
+            assert reply.status is ReplyStatus.OK and reply.text
+            # Gold answers from the NPC's intent (the router's fast path); the others from the engine.
+            intent_path = {ServedBy.CACHE, ServedBy.DEFAULT_INTENT}
+            assert reply.served_by in (intent_path if tier == Tier.GOLD else {ServedBy.ENGINE}), reply
         bronze = [r for r in replies if r.tier == Tier.BRONZE]
         assert len(bronze) == 20
         assert all(r.engine == "embedded:smollm2-135m" and r.tokens.completion > 0 for r in bronze)
-        assert {r.engine for r in replies if r.tier == Tier.GOLD} == {"scripted(latency_ms=1)"}
+        assert all(r.intent == r.text for r in replies if r.tier == Tier.GOLD)
 
         # Exactly one reply per request on the topic itself, not just at the client.
         records = await read_topic(kafka, REPLIES.name(prefix), expect=300)
@@ -174,7 +176,7 @@ async def test_the_router_stamps_deadlines_and_demotes_contradictions(
 ) -> None:
     async with NPCClient(kafka, tenant_id="gs-test", prefix=prefix) as client:
         fresh = client.build_request("npc-old", "Wave.", max_tokens=8, sla=Sla.REALTIME)
-        # Created 10 s ago with a 16 ms budget: its deadline has passed before any worker sees it.
+        # Created 10 s ago with a 16 ms budget: its deadline has passed before the router sees it.
         stale = fresh.model_copy(update={"created_at_ms": fresh.created_at_ms - 10_000})
         # Real-time but 210 tokens: no Gold or Silver worker may take it, Bronze does.
         big = client.build_request(
@@ -183,8 +185,9 @@ async def test_the_router_stamps_deadlines_and_demotes_contradictions(
         expired, demoted = await asyncio.gather(
             client.request(stale, timeout_s=60), client.request(big, timeout_s=120)
         )
-    assert expired.status is ReplyStatus.EXPIRED and expired.served_by is ServedBy.NONE
-    assert expired.tier == Tier.GOLD
+    # Gold still answers with the NPC's intent (it costs no engine time), marked late.
+    assert expired.tier == Tier.GOLD and expired.status is ReplyStatus.OK and expired.late
+    assert expired.served_by in {ServedBy.CACHE, ServedBy.DEFAULT_INTENT}
     assert demoted.tier == Tier.BRONZE and demoted.status is ReplyStatus.OK and demoted.text
     records = await read_topic(
         kafka, ROUTING.name(prefix), until=lambda rs: decision_for(rs, big.request_id) is not None
