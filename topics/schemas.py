@@ -3,132 +3,45 @@
 Validation is strict on purpose: a game server written in C++ or C# generates its types from
 the exported JSON Schema, so the Python side must accept exactly what that schema accepts —
 no silent coercion of ``"8"`` to ``8``, no unknown fields. Every rejection names the field and
-the rule, and that text is what lands in the dead-letter record.
+the rule, and that text is what lands in the dead-letter record. The field types and limits
+are in :mod:`topics.fields` (re-exported here).
 """
 
 from __future__ import annotations
 
 import base64
-import math
 import time
-from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    Strict,
-    StringConstraints,
-    ValidationError,
-    WithJsonSchema,
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from topics.catalogue import Tier, reply_topic_problem
+from topics.fields import (  # re-exported (see __all__): callers import the field types from here
+    DEAD_LETTER_OVERHEAD_BYTES,
+    MAX_DEAD_LETTER_ERRORS,
+    MAX_DEAD_LETTER_ORIGINAL,
+    MAX_ERROR_TEXT,
+    MAX_EVENT_BYTES,
+    MAX_INTENT_CHARS,
+    MAX_LATENCY_BUDGET_MS,
+    MAX_PROMPT_CHARS,
+    MAX_REASON_CHARS,
+    MAX_TOKENS_LIMIT,
+    SCHEMA_VERSION,
+    ContextKey,
+    ContextValue,
+    Identifier,
+    ReplyStatus,
+    ReplyTopicName,
+    RequestId,
+    SchemaVersion,
+    ServedBy,
+    Sla,
+    TimestampMs,
+    ToolName,
+    TopicName,
+    bounded_int,
 )
-from pydantic_core import PydanticCustomError
-
-from topics.catalogue import MAX_REPLY_TOPIC_CHARS, Tier, reply_topic_problem
-
-SCHEMA_VERSION = 1
-#: Largest event the router accepts, in bytes; larger bodies are dead-lettered unparsed.
-MAX_EVENT_BYTES = 64 * 1024
-MAX_PROMPT_CHARS = 4000
-MAX_TOKENS_LIMIT = 2000
-MAX_LATENCY_BUDGET_MS = 3_600_000
-MAX_TIMESTAMP_MS = 2**53 - 1
-#: Dead letters keep at most this much of the original event.
-MAX_DEAD_LETTER_ORIGINAL = 256 * 1024
-#: A dead letter lists at most this many field errors (``errors_omitted`` counts the rest) ...
-MAX_DEAD_LETTER_ERRORS = 20
-#: ... each string in them cut to this many characters, so a dead letter never amplifies its input:
-#: its size is at most 4/3 of the original (base64) plus DEAD_LETTER_OVERHEAD_BYTES.
-MAX_ERROR_TEXT = 200
-MAX_REASON_CHARS = 4000
-DEAD_LETTER_OVERHEAD_BYTES = 24 * 1024
-#: An intent is a short action ("flee: run to the gate"), not dialogue.
-MAX_INTENT_CHARS = 256
-
-
-def _integral_float_to_int(value: Any) -> Any:
-    """JSON Schema counts ``8.0`` as an integer; accept it here too so both validators agree."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def bounded_int(ge: int = 0, le: int = MAX_TIMESTAMP_MS) -> Any:
-    """A strict JSON integer in [ge, le]; integral floats such as ``8.0`` count, strings never do."""
-    return Annotated[int, Strict(), Field(ge=ge, le=le), BeforeValidator(_integral_float_to_int)]
-
-
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
-RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
-#: A reply topic as the schema alone can check it; the family rule (prefix, tenant) is in
-#: :func:`parse_request` and, for the exported schema, in :func:`topics.export.event_json_schema`.
-ReplyTopicName = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_REPLY_TOPIC_CHARS, pattern=r"^[A-Za-z0-9._-]+$")
-]
-ToolName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
-TimestampMs = bounded_int()
-ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-
-
-def _context_scalar(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise PydanticCustomError("finite_number", "context numbers must be finite (no NaN or Infinity)")
-    if isinstance(value, str | int | float):  # bool is an int
-        return value
-    raise PydanticCustomError("scalar_type", "context values must be a string, number or boolean")
-
-
-ContextValue = Annotated[
-    Any,
-    AfterValidator(_context_scalar),
-    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}),
-]
-
-
-def _is_schema_version(value: int) -> int:
-    if value != SCHEMA_VERSION:
-        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": SCHEMA_VERSION})
-    return value
-
-
-#: A strict integer equal to SCHEMA_VERSION: ``true`` is not 1 here, as it is not in JSON Schema.
-SchemaVersion = Annotated[
-    int,
-    Strict(),
-    BeforeValidator(_integral_float_to_int),
-    AfterValidator(_is_schema_version),
-    WithJsonSchema({"type": "integer", "const": SCHEMA_VERSION, "default": SCHEMA_VERSION}),
-]
-
-
-class Sla(StrEnum):
-    """What the game server asks for; the routing policy maps it to a tier."""
-
-    REALTIME = "realtime"
-    INTERACTIVE = "interactive"
-    ASYNC = "async"
-
-
-class ReplyStatus(StrEnum):
-    """How a request ended; the wire value is the enum's value."""
-
-    OK = "ok"
-    FALLBACK = "fallback"
-    EXPIRED = "expired"
-    ERROR = "error"
-
-
-class ServedBy(StrEnum):
-    """What produced a reply's answer; ``none`` for expired and error replies."""
-
-    ENGINE = "engine"
-    CACHE = "cache"
-    DEFAULT_INTENT = "default_intent"
-    NONE = "none"
 
 
 class Event(BaseModel):
@@ -443,3 +356,13 @@ def parse_request(raw: bytes | None, prefix: str | None = None) -> Request:
             error = FieldError.cut("reply_topic", "reply_topic_family", problem)
             raise InvalidEvent(f"invalid request: reply_topic: {problem} [reply_topic_family]", [error])
     return request
+
+__all__ = [
+    "DEAD_LETTER_OVERHEAD_BYTES", "MAX_CHAIN", "MAX_DEAD_LETTER_ERRORS", "MAX_DEAD_LETTER_ORIGINAL",
+    "MAX_ERROR_TEXT", "MAX_EVENT_BYTES", "MAX_INTENT_CHARS", "MAX_LATENCY_BUDGET_MS",
+    "MAX_PROMPT_CHARS", "MAX_REASON_CHARS", "MAX_TOKENS_LIMIT", "SCHEMA_VERSION", "ContextKey",
+    "ContextValue", "DeadLetter", "Event", "FieldError", "GameStateUpdate", "Identifier", "Intent",
+    "InvalidEvent", "JsonValue", "Latency", "Output", "Reply", "ReplyStatus", "ReplyTopicName",
+    "Request", "RequestId", "RoutingDecision", "SchemaVersion", "ServedBy", "Sla", "TierAttempt",
+    "TimestampMs", "TokenUsage", "ToolName", "TopicName", "bounded_int", "field_errors", "parse_request"
+]
