@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pipeline.deadlines import read_deadline
-from pipeline.observability import metrics
 from pipeline.intents import is_refresh
+from pipeline.observability import metrics
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, Tier
 from topics.schemas import (

@@ -252,14 +252,17 @@ class TierWorker(Lifecycle):
             generation = self._generation
             batches = await self._consumer.getmany(timeout_ms=100, max_records=self.config.max_pending)
             for tp, records in batches.items():
-                for record in records:
+                for i, record in enumerate(records):
                     await self._pending.acquire()
                     if self._stopping.is_set() or generation != self._generation:
-                        # A revoke (or stop) came while we waited: whoever owns the partition now
-                        # reads this record again from the committed offset.
+                        # A rebalance (or stop) came while we fetched or waited: whoever owns the
+                        # partition now reads these records again. If that is still us, our
+                        # position is already past them: seek back, or they would never be served.
                         self._pending.release()
-                        self.stats.handed_back += 1
-                        continue
+                        self.stats.handed_back += len(records) - i
+                        if not self._stopping.is_set() and tp in self._consumer.assignment():
+                            self._consumer.seek(tp, record.offset)
+                        break
                     self._spawn(tp, record)
             if time.monotonic() - last_commit >= self.config.commit_interval_s:
                 await self._commit()
