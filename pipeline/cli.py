@@ -164,7 +164,8 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     """A tier worker: consume the tier topic, call the engine, reply."""
     from pipeline.observability.metrics import serve_metrics
     from workers.engines import build_engine
-    from workers.tier_worker import WorkerConfig, run_worker
+    from workers.run import run_worker
+    from workers.worker_config import WorkerConfig
 
     tier_enum = Tier(tier)
     spec = engine or settings.engines.spec_for(tier)

@@ -15,17 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from pipeline import kafka
-from pipeline.config import Settings
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import metrics
 from pipeline.readiness import mark_ready
@@ -41,56 +38,12 @@ from workers.resilience.fair_share import FairShare
 from workers.resilience.fallback import FallbackStep, Forwarded, watch_late
 from workers.resilience.shedding import LoadShedder
 from workers.serving import DeadLettered, Hooks, Outcome, Serving, ServingStats
+from workers.worker_config import WorkerConfig
 
 log = logging.getLogger("npcflow.worker")
 
 #: Outputs feed the sinks, off the reply's latency path: batched with a linger.
 OUTPUTS_LINGER_MS = 20
-
-
-class WorkerFailed(RuntimeError):
-    """The worker could not record a result in Kafka and stopped, leaving the record to be replayed."""
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """One tier worker's settings: the process's :class:`Settings` plus the worker's own bounds."""
-
-    settings: Settings
-    tier: Tier
-    #: Engine calls at once (the engine's own concurrency may lower it).
-    max_in_flight: int = 8
-    #: Records taken from Kafka and not yet replied to (engine queue included): the memory bound.
-    max_pending: int = 1024
-    #: None: ``<prefix>npcflow-worker-<tier>``, shared by every worker of the tier.
-    group_id: str | None = None
-    #: How long a rebalance may wait for this worker to finish the engine calls it has started.
-    rebalance_timeout_ms: int = 60_000
-    #: Beyond the deadline, how long an engine call may run before it is abandoned as an error.
-    engine_grace_s: float = 30.0
-    #: The longest any engine call may take, whatever deadline the request claims.
-    engine_timeout_cap_s: float = 600.0
-    commit_interval_s: float = 0.2
-
-    @classmethod
-    def from_settings(cls, settings: Settings, tier: Tier, **overrides: Any) -> WorkerConfig:
-        """The tier's worker as the settings describe it; ``overrides`` for tests and benchmarks."""
-        config = cls(
-            settings=settings,
-            tier=tier,
-            max_in_flight=settings.worker.in_flight_for(tier.value),
-            max_pending=settings.worker.max_pending,
-            engine_grace_s=settings.worker.engine_grace_s,
-        )
-        return replace(config, **overrides)
-
-    @property
-    def prefix(self) -> str:
-        return self.settings.topic_prefix
-
-    @property
-    def group(self) -> str:
-        return self.group_id or f"{self.prefix}npcflow-worker-{self.tier.value}"
 
 
 @dataclass
@@ -428,30 +381,3 @@ class TierWorker(Lifecycle):
         self.failure = self.failure or exc
         self._stopping.set()
         return False
-
-
-async def run_worker(config: WorkerConfig, engine: Engine, substitute: Engine | None = None) -> None:
-    """Run one worker until SIGINT/SIGTERM, then finish started work and commit.
-
-    Raises :class:`WorkerFailed` if the worker stopped because Kafka refused a result or its
-    consumer failed.
-    """
-    worker = TierWorker(config, engine, substitute=substitute)
-    await worker.start()
-    loop = asyncio.get_running_loop()
-    run_task = asyncio.create_task(worker.run())
-    stopped = asyncio.create_task(worker.stopped())
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, worker.request_stop)
-    try:
-        await asyncio.wait([run_task, stopped], return_when=asyncio.FIRST_COMPLETED)
-        if run_task.done() and not run_task.cancelled() and run_task.exception() is not None:
-            worker.failure = worker.failure or run_task.exception()
-    finally:
-        for task in (run_task, stopped):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await worker.stop()
-    if worker.failure is not None:
-        raise WorkerFailed(f"{config.tier.value} worker stopped: {worker.failure}") from worker.failure
