@@ -91,10 +91,12 @@ def test_catalogue_overrides_reach_the_broker(broker: Settings) -> None:
         assert configs["o.state"]["cleanup.policy"] == "compact"
 
 
-def test_retention_deletes_old_segments_on_noida(broker: Settings) -> None:
-    """What keeps noida-db flat: records older than retention.ms leave once their segment rolled."""
-    if broker.embedded_broker != "noida":
-        pytest.skip("Tansu 0.6 ignores retention.ms (docs/architecture.md §5)")
+def test_retention_deletes_old_segments_on_noida_and_tansu_keeps_everything(broker: Settings) -> None:
+    """What keeps noida-db flat: records older than retention.ms leave once their segment rolled.
+
+    Tansu 0.6 ignores retention.ms (docs/architecture.md §5): its partitions only grow, which is why
+    benchmarks start each segment on fresh topics.
+    """
 
     async def start_offset_after_retention() -> int:
         topic = NewTopic("r.short", 1, 1, topic_configs=short_retention(retention_ms=1000, segment_ms=300))
@@ -117,7 +119,11 @@ def test_retention_deletes_old_segments_on_noida(broker: Settings) -> None:
         finally:
             await consumer.stop()
 
-    assert asyncio.run(start_offset_after_retention()) >= 50
+    start = asyncio.run(start_offset_after_retention())
+    if broker.embedded_broker == "noida":
+        assert start >= 50
+    else:
+        assert start == 0
 
 
 def test_headers_and_timestamps_survive_a_busy_partition(broker: Settings) -> None:
