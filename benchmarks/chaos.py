@@ -25,7 +25,8 @@ from pathlib import Path
 
 import psutil
 
-from devstack.chaos import SCENARIOS, broker_restarter, run_scenario, stderr_progress
+from devstack.chaos import SCENARIOS, broker_restarter, run_scenario
+from devstack.chaos_load import stderr_progress
 from devstack.stack import EmbeddedStack
 from pipeline import eventloop
 from pipeline.config import Settings

@@ -18,15 +18,8 @@ from topics.schemas import ReplyStatus, Request, RoutingDecision, Sla
 from workers.engines.base import EngineError, EngineResult, EngineUnavailable
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.resilience import BreakerOpen, DeadlineReached, TierResilience, wrap_engine
-from workers.resilience.breaker import (
-    BreakerBoard,
-    BreakerGuard,
-    BreakerPolicy,
-    MemoryStore,
-    Op,
-    State,
-    transition,
-)
+from workers.resilience.breaker import BreakerBoard, BreakerGuard
+from workers.resilience.breaker_state import BreakerPolicy, MemoryStore, Op, State, transition
 from workers.resilience.fair_share import FairShare
 from workers.resilience.fallback import (
     ATTEMPT_HEADER,

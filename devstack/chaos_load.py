@@ -1,0 +1,348 @@
+"""The machinery under the chaos scenarios: start a pipeline, drive load, inject the fault, measure.
+
+A :class:`Run` takes a :class:`Scenario` (the pipeline's shape, the load, when the fault comes)
+and a running embedded stack; it creates fresh topics, starts router and workers as OS processes,
+drives load through :class:`~pipeline.client.NPCClient` (one per tenant), injects the scenario's
+fault, watches Silver's breaker in Redis, counts dead letters and reports. The named scenarios
+and their defaults are in :mod:`devstack.chaos` (which says what each does); this module is kept
+apart so the definitions read alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from devstack.endpoints import StackEndpoints
+from devstack.processes import PipelineProcesses
+from pipeline import config, kafka
+from pipeline.client import NPCClient, ReplyTimeout
+from pipeline.config import Settings
+from pipeline.observability.metrics import percentiles
+from topics.admin import create_topics
+from topics.catalogue import DLQ, EMBEDDED_TOPIC_CONFIG, Tier
+from topics.schemas import Reply, ReplyStatus, Sla
+
+Progress = Callable[[str], None]
+
+
+def stderr_progress(line: str) -> None:
+    """The default progress display: one line on stderr, rewritten in place."""
+    sys.stderr.write("\r\033[K" + line)
+    sys.stderr.flush()
+
+
+@dataclass
+class Scenario:
+    """What to run: the pipeline's shape, the load, and the fault at ``fault_at`` (fraction of the run)."""
+
+    name: str
+    duration_s: float = 20.0
+    #: Requests per second of the main (or quiet) tenant.
+    rate: float = 40.0
+    fault_at: float = 1 / 3
+    routers: int = 1
+    workers: dict[Tier, int] = field(default_factory=lambda: {Tier.SILVER: 1, Tier.BRONZE: 1})
+    engines: dict[Tier, str] = field(
+        default_factory=lambda: {Tier.SILVER: "scripted:latency_ms=5", Tier.BRONZE: "scripted:latency_ms=5"}
+    )
+    env: dict[str, str] = field(default_factory=dict)
+    #: The budget requests ask for: kill scenarios are about delivery, so they allow a rebalance.
+    budget_ms: int = 250
+    #: How long to wait after the last request for every reply.
+    drain_s: float = 45.0
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    replies: dict[str, Reply] = field(default_factory=dict)
+    timeouts: int = 0
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    sent_at: dict[str, float] = field(default_factory=dict)
+
+
+class Run:
+    """One scenario run against ``endpoints`` (a running embedded stack)."""
+
+    def __init__(
+        self,
+        spec: Scenario,
+        endpoints: StackEndpoints,
+        work: Path,
+        *,
+        progress: Progress | None = stderr_progress,
+        broker_restart: Callable[[], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.endpoints = endpoints
+        self.work = work
+        self.progress = progress
+        self.broker_restart = broker_restart
+        self.prefix = f"chaos{uuid.uuid4().hex[:6]}."
+        self.settings = endpoints.apply_to(Settings()).with_(topic_prefix=self.prefix)
+        self.tally = Tally()
+        self.breaker_states: list[str] = []
+        self.fault = ""
+        self.fault_done_at = 0.0
+        self._t0 = 0.0
+
+    # --- the pipeline ------------------------------------------------------------------------
+
+    def _outage_engine(self, outage_at_ms: float) -> str:
+        d = self.spec.duration_s * 1000
+        return (
+            f"scripted:latency_ms=5,outage_at_ms={outage_at_ms:.0f},"
+            f"refuse_ms={d * 0.15:.0f},hang_ms={d * 0.15:.0f}"
+        )
+
+    def run(self) -> dict[str, Any]:
+        asyncio.run(create_topics(self.settings, self.prefix, overrides=EMBEDDED_TOPIC_CONFIG))
+        engines = dict(self.spec.engines)
+        if self.spec.name == "engine-outage":
+            # Workers take a few seconds to join; the outage is by the wall clock, so it is set
+            # from when the load will start (after readiness), not from now.
+            self._outage_at = time.time() * 1000 + 20_000
+            engines[Tier.SILVER] = self._outage_engine(self._outage_at)
+            d = self.spec.duration_s * 0.15
+            self.fault = f"silver engine refuses {d:.1f} s, then hangs {d:.1f} s, then recovers"
+        procs = PipelineProcesses(
+            self.endpoints.as_env() | {config.ENV_TOPIC_PREFIX: self.prefix} | self.spec.env,
+            self.work / self.prefix.rstrip("."),
+            routers=self.spec.routers,
+            workers=self.spec.workers,
+            engines=engines,
+            ready_timeout_s=90.0,
+        )
+        with procs:
+            if self.spec.name == "engine-outage":
+                wait_s = self._outage_at / 1000 - time.time() - self.spec.duration_s * self.spec.fault_at
+                time.sleep(max(0.0, wait_s))
+            result = asyncio.run(self._drive(procs))
+        if self.progress:
+            self.progress("")
+            sys.stderr.write("\n")
+        return result
+
+    def _kill(self, procs: PipelineProcesses, name: str) -> None:
+        for proc, _ in procs.procs:
+            if proc.name == name:
+                os.kill(proc.pid, signal.SIGKILL)
+                self.fault = f"SIGKILL {name} (pid {proc.pid})"
+                return
+        raise RuntimeError(f"no process {name}")
+
+    def _inject(self, procs: PipelineProcesses) -> None:
+        name = self.spec.name
+        if name == "worker-kill":
+            self._kill(procs, "worker-silver-0")
+        elif name == "router-kill":
+            self._kill(procs, "router-0")
+        elif name == "tenant-flood":
+            self.fault = f"gs-flood sends {self.spec.rate * 10:g} req/s from t={self.spec.duration_s / 2:g} s"
+        elif name == "broker-kill":
+            if self.broker_restart is None:
+                raise RuntimeError("broker-kill needs a broker it can restart (an embedded stack)")
+            self.broker_restart()
+            self.fault = "SIGKILL broker, restarted on the same data directory"
+        self.fault_done_at = time.monotonic()
+
+    # --- the load ----------------------------------------------------------------------------
+
+    async def _drive(self, procs: PipelineProcesses) -> dict[str, Any]:
+        spec = self.spec
+        flood = spec.name == "tenant-flood"
+        quiet = NPCClient(self.settings, tenant_id="gs-quiet")
+        loud = NPCClient(self.settings, tenant_id="gs-flood") if flood else None
+        clients = [c for c in (quiet, loud) if c is not None]
+        for client in clients:
+            await client.start()
+        watcher = asyncio.create_task(self._watch_breaker())
+        tasks: list[asyncio.Task[None]] = []
+        self._t0 = time.monotonic()
+        ticker = asyncio.create_task(self._show())
+        try:
+            await self._load(quiet, loud, procs, tasks)
+            await asyncio.wait(tasks, timeout=spec.drain_s) if tasks else None
+        finally:
+            for task in (*tasks, watcher, ticker):
+                task.cancel()
+            await asyncio.gather(*tasks, watcher, ticker, return_exceptions=True)
+            duplicates = sum(c.stats.duplicates for c in clients)
+            for client in clients:
+                await client.stop()
+        dead = await self._dead_letters()
+        return self._result(duplicates, dead)
+
+    async def _load(
+        self,
+        quiet: NPCClient,
+        loud: NPCClient | None,
+        procs: PipelineProcesses,
+        tasks: list[asyncio.Task[None]],
+    ) -> None:
+        spec = self.spec
+        start = time.monotonic()
+        fault_t = spec.duration_s * spec.fault_at
+        injected = spec.name == "engine-outage"
+        owed = {"quiet": 0.0, "flood": 0.0}
+        n = 0
+        tick = 0.01
+        while (elapsed := time.monotonic() - start) < spec.duration_s:
+            if not injected and elapsed >= fault_t:
+                injected = True
+                await asyncio.get_running_loop().run_in_executor(None, self._inject, procs)
+            phase = "baseline" if elapsed < spec.duration_s / 2 else "flood"
+            owed["quiet"] += spec.rate * tick
+            if loud is not None and phase == "flood":
+                owed["flood"] += spec.rate * 10 * tick
+            for who, client in (("quiet", quiet), ("flood", loud)):
+                while client is not None and owed[who] >= 1:
+                    owed[who] -= 1
+                    n += 1
+                    label = who if loud is None else f"{who}:{phase}"
+                    tasks.append(asyncio.create_task(self._one(client, n, label)))
+            await asyncio.sleep(tick)
+        if not injected:
+            await asyncio.get_running_loop().run_in_executor(None, self._inject, procs)
+
+    async def _one(self, client: NPCClient, n: int, label: str) -> None:
+        request = client.build_request(
+            f"npc-{n % 200}",
+            "Where is the mill?",
+            max_tokens=16,
+            sla=Sla.INTERACTIVE,
+            latency_budget_ms=self.spec.budget_ms,
+            request_id=f"{client.tenant_id[3]}{n:07d}-{uuid.uuid4().hex[:6]}",
+        )
+        self.tally.sent += 1
+        started = time.monotonic()
+        self.tally.sent_at[request.request_id] = started - self._t0
+        try:
+            reply = await client.request(request, timeout_s=self.spec.duration_s + self.spec.drain_s + 30)
+        except (ReplyTimeout, ConnectionError):
+            self.tally.timeouts += 1
+            return
+        self.tally.replies[request.request_id] = reply
+        self.tally.latencies.setdefault(label, []).append((time.monotonic() - started) * 1000)
+
+    async def _watch_breaker(self) -> None:
+        import redis.asyncio as redis
+
+        r = redis.Redis.from_url(self.settings.redis_url or "", decode_responses=True)
+        key = f"npcflow:breaker:{self.prefix}tier:silver"
+        try:
+            while True:
+                state = (await r.hget(key, "state")) or "closed"
+                if not self.breaker_states or self.breaker_states[-1] != state:
+                    self.breaker_states.append(state)
+                await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the breaker view is a report, never a reason to stop the load
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                await r.aclose()
+
+    async def _show(self) -> None:
+        while self.progress:
+            t = time.monotonic() - self._t0
+            statuses = Counter(r.status.value for r in self.tally.replies.values())
+            breaker = self.breaker_states[-1] if self.breaker_states else "closed"
+            self.progress(
+                f"[{self.spec.name}] t={t:5.1f}s sent={self.tally.sent} replied={len(self.tally.replies)} "
+                f"{dict(statuses)} breaker={breaker} {self.fault}"
+            )
+            await asyncio.sleep(0.5)
+
+    async def _dead_letters(self) -> int:
+        consumer = kafka.consumer(self.settings, "chaos-dlq")
+        await consumer.start()
+        try:
+            topic = DLQ.name(self.prefix)
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+            if not tps:
+                return 0
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            count, quiet_since = 0, time.monotonic()
+            while time.monotonic() - quiet_since < 1.0:
+                batches = await consumer.getmany(timeout_ms=200)
+                got = sum(len(v) for v in batches.values())
+                count += got
+                if got:
+                    quiet_since = time.monotonic()
+            return count
+        finally:
+            await consumer.stop()
+
+    # --- the report --------------------------------------------------------------------------
+
+    def _result(self, duplicates: int, dead_letters: int) -> dict[str, Any]:
+        t = self.tally
+        replies = list(t.replies.values())
+        statuses = Counter(r.status.value for r in replies)
+        fallbacks = statuses.get(ReplyStatus.FALLBACK.value, 0)
+        opened = "open" in self.breaker_states
+        tail_from = self.spec.duration_s * 0.8
+        tail = [rid for rid, at in t.sent_at.items() if at >= tail_from]
+        if self.spec.name == "tenant-flood":  # the flood itself is meant to be degraded
+            tail = [rid for rid in tail if rid.startswith("q")]
+        tail_ok = [
+            rid
+            for rid in tail
+            if rid in t.replies and t.replies[rid].status is ReplyStatus.OK and t.replies[rid].served_tier
+        ]
+        if self.spec.name == "engine-outage":
+            # Recovered: the breaker closed again and Silver itself answers the last fifth of the run.
+            recovered = (
+                opened
+                and self.breaker_states[-1] == "closed"
+                and bool(tail)
+                and all(t.replies[r].served_tier is Tier.SILVER for r in tail_ok)
+                and len(tail_ok) >= 0.9 * len(tail)
+            )
+        else:
+            recovered = t.timeouts == 0 and bool(tail) and len(tail_ok) == len(tail)
+        result: dict[str, Any] = {
+            "scenario": self.spec.name,
+            "sent": t.sent,
+            "replied_once": len(replies),
+            "duplicates_delivered": 0,  # NPCClient hands each request id to the caller once
+            "lost": t.sent - len(replies),
+            "dead_letters": dead_letters,
+            "fallbacks": fallbacks,
+            "breaker_opened": opened,
+            "recovered": recovered,
+            "duplicate_replies_dropped": duplicates,
+            "statuses": dict(statuses),
+            "breaker_states": self.breaker_states,
+            "fault": self.fault,
+            "p95_ms": percentiles([x for v in t.latencies.values() for x in v])["p95"],
+        }
+        if self.spec.name == "tenant-flood":
+            victim = percentiles(t.latencies.get("quiet:flood", []))["p95"]
+            baseline = percentiles(t.latencies.get("quiet:baseline", []))["p95"]
+            result |= {
+                "victim_p95_ms": victim,
+                "victim_baseline_p95_ms": baseline,
+                "victim_ratio": round(victim / baseline, 2) if victim and baseline else None,
+                "flood_statuses": dict(Counter(r.status.value for r in replies if r.tenant_id == "gs-flood")),
+                "victim_statuses": dict(
+                    Counter(r.status.value for r in replies if r.tenant_id == "gs-quiet")
+                ),
+            }
+        return result
