@@ -140,6 +140,18 @@ async def test_latency_trigger_opens_a_tier_whose_p95_exceeds_budget_times_facto
     assert breaker.snapshot.state is State.OPEN and "p95 latency" in breaker.snapshot.reason
 
 
+def test_the_latency_window_is_judged_at_most_once_per_interval() -> None:
+    from workers.resilience.breaker import LatencyWindow
+
+    window = LatencyWindow(min_samples=3, check_every_s=0.25)
+    judged = []
+    for i in range(100):
+        at = i * 0.01  # 100 calls over one second
+        window.add(10.0, at)
+        judged.append(window.due(at))
+    assert sum(judged) == 4 and judged.index(True) == 2  # first at the 3rd sample, then every 0.25 s
+
+
 # --- fair share and shedding ----------------------------------------------------------------
 
 

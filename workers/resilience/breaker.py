@@ -51,12 +51,23 @@ class LatencyWindow:
     window_s: float = 10.0
     min_samples: int = 20
     cap: int = 2000
+    #: The p95 is judged at most this often: sorting the window on every call cost the Gold worker
+    #: ≈ 0.3 ms of CPU per request at 500 req/s, and a trigger a quarter second late changes nothing.
+    check_every_s: float = 0.25
     samples: deque[tuple[float, float]] = field(default_factory=deque)
+    _checked_at: float = float("-inf")
 
     def add(self, latency_ms: float, at_s: float) -> None:
         self.samples.append((at_s, latency_ms))
         while self.samples and (len(self.samples) > self.cap or self.samples[0][0] < at_s - self.window_s):
             self.samples.popleft()
+
+    def due(self, at_s: float) -> bool:
+        """Whether the p95 should be judged now (and note that it is): enough samples, not judged lately."""
+        if len(self.samples) < self.min_samples or at_s - self._checked_at < self.check_every_s:
+            return False
+        self._checked_at = at_s
+        return True
 
     def p95(self) -> float | None:
         if len(self.samples) < self.min_samples:
@@ -143,7 +154,10 @@ class Breaker:
             await self._apply(Op.SUCCESS)
         if self.latency is None or self.latency_limit_ms is None:
             return
-        self.latency.add(latency_ms, self._clock())
+        now = self._clock()
+        self.latency.add(latency_ms, now)
+        if not self.latency.due(now):
+            return
         p95 = self.latency.p95()
         if p95 is not None and p95 > self.latency_limit_ms:
             await self._apply(Op.TRIP, f"p95 latency {p95:.0f} ms over {self.latency_limit_ms:.0f} ms")
