@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from devstack.broker import broker_identity
 from devstack.stack import EmbeddedStack
@@ -91,3 +91,18 @@ async def records_per_partition(
         return result
     finally:
         await consumer.stop()
+
+
+async def load_clients(
+    settings: Settings, client_id: str, replies: str
+) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
+    """A started producer, and a consumer assigned to ``replies`` from its end: a load generator's clients."""
+    producer, consumer = kafka.producer(settings, client_id), kafka.consumer(settings, client_id)
+    await producer.start()
+    await consumer.start()
+    tps = [TopicPartition(replies, p) for p in sorted(consumer.partitions_for_topic(replies) or [])]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+    return producer, consumer

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from aiokafka import TopicPartition
+from benchkit import load_clients
 
 from devstack.processes import PipelineProcesses
 from devstack.stack import EmbeddedStack
-from pipeline import eventloop, kafka
+from pipeline import eventloop
 from pipeline.config import ENV_GOLD_FAST_PATH, ENV_METRICS_PORT, ENV_TOPIC_PREFIX, Settings
 from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
@@ -108,14 +108,7 @@ class FrameReader(threading.Thread):
 async def floor_segment(settings: Settings, prefix: str, rate: float, duration: float) -> list[float]:
     """Produce → relay process → consume (two hops), keyed by request id; milliseconds per record."""
     intake, replies = REQUESTS.name(prefix), REPLIES.name(prefix)
-    producer, consumer = kafka.producer(settings, "bench-floor"), kafka.consumer(settings, "bench-floor")
-    await producer.start()
-    await consumer.start()
-    tps = [TopicPartition(replies, p) for p in sorted(consumer.partitions_for_topic(replies) or [])]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
+    producer, consumer = await load_clients(settings, "bench-floor", replies)
     sent_at: dict[bytes, float] = {}
     latencies: list[float] = []
     done = asyncio.Event()
@@ -170,14 +163,7 @@ async def gold_load(
     settings: Settings, prefix: str, args: argparse.Namespace, cache: IntentCache, load: Load
 ) -> None:
     intake, replies = REQUESTS.name(prefix), REPLIES.name(prefix)
-    producer, consumer = kafka.producer(settings, "bench-gold"), kafka.consumer(settings, "bench-gold")
-    await producer.start()
-    await consumer.start()
-    tps = [TopicPartition(replies, p) for p in sorted(consumer.partitions_for_topic(replies) or [])]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
+    producer, consumer = await load_clients(settings, "bench-gold", replies)
     answered: set[str] = set()
     measuring = {"on": False}
     done = asyncio.Event()
