@@ -9,6 +9,7 @@ broker it was and how many records each partition held at the end of a segment.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pipeline import kafka
 from pipeline.config import Settings
 from topics.admin import create_topics
 from topics.catalogue import BENCHMARK_TOPIC_CONFIG, TopicSpec
+from topics.schemas import Request, Sla
 
 
 @dataclass
@@ -106,3 +108,17 @@ async def load_clients(
     for tp in tps:
         await consumer.position(tp)
     return producer, consumer
+
+
+def realtime_request(n: int, tenant: str, letter: str, npcs: int = 300) -> Request:
+    """The ``n``-th request of a load: realtime, 8 tokens, a long budget (latency is measured, not judged)."""
+    return Request(
+        request_id=f"{letter}{n:08d}-{uuid.uuid4().hex[:8]}",
+        npc_id=f"npc-{n % npcs}",
+        tenant_id=tenant,
+        prompt="Wave at the player.",
+        max_tokens=8,
+        sla=Sla.REALTIME,
+        latency_budget_ms=600_000,
+        created_at_ms=int(time.time() * 1000),
+    )

@@ -20,7 +20,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
@@ -31,6 +30,7 @@ from benchkit import (
     cpu_seconds,
     create_fresh_topics,
     fresh_prefix,
+    realtime_request,
     records_per_partition,
     start_broker,
 )
@@ -40,7 +40,7 @@ from pipeline import eventloop, kafka
 from pipeline.config import ENV_KAFKA_BOOTSTRAP, ENV_TOPIC_PREFIX, Settings
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import REPLIES, REQUESTS, REQUESTS_GOLD, Tier
-from topics.schemas import Reply, Request, Sla
+from topics.schemas import Reply
 
 #: The first seconds of the first window are connection set-up and the consumers' first fetches.
 WARMUP_S = 2.0
@@ -145,17 +145,8 @@ async def load(
         owed += rate * tick
         while owed >= 1:
             owed -= 1
-            rid = f"s{n:08d}-{uuid.uuid4().hex[:8]}"
-            request = Request(
-                request_id=rid,
-                npc_id=f"npc-{n % 300}",
-                tenant_id="soak",
-                prompt="Wave at the player.",
-                max_tokens=8,
-                sla=Sla.REALTIME,
-                latency_budget_ms=600_000,
-                created_at_ms=int(time.time() * 1000),
-            )
+            request = realtime_request(n, "soak", "s")
+            rid = request.request_id
             sent_at[rid] = time.perf_counter()
             windows.sent[windows.index(sent_at[rid] - start)] += 1
             await producer.send(intake, request.to_bytes(), key=request.npc_id.encode())

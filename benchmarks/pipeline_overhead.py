@@ -18,20 +18,26 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import TopicPartition
-from benchkit import cpu_seconds, create_fresh_topics, fresh_prefix, records_per_partition, start_broker
+from benchkit import (
+    cpu_seconds,
+    create_fresh_topics,
+    fresh_prefix,
+    realtime_request,
+    records_per_partition,
+    start_broker,
+)
 
 from devstack.processes import PipelineProcesses
 from pipeline import eventloop, kafka
 from pipeline.config import ENV_GOLD_FAST_PATH, ENV_KAFKA_BOOTSTRAP, ENV_TOPIC_PREFIX, Settings
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import REPLIES, REQUESTS, REQUESTS_GOLD, Tier
-from topics.schemas import Reply, Request, Sla
+from topics.schemas import Reply
 
 #: Latencies from the first part of each segment are dropped (consumers' first fetches).
 SEGMENT_WARMUP_S = 0.5
@@ -101,17 +107,8 @@ async def segment(settings: Settings, side: Side, prefix: str, rate: float, dura
         owed += rate * tick
         while owed >= 1:
             owed -= 1
-            rid = f"b{n:08d}-{uuid.uuid4().hex[:8]}"
-            request = Request(
-                request_id=rid,
-                npc_id=f"npc-{n % 300}",
-                tenant_id="bench",
-                prompt="Wave at the player.",
-                max_tokens=8,
-                sla=Sla.REALTIME,
-                latency_budget_ms=600_000,
-                created_at_ms=int(time.time() * 1000),
-            )
+            request = realtime_request(n, "bench", "b")
+            rid = request.request_id
             key = rid.encode() if side.key_by_request else request.npc_id.encode()
             sent_at[rid.encode()] = time.perf_counter()
             await producer.send(intake, request.to_bytes(), key=key)

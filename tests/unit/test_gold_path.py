@@ -22,6 +22,7 @@ from pipeline.router.gold import GoldPath
 from pipeline.router.logic import Outcome, Router, Source
 from pipeline.router.policy import RoutingPolicy
 from tests.examples import encode, with_
+from tests.unit.fakes import Topics
 from topics.catalogue import Tier
 from topics.schemas import Intent, Output, Reply, ReplyStatus, ServedBy
 from workers.cache.intents import IntentRefresh, Refreshed
@@ -34,18 +35,6 @@ POLICY = RoutingPolicy.load()
 SETTINGS = IntentSettings(ttl_ms=1000, refresh_interval_ms=500, refresh_timeout_ms=2000)
 
 
-class Topics:
-    def __init__(self) -> None:
-        self.records: dict[str, list[tuple[bytes, bytes, list | None]]] = {}
-
-    async def produce(self, topic: str, key: bytes, value: bytes, headers: list | None) -> None:
-        self.records.setdefault(topic, []).append((key, value, headers))
-
-    async def record(self, topic: str, key: bytes, value: bytes) -> None:
-        await self.produce(topic, key, value, None)
-
-    def get(self, topic: str) -> list[tuple[bytes, bytes, list | None]]:
-        return self.records.get(topic, [])
 
 
 class Clock:

@@ -11,23 +11,11 @@ from pipeline.deadlines import DEADLINE_HEADER, TIER_HEADER
 from pipeline.router.logic import Outcome, Router, Source
 from pipeline.router.policy import RoutingPolicy
 from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, encode, with_
+from tests.unit.fakes import Topics
 from topics.schemas import DeadLetter, RoutingDecision
 
 NOW_MS = 1_790_000_000_100
 SOURCE = Source("p.npc.requests", 3, 41)
-
-
-class Topics:
-    """What the router produced, per topic."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, list[tuple[bytes, bytes, list | None]]] = {}
-
-    async def produce(self, topic: str, key: bytes, value: bytes, headers: list | None) -> None:
-        self.records.setdefault(topic, []).append((key, value, headers))
-
-    async def record(self, topic: str, key: bytes, value: bytes) -> None:
-        await self.produce(topic, key, value, None)
 
 
 @pytest.fixture
