@@ -24,7 +24,7 @@ from pipeline.intents import DefaultIntents, Listener, SeenIntent, archetype_of,
 from pipeline.observability import metrics
 from pipeline.router.policy import Route
 from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
-from topics.schemas import Intent, Latency, Output, Reply, ReplyStatus, Request, ServedBy
+from topics.schemas import Intent, Latency, Output, Reply, ReplyStatus, Request, ServedBy, TierAttempt
 
 log = logging.getLogger("npcflow.router")
 
@@ -179,6 +179,8 @@ class GoldPath:
             text=seen.intent,
             intent=seen.intent,
             intent_age_ms=None if seen.age_ms is None else round(seen.age_ms, 1),
+            served_tier=Tier.GOLD,
+            chain=[TierAttempt(tier=Tier.GOLD, outcome="served", reason=served_by.value)],
             latency=Latency(queue_ms=waited, engine_ms=0.0, total_ms=waited),
             replied_at_ms=now,
         )

@@ -126,6 +126,7 @@ async def test_a_miss_answers_the_archetype_default_at_once_and_sends_one_refres
     assert reply.served_by is ServedBy.DEFAULT_INTENT and reply.status is ReplyStatus.OK
     assert reply.intent == DefaultIntents.load().archetypes["blacksmith"] == reply.text
     assert reply.intent_age_ms is None and not reply.late and reply.latency.total_ms == 3
+    assert reply.served_tier == "gold" and [(a.tier, a.outcome) for a in reply.chain] == [("gold", "served")]
     [(key, value, headers)] = topics.get("p.npc.requests.gold")
     assert key == b"npc-blacksmith-7" and value == raw and is_refresh(headers)
     assert int(dict(headers or [])[DEADLINE_HEADER]) == NOW_MS + SETTINGS.refresh_timeout_ms
