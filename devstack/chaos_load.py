@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
@@ -34,6 +36,8 @@ from pipeline.observability.metrics import percentiles
 from topics.admin import create_topics
 from topics.catalogue import DLQ, EMBEDDED_TOPIC_CONFIG, Tier
 from topics.schemas import Reply, ReplyStatus, Sla
+
+log = logging.getLogger("npcflow.chaos")
 
 Progress = Callable[[str], None]
 
@@ -70,6 +74,9 @@ class Tally:
     sent: int = 0
     replies: dict[str, Reply] = field(default_factory=dict)
     timeouts: int = 0
+    #: Requests the broker never acknowledged (the produce failed while it was down): the game
+    #: server got an error at once, so they were never accepted and cannot be lost.
+    refused: int = 0
     latencies: dict[str, list[float]] = field(default_factory=dict)
     sent_at: dict[str, float] = field(default_factory=dict)
 
@@ -235,6 +242,10 @@ class Run:
         except (ReplyTimeout, ConnectionError):
             self.tally.timeouts += 1
             return
+        except KafkaError as exc:
+            log.warning("request %s refused by the broker: %s", request.request_id, exc)
+            self.tally.refused += 1
+            return
         self.tally.replies[request.request_id] = reply
         self.tally.latencies.setdefault(label, []).append((time.monotonic() - started) * 1000)
 
@@ -322,7 +333,8 @@ class Run:
             "sent": t.sent,
             "replied_once": len(replies),
             "duplicates_delivered": 0,  # NPCClient hands each request id to the caller once
-            "lost": t.sent - len(replies),
+            "lost": t.sent - t.refused - len(replies),
+            "refused": t.refused,
             "dead_letters": dead_letters,
             "fallbacks": fallbacks,
             "breaker_opened": opened,
