@@ -174,9 +174,9 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     substitute = None
     if tier_enum is Tier.GOLD and settings.resilience.fallback:
         silver = Tier.SILVER.value
-        substitute = build_engine(settings.engines.spec_for(silver), silver, settings.engines)
+        substitute = build_engine(settings.engines.spec_for(silver), silver, settings)
     serve_metrics(settings.process.metrics_port)
-    asyncio.run(run_worker(config, build_engine(spec, tier, settings.engines), substitute))
+    asyncio.run(run_worker(config, build_engine(spec, tier, settings), substitute))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pipeline.engine_settings import OpenAISettings, SageMakerSettings
 from pipeline.errors import UserFacingError
 
 ENV_KAFKA_BOOTSTRAP = "NPCFLOW_KAFKA_BOOTSTRAP"
@@ -26,6 +27,8 @@ ENV_STATE_DIR = "NPCFLOW_STATE_DIR"
 ENV_POLICY_FILE = "NPCFLOW_POLICY_FILE"
 ENV_FETCH_MAX_WAIT_MS = "NPCFLOW_FETCH_MAX_WAIT_MS"
 ENV_SESSION_TIMEOUT_S = "NPCFLOW_SESSION_TIMEOUT_S"
+ENV_CLIENT_RESEND_AFTER_S = "NPCFLOW_CLIENT_RESEND_AFTER_S"
+ENV_CLIENT_MAX_RESENDS = "NPCFLOW_CLIENT_MAX_RESENDS"
 ENV_ENGINE = "NPCFLOW_ENGINE"
 ENV_EMBEDDED_THREADS = "NPCFLOW_EMBEDDED_THREADS"
 ENV_EMBEDDED_MODEL = "NPCFLOW_EMBEDDED_MODEL"
@@ -52,6 +55,18 @@ ENV_BREAKER_CACHE_S = "NPCFLOW_BREAKER_CACHE_S"
 ENV_FALLBACK = "NPCFLOW_FALLBACK"
 ENV_SHEDDING = "NPCFLOW_SHEDDING"
 ENV_TENANT_WEIGHTS = "NPCFLOW_TENANT_WEIGHTS"
+ENV_OPENAI_URL = "NPCFLOW_OPENAI_URL"
+ENV_OPENAI_MODEL = "NPCFLOW_OPENAI_MODEL"
+ENV_OPENAI_API = "NPCFLOW_OPENAI_API"
+ENV_OPENAI_API_KEY = "NPCFLOW_OPENAI_API_KEY"
+ENV_OPENAI_STALL_S = "NPCFLOW_OPENAI_STALL_S"
+ENV_OPENAI_MAX_CONNECTIONS = "NPCFLOW_OPENAI_MAX_CONNECTIONS"
+ENV_SAGEMAKER_URL = "NPCFLOW_SAGEMAKER_URL"
+ENV_SAGEMAKER_ENDPOINT = "NPCFLOW_SAGEMAKER_ENDPOINT"
+ENV_JOBS_BUCKET = "NPCFLOW_JOBS_BUCKET"
+ENV_JOBS_POLL_S = "NPCFLOW_JOBS_POLL_S"
+ENV_JOBS_GIVE_UP_S = "NPCFLOW_JOBS_GIVE_UP_S"
+ENV_GPU_MODEL = "NPCFLOW_GPU_MODEL"
 
 #: Consumer fetch wait on latency paths: the embedded broker answers a waiting fetch late
 #: (docs/architecture.md, "The embedded broker").
@@ -164,6 +179,12 @@ class EngineSettings:
     #: llama.cpp threads; 0 means min(2, cores).
     embedded_threads: int = 0
     embedded_model_path: str | None = None
+    #: ``openai``: an OpenAI-compatible server (vllm serve, trtllm-serve, llama.cpp's server).
+    openai: OpenAISettings = field(default_factory=lambda: OpenAISettings())
+    #: ``sagemaker``: Bronze as SageMaker Async Inference jobs.
+    sagemaker: SageMakerSettings = field(default_factory=lambda: SageMakerSettings())
+    #: ``vllm`` / ``tensorrt-llm`` in process: the model (HF id or local path) when the spec names none.
+    gpu_model: str | None = None
 
     def spec_for(self, tier: str) -> str:
         """``NPCFLOW_ENGINE_GOLD`` etc. first, then ``NPCFLOW_ENGINE``, then ``embedded``."""
@@ -233,6 +254,20 @@ def _flag(r: _Reader, name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={value!r}: use 1 or 0")
 
 
+def _openai_settings(r: _Reader) -> OpenAISettings:
+    api = (r.str(ENV_OPENAI_API, "chat") or "chat").lower()
+    if api not in ("chat", "completions"):
+        raise ConfigError(f"{ENV_OPENAI_API}={api!r}: use chat or completions")
+    return OpenAISettings(
+        url=r.str(ENV_OPENAI_URL),
+        model=r.str(ENV_OPENAI_MODEL),
+        api=api,
+        api_key=r.str(ENV_OPENAI_API_KEY),
+        stall_s=r.float(ENV_OPENAI_STALL_S, 10.0),
+        max_connections=r.int(ENV_OPENAI_MAX_CONNECTIONS, 32) or 32,
+    )
+
+
 @dataclass(frozen=True)
 class IntentSettings:
     """Gold's intent cache (docs/architecture.md, "Gold's two paths")."""
@@ -247,6 +282,18 @@ class IntentSettings:
     defaults_file: str | None = None
     #: The router answers realtime Gold requests from its near cache and sends only refreshes on.
     fast_path: bool = True
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """The game-server SDK (:class:`pipeline.client.NPCClient`)."""
+
+    #: A request whose reply is this overdue (past its deadline) is sent again under the same id;
+    #: 0 turns resends off. Workers answer every request by its deadline, so silence this long
+    #: after it means the request or its reply was lost (docs/architecture.md, "Resilience").
+    resend_after_s: float = 10.0
+    #: How many times one request is sent again at most.
+    max_resends: int = 3
 
 
 @dataclass(frozen=True)
@@ -269,6 +316,7 @@ class Settings:
     #: Which broker ``devstack`` starts (one of :data:`EMBEDDED_BROKERS`); unused with a given bootstrap.
     embedded_broker: str = DEFAULT_EMBEDDED_BROKER
     intents: IntentSettings = field(default_factory=IntentSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, stack_file: bool = True) -> Settings:
@@ -315,6 +363,15 @@ class Settings:
                 per_tier=per_tier,
                 embedded_threads=r.int(ENV_EMBEDDED_THREADS, 0) or 0,
                 embedded_model_path=r.str(ENV_EMBEDDED_MODEL),
+                openai=_openai_settings(r),
+                sagemaker=SageMakerSettings(
+                    url=r.str(ENV_SAGEMAKER_URL),
+                    endpoint=r.str(ENV_SAGEMAKER_ENDPOINT, "npcflow-bronze") or "npcflow-bronze",
+                    bucket=r.str(ENV_JOBS_BUCKET, "npcflow-jobs") or "npcflow-jobs",
+                    poll_s=r.float(ENV_JOBS_POLL_S, 0.5),
+                    give_up_s=r.float(ENV_JOBS_GIVE_UP_S, 120.0),
+                ),
+                gpu_model=r.str(ENV_GPU_MODEL),
             ),
             process=ProcessSettings(
                 event_loop=(r.str(ENV_EVENT_LOOP, "uvloop") or "uvloop").lower(),
@@ -323,6 +380,10 @@ class Settings:
                 ready_file=r.str(ENV_READY_FILE),
             ),
             embedded_broker=broker,
+            client=ClientSettings(
+                resend_after_s=r.float(ENV_CLIENT_RESEND_AFTER_S, 10.0),
+                max_resends=r.int(ENV_CLIENT_MAX_RESENDS, 3) or 0,
+            ),
             intents=IntentSettings(
                 ttl_ms=r.int(ENV_INTENT_TTL_MS, 1000) or 1000,
                 refresh_interval_ms=r.int(ENV_INTENT_REFRESH_INTERVAL_MS, 500) or 0,
