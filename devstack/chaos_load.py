@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 
 from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
+from devstack.tracing import trace_requests
 from pipeline import config, kafka
 from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import Settings
@@ -77,6 +78,7 @@ class Tally:
     #: Requests the broker never acknowledged (the produce failed while it was down): the game
     #: server got an error at once, so they were never accepted and cannot be lost.
     refused: int = 0
+    refused_ids: set[str] = field(default_factory=set)
     latencies: dict[str, list[float]] = field(default_factory=dict)
     sent_at: dict[str, float] = field(default_factory=dict)
 
@@ -188,10 +190,17 @@ class Run:
                 task.cancel()
             await asyncio.gather(*tasks, watcher, ticker, return_exceptions=True)
             duplicates = sum(c.stats.duplicates for c in clients)
+            resent = sum(c.stats.resent for c in clients)
             for client in clients:
                 await client.stop()
         dead = await self._dead_letters()
-        return self._result(duplicates, dead)
+        result = self._result(duplicates, dead)
+        result["resent"] = resent  # overdue requests the SDK sent again (NPCClient.request)
+        t = self.tally
+        lost = [rid for rid in t.sent_at if rid not in t.replies and rid not in t.refused_ids]
+        if lost:  # where each lost request was last seen: the lead for finding why
+            result["lost_trace"] = await trace_requests(self.settings, self.prefix, lost[:20])
+        return result
 
     async def _load(
         self,
@@ -245,6 +254,7 @@ class Run:
         except KafkaError as exc:
             log.warning("request %s refused by the broker: %s", request.request_id, exc)
             self.tally.refused += 1
+            self.tally.refused_ids.add(request.request_id)
             return
         self.tally.replies[request.request_id] = reply
         self.tally.latencies.setdefault(label, []).append((time.monotonic() - started) * 1000)

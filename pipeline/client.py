@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from pipeline import kafka
 from pipeline.config import Settings
@@ -45,6 +46,8 @@ class ClientStats:
     #: Replies produced before this client started, for nobody here (not counted as unsolicited).
     older: int = 0
     undecodable: int = 0
+    #: Requests sent again because their reply was overdue (see :meth:`NPCClient.request`).
+    resent: int = 0
 
 
 class NPCClient(Lifecycle):
@@ -155,31 +158,72 @@ class NPCClient(Lifecycle):
 
     async def submit(self, request: Request) -> str:
         """Fire and forget: produce the request and return its id once the broker has it."""
-        assert self._producer is not None, "start() first"
-        fut = await self._producer.send(self.intake_topic, request.to_bytes(), key=request.npc_id.encode())
-        await fut
+        await self._produce(request)
         self.stats.sent += 1
         return request.request_id
 
+    async def _produce(self, request: Request) -> None:
+        assert self._producer is not None, "start() first"
+        ack = await self._producer.send(self.intake_topic, request.to_bytes(), key=request.npc_id.encode())
+        await ack
+
     async def request(self, request: Request, timeout_s: float = 30.0) -> Reply:
-        """Produce the request and wait for its one reply; raises :class:`ReplyTimeout`."""
+        """Produce the request and wait for its one reply; raises :class:`ReplyTimeout`.
+
+        A request that names a latency budget and is still unanswered ``client.resend_after_s``
+        past its deadline is sent again under the same id (at most ``client.max_resends`` times):
+        workers answer every request by its deadline (a fallback or ``expired`` at worst), so such
+        silence means the request or its reply was lost, e.g. by a broker that forgot records it
+        had acknowledged. The pipeline then answers the copy (``expired`` once the deadline has
+        passed); whichever reply comes first is returned, later ones are dropped as duplicates.
+        """
         if self.reader_error is not None:
             raise ConnectionError(f"reply reader stopped: {self.reader_error}")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[request.request_id] = fut
+        give_up_at = loop.time() + timeout_s
         try:
             await self.submit(request)
-            # asyncio.wait, not wait_for: wait_for yields while cancelling, and a reply delivered in
-            # that gap would be miscounted as unsolicited instead of late.
-            done, _ = await asyncio.wait({fut}, timeout=timeout_s)
-            if not done:
-                self._remember(self._given_up, request.request_id)
-                fut.cancel()
-                raise ReplyTimeout(f"no reply to {request.request_id} within {timeout_s} s")
-            return fut.result()
+            resends = 0
+            while True:
+                wait_s = give_up_at - loop.time()
+                resend_at = self._resend_at(request, resends)
+                if resend_at is not None:
+                    wait_s = min(wait_s, resend_at - now_ms() / 1000)
+                # asyncio.wait, not wait_for: wait_for yields while cancelling, and a reply delivered
+                # in that gap would be miscounted as unsolicited instead of late.
+                done, _ = await asyncio.wait({fut}, timeout=max(0.0, wait_s))
+                if done:
+                    return fut.result()
+                if loop.time() >= give_up_at:
+                    self._remember(self._given_up, request.request_id)
+                    fut.cancel()
+                    raise ReplyTimeout(f"no reply to {request.request_id} within {timeout_s} s")
+                if resend_at is not None and now_ms() / 1000 >= resend_at:
+                    resends += 1
+                    await self._resend(request, resends)
         finally:
             self._pending.pop(request.request_id, None)
+
+    def _resend_at(self, request: Request, resends: int) -> float | None:
+        """When (epoch seconds) to send ``request`` again if no reply came; None: never."""
+        options = self.settings.client
+        if not request.latency_budget_ms or options.resend_after_s <= 0 or resends >= options.max_resends:
+            return None
+        deadline_s = (request.created_at_ms + request.latency_budget_ms) / 1000
+        return deadline_s + options.resend_after_s * (resends + 1)
+
+    async def _resend(self, request: Request, attempt: int) -> None:
+        overdue_s = self.settings.client.resend_after_s * attempt
+        log.warning(
+            "no reply to %s %.0f s past its deadline: sending it again", request.request_id, overdue_s
+        )
+        try:
+            await self._produce(request)
+            self.stats.resent += 1
+        except KafkaError as exc:  # the original was accepted: keep waiting, try again later
+            log.warning("resend of %s refused by the broker: %s", request.request_id, exc)
 
     @staticmethod
     def _remember(ids: OrderedDict[str, None], request_id: str) -> None:

@@ -14,7 +14,7 @@ from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
 from pipeline import kafka as kafka_clients
 from pipeline.client import NPCClient, ReplyTimeout
-from pipeline.config import ENV_EMBEDDED_THREADS, ENV_TOPIC_PREFIX, Settings
+from pipeline.config import ENV_EMBEDDED_THREADS, ENV_TOPIC_PREFIX, ClientSettings, Settings
 from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, VALID_REQUEST, encode
 from tests.integration.kafka_util import eventually, read_topic
 from topics.admin import create_reply_topics
@@ -215,3 +215,37 @@ async def test_submit_is_fire_and_forget_and_a_reply_after_the_timeout_is_droppe
             lambda: client.stats.late == 1 and client.stats.unsolicited == 1, timeout_s=60
         ), client.stats
         assert client.stats.replies == 0 and client.stats.sent == 2
+
+
+class ForgetfulClient(NPCClient):
+    """Its first produce of each request never reaches the broker: a record the broker forgot."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.dropped: list[str] = []
+
+    async def _produce(self, request: Request) -> None:
+        if request.request_id not in self.dropped:
+            self.dropped.append(request.request_id)
+            return
+        await super()._produce(request)
+
+
+async def test_a_request_lost_on_the_way_is_sent_again_past_its_deadline_and_answered_once(
+    pipeline: PipelineProcesses, kafka: str, prefix: str
+) -> None:
+    settings = Settings(kafka_bootstrap=kafka, topic_prefix=prefix, client=ClientSettings(resend_after_s=0.5))
+    async with ForgetfulClient(settings, tenant_id="gs-test") as client:
+        request = client.build_request(
+            "npc-l", "Hello?", max_tokens=8, sla=Sla.INTERACTIVE, latency_budget_ms=300
+        )
+        reply = await client.request(request, timeout_s=30)
+        # The copy reached the pipeline after the deadline: it says so instead of staying silent.
+        assert reply.request_id == request.request_id and reply.status is ReplyStatus.EXPIRED
+        assert client.stats.resent == 1 and client.dropped == [request.request_id]
+
+        # A request that names no budget has no deadline the client knows of: it is never resent.
+        unbudgeted = client.build_request("npc-m", "Hello?", max_tokens=8, sla=Sla.INTERACTIVE)
+        with pytest.raises(ReplyTimeout):
+            await client.request(unbudgeted, timeout_s=2)
+        assert client.stats.resent == 1
