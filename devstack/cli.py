@@ -247,12 +247,22 @@ def _offsets_report(settings: Settings, endpoints: StackEndpoints, results: dict
 @click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON summary line instead of the live table."
 )
+@click.option(
+    "--engines",
+    default=None,
+    metavar="TIER=SPEC,...",
+    help="Engines per tier, e.g. gold=embedded,silver=openai,bronze=sagemaker "
+    "(default: NPCFLOW_ENGINE_<TIER>, NPCFLOW_ENGINE, embedded).",
+)
 @click.pass_context
-def demo(ctx: click.Context, duration: float, rate: float | None, npcs: int, as_json: bool) -> None:
+def demo(
+    ctx: click.Context, duration: float, rate: float | None, npcs: int, as_json: bool, engines: str | None
+) -> None:
     """Start the embedded stack, the router and three tier workers, and simulate a game server."""
-    from devstack.demo import run_demo
+    from devstack.demo import run_demo, with_engines
 
-    summary = run_demo(_settings(ctx), duration=duration, rate=rate, npcs=npcs, as_json=as_json)
+    settings = with_engines(_settings(ctx), engines)
+    summary = run_demo(settings, duration=duration, rate=rate, npcs=npcs, as_json=as_json)
     if as_json:
         click.echo(json.dumps(summary))
     ok = summary["lost"] == 0 and summary["sent"] == summary["replied"]

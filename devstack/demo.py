@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,11 @@ from devstack.processes import PipelineProcesses
 from devstack.stack import EmbeddedStack
 from pipeline import kafka
 from pipeline.client import NPCClient, ReplyTimeout
-from pipeline.config import ENV_EMBEDDED_THREADS, Settings
+from pipeline.config import ENV_EMBEDDED_THREADS, TIERS, ConfigError, Settings
 from pipeline.observability.metrics import percentiles
 from topics.admin import create_topics
 from topics.catalogue import DLQ, EMBEDDED_TOPIC_CONFIG, REQUESTS, Tier
-from topics.schemas import Reply, Request, Sla
+from topics.schemas import Reply, ReplyStatus, Request, Sla
 
 log = logging.getLogger("npcflow.demo")
 
@@ -104,6 +104,8 @@ class GameServer:
         self.rng = random.Random(seed)
         self.tally = {t: TierTally() for t in Tier}
         self.lost = 0
+        #: Asynchronous jobs (SageMaker) per tier the request was sent to: submitted/completed/failed.
+        self.jobs: dict[Tier, Counter[str]] = {t: Counter() for t in Tier}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _pick_tier(self) -> Tier:
@@ -120,7 +122,12 @@ class GameServer:
             reply: Reply = await self.client.request(request, timeout_s=180.0)
         except ReplyTimeout:
             self.lost += 1
+            self.jobs[tier]["submitted"] += request.request_id in self.client.jobs
             return
+        if reply.job_id is not None or request.request_id in self.client.jobs:
+            jobs = self.jobs[tier]
+            jobs["submitted"] += 1
+            jobs["completed" if reply.status in (ReplyStatus.OK, ReplyStatus.FALLBACK) else "failed"] += 1
         tally.replied += 1
         tally.statuses["late" if reply.late else reply.status] += 1
         tally.served_by[reply.served_by] += 1
@@ -267,6 +274,12 @@ async def drive(
         "rate": rate,
         "duration_s": duration,
         "gold": server.tally[Tier.GOLD].gold_summary(),
+        "bronze": {
+            "requests": server.tally[Tier.BRONZE].sent,
+            **{k: server.jobs[Tier.BRONZE][k] for k in ("submitted", "completed", "failed")},
+            # Silver requests that fell back to Bronze and ran as jobs too.
+            "fallback_jobs": dict(server.jobs[Tier.SILVER]),
+        },
     }
 
 
@@ -285,15 +298,27 @@ def _cpu_engines_yield(procs: PipelineProcesses, engines: dict[Tier, str]) -> No
                 os.setpriority(os.PRIO_PROCESS, int(task.name), 10)
 
 
+def with_engines(settings: Settings, spec: str | None) -> Settings:
+    """``gold=embedded,silver=openai,bronze=sagemaker`` → settings with those engines per tier."""
+    if not spec:
+        return settings
+    per_tier = dict(settings.engines.per_tier)
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        tier, sep, engine = part.partition("=")
+        if not sep or tier.strip() not in TIERS or not engine.strip():
+            raise ConfigError(f"--engines: bad entry {part!r}; write tier=engine pairs, e.g. silver=openai")
+        per_tier[tier.strip()] = engine.strip()
+    return settings.with_(engines=replace(settings.engines, per_tier=per_tier))
+
+
 def run_demo(
     settings: Settings, duration: float, rate: float | None, npcs: int, as_json: bool
 ) -> dict[str, Any]:
     """Run the demo on a stack of its own (services given in the environment are reused)."""
     engines = {t: settings.engines.spec_for(t.value) for t in Tier}
-    if rate is None:
-        rate = (
-            DEFAULT_EMBEDDED_RATE if any(e == "embedded" for e in engines.values()) else DEFAULT_SCRIPTED_RATE
-        )
+    if rate is None:  # every engine here but the scripted one runs the CPU model
+        scripted = all(e.startswith("scripted") for e in engines.values())
+        rate = DEFAULT_SCRIPTED_RATE if scripted else DEFAULT_EMBEDDED_RATE
     with tempfile.TemporaryDirectory(prefix="npcflow-demo-") as tmp:
         return _run_demo(settings, Path(tmp), duration, rate, npcs, as_json, engines)
 
@@ -308,12 +333,19 @@ def _run_demo(
     engines: dict[Tier, str],
 ) -> dict[str, Any]:
     prefix = settings.topic_prefix
-    with EmbeddedStack(work / "stack") as stack:
+    # The stack starts the engine servers the engines need (llama.cpp's, the local SageMaker endpoint).
+    stack_settings = Settings.from_env(stack_file=False).with_(engines=settings.engines)
+    with EmbeddedStack(work / "stack", settings=stack_settings) as stack:
         endpoints = stack.endpoints
         assert endpoints is not None
         settings = endpoints.apply_to(settings)
         asyncio.run(create_topics(settings, prefix, overrides=EMBEDDED_TOPIC_CONFIG))
-        env = endpoints.as_env() | {ENV_EMBEDDED_THREADS: "1"}
+        env = endpoints.as_env() | stack.engine_env | {ENV_EMBEDDED_THREADS: "1"}
+        for proc in stack.processes:  # CPU model servers yield to the router, like the embedded workers
+            if proc.name in ("llama", "sagemaker"):
+                for task in Path(f"/proc/{proc.pid}/task").glob("*"):
+                    with contextlib.suppress(OSError, ValueError):
+                        os.setpriority(os.PRIO_PROCESS, int(task.name), 10)
         if not as_json:
             print(
                 f"stack up; starting router and workers (engines: {json.dumps(engines)})",

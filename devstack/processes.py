@@ -64,6 +64,9 @@ class PipelineProcesses:
             )
             for i in range(count):
                 self._spawn(f"worker-{tier.value}-{i}", ["run", "worker", "--tier", tier.value], extra)
+        if any(spec.partition(":")[0] == "sagemaker" for spec in self.engines.values()):
+            # Async jobs' final replies come from the collector (workers/jobs/collector.py).
+            self._spawn("collector", ["run", "collector"], {})
         self.wait_ready()
 
     def wait_ready(self) -> None:

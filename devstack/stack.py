@@ -71,6 +71,8 @@ class EmbeddedStack:
         #: "ok" or the error, per service, from the last start().
         self.results: dict[str, str] = {}
         self.processes: list[ManagedProcess] = []
+        #: ``NPCFLOW_OPENAI_URL`` / ``NPCFLOW_SAGEMAKER_URL`` of the engine servers started here.
+        self.engine_env: dict[str, str] = {}
         self._lock = threading.Lock()
 
     @property
@@ -163,6 +165,7 @@ class EmbeddedStack:
             raise StackError("embedded stack failed: " + "; ".join(failed), self.results)
 
         self.endpoints = StackEndpoints.from_mapping({SERVICE_ENV[n]: urls[n] for n in SERVICES})
+        self._start_engine_servers(urls["s3"])
         self._write_env(self.endpoints)
         log.info(
             "embedded stack ready in %.1f s (started: %s; given: %s)",
@@ -171,6 +174,18 @@ class EmbeddedStack:
             ", ".join(n for n in SERVICES if given[n]) or "none",
         )
         return self.endpoints
+
+    def _start_engine_servers(self, s3_endpoint: str) -> None:
+        """llama.cpp's server / the local SageMaker endpoint, when a tier's engine needs one."""
+        from devstack.engine_servers import start_engine_servers
+
+        procs, self.engine_env = start_engine_servers(
+            self.settings, self.state_dir, s3_endpoint, die_with_parent=not self.detach
+        )
+        with self._lock:
+            self.processes.extend(procs)
+        if procs:
+            self._write_pidfile()
 
     def _write_pidfile(self) -> None:
         records = []
@@ -189,7 +204,7 @@ class EmbeddedStack:
 
     def _write_env(self, endpoints: StackEndpoints) -> None:
         lines = [f"# written by `npcflow stack up` (pid {os.getpid()}); removed by `npcflow stack down`"]
-        lines += [f"{key}={value}" for key, value in endpoints.as_env().items()]
+        lines += [f"{key}={value}" for key, value in (endpoints.as_env() | self.engine_env).items()]
         atomic_write(self.state_dir / STACK_ENV_FILE, "\n".join(lines) + "\n")
 
     def poll(self) -> list[str]:

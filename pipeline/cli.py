@@ -179,5 +179,39 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     asyncio.run(run_worker(config, build_engine(spec, tier, settings), substitute))
 
 
+@run.command("collector")
+@click.pass_obj
+def run_collector_cmd(settings: Settings) -> None:
+    """The job collector: publish the final reply of each finished SageMaker Async job (Bronze)."""
+    from workers.jobs.collector import run_collector
+
+    asyncio.run(run_collector(settings))
+
+
+@main.group()
+def job() -> None:
+    """Asynchronous jobs (Bronze on SageMaker Async)."""
+
+
+@job.command("get")
+@click.argument("job_id")
+@click.pass_obj
+def job_get(settings: Settings, job_id: str) -> None:
+    """Print one job's record as JSON: state (pending, completed, failed) and its final reply when done."""
+    import dataclasses
+    import json
+
+    from workers.jobs.store import JobStore
+
+    store = JobStore.from_settings(settings)
+    try:
+        record = asyncio.run(store.get(job_id))
+    except Exception as exc:  # S3 unreachable or refusing: one line, not a traceback
+        raise click.ClickException(f"cannot read job {job_id} from s3://{store.bucket}: {exc}") from exc
+    if record is None:
+        raise click.ClickException(f"no job {job_id!r} in s3://{store.bucket}/{store.namespace}")
+    click.echo(json.dumps(dataclasses.asdict(record), indent=2))
+
+
 if __name__ == "__main__":
     main()

@@ -5,6 +5,10 @@ group: every client sees every reply and keeps the ones it is waiting for), star
 end when the client starts, so a fresh client never sees old traffic. A reply for a request
 that already has one, or that nobody is waiting for any more (timed out), is dropped and
 counted, never returned twice — at-least-once delivery upstream makes duplicates possible.
+
+An asynchronous tier (Bronze on SageMaker Async) first sends an ``accepted`` notice carrying
+the job id: the client records it (:attr:`NPCClient.jobs`) and goes on waiting for the final
+reply; :meth:`NPCClient.job` looks a job up in the job store at any time.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pipeline.config import Settings
 from pipeline.deadlines import now_ms
 from pipeline.lifecycle import Lifecycle
 from topics.catalogue import REPLIES, REQUESTS
-from topics.schemas import Reply, Request, Sla
+from topics.schemas import Reply, ReplyStatus, Request, Sla
 
 log = logging.getLogger("npcflow.client")
 
@@ -46,6 +50,8 @@ class ClientStats:
     #: Replies produced before this client started, for nobody here (not counted as unsolicited).
     older: int = 0
     undecodable: int = 0
+    #: ``accepted`` notices of asynchronous jobs (each is followed by the request's final reply).
+    notices: int = 0
     #: Requests sent again because their reply was overdue (see :meth:`NPCClient.request`).
     resent: int = 0
 
@@ -84,6 +90,8 @@ class NPCClient(Lifecycle):
         self._started_ms = 0
         #: Why the reply reader stopped, if it did; requests then fail at once.
         self.reader_error: Exception | None = None
+        #: Request id → job id, from ``accepted`` notices (the latest SEEN_CAPACITY).
+        self.jobs: OrderedDict[str, str] = OrderedDict()
 
     async def _start(self) -> None:
         """Connect and position at the end of the reply topic (a failure closes what was opened)."""
@@ -225,6 +233,19 @@ class NPCClient(Lifecycle):
         except KafkaError as exc:  # the original was accepted: keep waiting, try again later
             log.warning("resend of %s refused by the broker: %s", request.request_id, exc)
 
+    async def job(self, job_id: str) -> dict[str, object] | None:
+        """An asynchronous job's record (state pending/completed/failed, its final reply when done).
+
+        Read from the job store (S3: ``NPCFLOW_S3_ENDPOINT``, ``NPCFLOW_JOBS_BUCKET``); None when no
+        job has that id.
+        """
+        from dataclasses import asdict
+
+        from workers.jobs.store import JobStore
+
+        record = await JobStore.from_settings(self.settings).get(job_id)
+        return None if record is None else asdict(record)
+
     @staticmethod
     def _remember(ids: OrderedDict[str, None], request_id: str) -> None:
         ids[request_id] = None
@@ -255,6 +276,13 @@ class NPCClient(Lifecycle):
             return
         rid = reply.request_id
         fut = self._pending.get(rid)
+        if reply.status is ReplyStatus.ACCEPTED:  # a notice: the final reply is still to come
+            self.stats.notices += 1
+            if fut is not None and reply.job_id is not None:
+                self.jobs[rid] = reply.job_id
+                if len(self.jobs) > SEEN_CAPACITY:
+                    self.jobs.popitem(last=False)
+            return
         if fut is not None and not fut.done():
             fut.set_result(reply)
             self.stats.replies += 1

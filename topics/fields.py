@@ -101,12 +101,18 @@ class Sla(StrEnum):
 
 
 class ReplyStatus(StrEnum):
-    """How a request ended; the wire value is the enum's value."""
+    """How a request ended; the wire value is the enum's value.
+
+    ``accepted`` is not an end: it is the notice an asynchronous tier (Bronze on SageMaker Async)
+    sends at once, carrying ``job_id``; the request's one final reply follows. New members are
+    only ever appended, so the existing values never change.
+    """
 
     OK = "ok"
     FALLBACK = "fallback"
     EXPIRED = "expired"
     ERROR = "error"
+    ACCEPTED = "accepted"
 
 
 class ServedBy(StrEnum):

@@ -114,7 +114,11 @@ MAX_CHAIN = 6
 
 
 class Reply(Event):
-    """Exactly one per accepted request, on the request's reply topic, key = request_id."""
+    """Exactly one per accepted request, on the request's reply topic, key = request_id.
+
+    An asynchronous tier may send an ``accepted`` notice (with ``job_id``) before it; a notice is
+    never the final reply.
+    """
 
     event_name: ClassVar[str] = "reply"
     request_id: RequestId
@@ -144,6 +148,11 @@ class Reply(Event):
         description="Every tier the request went through, in order, and why it moved on.",
     )
     replied_at_ms: TimestampMs
+    job_id: RequestId | None = Field(
+        default=None,
+        description="The asynchronous job serving the request (status accepted, and its final reply); "
+        "look it up with `npcflow job get`.",
+    )
 
 
 class Output(Event):

@@ -86,7 +86,8 @@ class Replied:
     """The reply (to the request's reply topic) and its output event (to ``npc.outputs``)."""
 
     reply: Reply
-    output: Output
+    #: None for an ``accepted`` notice: only the job's final reply is an output for the sinks.
+    output: Output | None
     reply_topic: str
     outputs_topic: str
     #: Gold: the model result as the NPC's new intent, for ``npc.intents``.
@@ -256,6 +257,8 @@ class Serving:
             result = await self.engine.generate(job.request, job.deadline_ms)
         except EngineError as exc:
             return self._cannot_answer(job, picked_ms, exc)
+        if result.job_id is not None:
+            return self._accepted(job, picked_ms, result.job_id)
         update = await self.intents.record(job.request, result, self.engine.name) if self.intents else None
         return self._replied(job, ReplyStatus.OK, picked_ms, result=result, intent_update=update)
 
@@ -268,6 +271,21 @@ class Serving:
                 return forwarded
         tried = attempt(self.tier, "failed", f"{reason_kind(exc)}: {exc}")
         return self._replied(job, ReplyStatus.ERROR, picked_ms, error=str(exc), tried=tried)
+
+    def _accepted(self, job: Job, picked_ms: float, job_id: str) -> Replied:
+        """An asynchronous engine took the request as a job: a notice now, the final reply later.
+
+        The final reply comes from the job collector (:mod:`workers.jobs.collector`).
+        """
+        chain = (*job.chain, attempt(self.tier, "served", f"accepted as job {job_id}"))
+        engine, policy = self.engine.name, self.policy
+        reply = build_reply(
+            job, self.tier, ReplyStatus.ACCEPTED, picked_ms, engine=engine, policy=policy, chain=chain
+        ).model_copy(update={"job_id": job_id})
+        outcome = Replied(reply, None, job.reply_topic, self._outputs_topic)
+        self.stats.replies[reply.status.value] = self.stats.replies.get(reply.status.value, 0) + 1
+        self.hooks.replied(outcome)
+        return outcome
 
     def dead_letter(
         self, record: IncomingRecord, reason: str, errors: list[FieldError] | None = None

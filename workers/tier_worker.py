@@ -345,11 +345,15 @@ class TierWorker(Lifecycle):
             )
             return
         reply_ack = await self._producer.send(outcome.reply_topic, outcome.reply.to_bytes(), key=outcome.key)
-        output_ack = await self._outputs_producer.send(
-            outcome.outputs_topic, outcome.output.to_bytes(), key=outcome.key
+        output = outcome.output  # None: an async job's notice (the job's final reply is its output)
+        output_ack = (
+            await self._outputs_producer.send(outcome.outputs_topic, output.to_bytes(), key=outcome.key)
+            if output is not None
+            else None
         )
         await reply_ack
-        await output_ack
+        if output_ack is not None:
+            await output_ack
         if outcome.intent_update is not None:
             update = outcome.intent_update
             await (await self._producer.send(update.topic, update.value, key=update.key))

@@ -116,9 +116,10 @@ def test_reply_and_dead_letter_schemas_validate_real_events() -> None:
 
 def test_reply_enums_keep_their_wire_values() -> None:
     """Game servers match on these strings: renaming a member must not change what is sent."""
-    assert [s.value for s in ReplyStatus] == ["ok", "fallback", "expired", "error"]
+    # New statuses are appended (accepted: the async job notice); the first four never move.
+    assert [s.value for s in ReplyStatus] == ["ok", "fallback", "expired", "error", "accepted"]
     assert [s.value for s in ServedBy] == ["engine", "cache", "default_intent", "none"]
     schema = event_json_schema(Reply)
     defs = schema["$defs"]
-    assert defs["ReplyStatus"]["enum"] == ["ok", "fallback", "expired", "error"]
+    assert defs["ReplyStatus"]["enum"] == ["ok", "fallback", "expired", "error", "accepted"]
     assert defs["ServedBy"]["enum"] == ["engine", "cache", "default_intent", "none"]

@@ -34,6 +34,9 @@ class EngineResult:
     prompt_tokens: int
     completion_tokens: int
     substituted: Substitution | None = None
+    #: Set by an asynchronous engine (SageMaker Async): the job was accepted, the text comes later
+    #: from the job collector; serving answers with an ``accepted`` notice carrying this id.
+    job_id: str | None = None
 
 
 @runtime_checkable
