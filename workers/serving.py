@@ -47,7 +47,7 @@ from topics.schemas import (
     parse_request,
 )
 from workers.cache.intents import IntentRefresh, IntentUpdate, Refreshed
-from workers.engines.base import Engine, EngineError, EngineResult
+from workers.engines.base import PRIOR_CHAIN, Engine, EngineError, EngineResult
 from workers.resilience.exceptions import DeadlineReached, reason_kind
 from workers.resilience.fallback import FallbackContext, FallbackStep, Forwarded, attempt
 from workers.resilience.shedding import LoadShedder
@@ -253,10 +253,13 @@ class Serving:
             error = f"deadline passed {late_by:.0f} ms before a worker took it"
             return self._replied(job, ReplyStatus.EXPIRED, picked_ms, error=error)
         self.stats.engine_calls += 1
+        token = PRIOR_CHAIN.set(job.chain)
         try:
             result = await self.engine.generate(job.request, job.deadline_ms)
         except EngineError as exc:
             return self._cannot_answer(job, picked_ms, exc)
+        finally:
+            PRIOR_CHAIN.reset(token)
         if result.job_id is not None:
             return self._accepted(job, picked_ms, result.job_id)
         update = await self.intents.record(job.request, result, self.engine.name) if self.intents else None

@@ -27,6 +27,7 @@ from topics.schemas import Reply, ReplyStatus, Request, ServedBy, Sla
 from workers.engines.sagemaker_async import SageMakerAsyncEngine
 from workers.jobs.collector import JobCollector
 from workers.jobs.store import JobRecord, JobStore
+from workers.resilience.fallback import attempt, fallback_headers
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +173,42 @@ async def test_a_job_that_never_finishes_ends_in_an_error_reply(jobs_settings: S
     assert reply.status is ReplyStatus.ERROR and reply.error and "never finished" in reply.error
     assert collector.stats.gave_up == 1
     assert (await store.get(request.request_id)).state == "failed"  # type: ignore[union-attr]
+
+
+async def test_a_silver_request_that_fell_back_to_a_bronze_job_keeps_its_chain(
+    jobs_settings: Settings,
+) -> None:
+    s = jobs_settings
+    request = _bronze(4, max_tokens=8)
+    silver_failed = attempt(Tier.SILVER, "failed", "deadline: the Silver engine stalled")
+    headers = fallback_headers(
+        Tier.BRONZE,
+        now_ms() + 60_000,
+        attempt=1,
+        from_tier=Tier.SILVER,
+        reason=silver_failed.reason,
+        chain=[silver_failed],
+        original_deadline_ms=now_ms() + 250,
+    )
+    producer = kafka_clients.producer(s, "npcflow-test-jobs")
+    await producer.start()
+    try:
+        async with (
+            running_worker(s, s.topic_prefix, Tier.BRONZE, SageMakerAsyncEngine(s)),  # type: ignore[arg-type]
+            NPCClient(s, "gs-test", prefix=s.topic_prefix) as client,
+            _Running(s),
+        ):
+            waiter = asyncio.create_task(client.request(request, timeout_s=90))
+            await asyncio.sleep(0.2)
+            topic = TIER_TOPICS[Tier.BRONZE].name(s.topic_prefix)
+            await producer.send_and_wait(
+                topic, request.to_bytes(), key=request.npc_id.encode(), headers=headers
+            )
+            reply: Reply = await asyncio.wait_for(waiter, 60)
+    finally:
+        await producer.stop()
+    # The final reply comes from the collector, long after the worker built the notice: it still
+    # says the request fell back, from where and why.
+    assert reply.status is ReplyStatus.FALLBACK and reply.served_tier is Tier.BRONZE, reply
+    assert [(a.tier, a.outcome) for a in reply.chain] == [(Tier.SILVER, "failed"), (Tier.BRONZE, "served")]
+    assert "stalled" in reply.chain[0].reason

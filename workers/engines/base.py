@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from pipeline.errors import UserFacingError
 from pipeline.lifecycle import Lifecycle
-from topics.schemas import Request
+from topics.schemas import Request, TierAttempt
+
+#: The tiers the request being generated went through before this one (fallbacks), set by serving
+#: around ``generate``. Request-scoped context outside the one engine protocol: an asynchronous
+#: engine (SageMaker jobs) keeps it so the job's final reply still names the whole chain.
+PRIOR_CHAIN: ContextVar[tuple[TierAttempt, ...]] = ContextVar("npcflow_prior_chain", default=())
 
 
 class EngineError(RuntimeError):

@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.config import Settings
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
-from workers.engines.base import EngineError, EngineResult, EngineUnavailable
+from workers.engines.base import PRIOR_CHAIN, EngineError, EngineResult, EngineUnavailable
 from workers.jobs.store import JobRecord, JobStore, aws_client
 
 #: SageMaker's own limits on the two per-request settings.
@@ -119,7 +119,13 @@ class SageMakerAsyncEngine(Lifecycle):
             engine=self.name,
             output_location=output,
             failure_location=failure or "",
-            extra={"input_location": input_location, "ttl_s": ttl_s, "invocation_timeout_s": timeout_s},
+            extra={
+                "input_location": input_location,
+                "ttl_s": ttl_s,
+                "invocation_timeout_s": timeout_s,
+                # The tiers tried before (a Silver request that fell back): the final reply names them.
+                "chain_before": [a.model_dump(mode="json") for a in PRIOR_CHAIN.get()],
+            },
         )
         await self.store.put_pending(record)
 

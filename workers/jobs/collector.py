@@ -33,7 +33,7 @@ from pipeline.lifecycle import Lifecycle
 from pipeline.readiness import mark_ready
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import OUTPUTS, REPLIES, Tier
-from topics.schemas import Output, Reply, ReplyStatus, Request
+from topics.schemas import Output, Reply, ReplyStatus, Request, TierAttempt
 from workers.engines.base import EngineResult
 from workers.jobs.store import COMPLETED, FAILED, JobRecord, JobStore
 from workers.resilience.fallback import attempt
@@ -176,10 +176,12 @@ class JobCollector(Lifecycle):
     ) -> Reply:
         request = Request.model_validate_json(json.dumps(record.request))
         job = Job(request, record.deadline_ms, request.reply_topic or self._default_reply_topic)
+        before = [TierAttempt.model_validate(a, strict=False) for a in record.extra.get("chain_before", [])]
         if result is not None:
-            status, chain = ReplyStatus.OK, [attempt(Tier.BRONZE, "served")]
+            chain = [*before, attempt(Tier.BRONZE, "served")]
+            status = ReplyStatus.FALLBACK if before else ReplyStatus.OK
         else:
-            status, chain = ReplyStatus.ERROR, [attempt(Tier.BRONZE, "failed", (error or "")[:300])]
+            status, chain = ReplyStatus.ERROR, [*before, attempt(Tier.BRONZE, "failed", (error or "")[:300])]
         reply = build_reply(
             job,
             Tier.BRONZE,
