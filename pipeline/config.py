@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.engine_settings import OpenAISettings, SageMakerSettings
 from pipeline.errors import UserFacingError
+from pipeline.kafka_security import KafkaSecurity, read_kafka_security
 
 ENV_KAFKA_BOOTSTRAP = "NPCFLOW_KAFKA_BOOTSTRAP"
 ENV_DATABASE_URL = "NPCFLOW_DATABASE_URL"
@@ -156,6 +157,8 @@ class KafkaOptions:
 
     fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS
     session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
+    #: TLS and SASL (``NPCFLOW_KAFKA_SECURITY_PROTOCOL`` …; :mod:`pipeline.kafka_security`).
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 @dataclass(frozen=True)
@@ -352,6 +355,7 @@ class Settings:
                 fetch_max_wait_ms=r.int(ENV_FETCH_MAX_WAIT_MS, DEFAULT_FETCH_MAX_WAIT_MS)
                 or DEFAULT_FETCH_MAX_WAIT_MS,
                 session_timeout_s=r.float(ENV_SESSION_TIMEOUT_S, DEFAULT_SESSION_TIMEOUT_S),
+                security=read_kafka_security(r.env),
             ),
             worker=WorkerSettings(
                 max_in_flight=r.int(ENV_MAX_IN_FLIGHT, None),

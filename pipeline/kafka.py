@@ -2,8 +2,10 @@
 
 Producers, consumers and admin clients all take their options from :class:`~pipeline.config.Settings`
 here, so the latency-path choices (``linger_ms`` 0, a small ``fetch_max_wait_ms``, a short session
-timeout; docs/architecture.md, "The embedded broker") are made once. faust's own clients are the
-exception: they are configured by :mod:`pipeline.router.transport` from the same settings.
+timeout; docs/architecture.md, "The embedded broker") are made once, and so is the TLS/SASL
+security (:mod:`pipeline.kafka_security`): no client of ours can connect in the clear to a cluster
+that asks for SASL_SSL. faust's own clients get the same security as ``broker_credentials``
+(:func:`pipeline.router.app.create_app`) and their fetch wait from :mod:`pipeline.router.transport`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def producer(settings: Settings, client_id: str, *, linger_ms: int = 0, **overri
         "client_id": client_id,
         "linger_ms": linger_ms,
         "acks": 1,
+        **settings.kafka.security.aiokafka_options(),
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
@@ -61,6 +64,7 @@ def consumer(
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": settings.kafka.fetch_max_wait_ms,
+        **settings.kafka.security.aiokafka_options(),
     }
     if group_id is not None:
         options.update(
@@ -72,7 +76,13 @@ def consumer(
 
 
 def admin(settings: Settings, client_id: str = "npcflow-admin", **overrides: Any) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(bootstrap_servers=settings.require_kafka(), client_id=client_id, **overrides)
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.require_kafka(),
+        "client_id": client_id,
+        **settings.kafka.security.aiokafka_options(),
+    }
+    options.update(overrides)
+    return AIOKafkaAdminClient(**options)
 
 
 async def create_missing_topics(client: AIOKafkaAdminClient, topics: Iterable[NewTopic]) -> dict[str, str]:

@@ -145,6 +145,9 @@ def create_app(
     app = faust.App(
         app_id or f"{prefix}npcflow-router",
         broker=f"npcflow://{settings.require_kafka()}",
+        # TLS/SASL as every other client of ours (pipeline.kafka_security): faust's aiokafka driver
+        # hands these to its consumer, producer and admin client.
+        broker_credentials=settings.kafka.security.faust_credentials(),
         store="memory://",
         datadir=str(datadir or Path(tempfile.mkdtemp(prefix="npcflow-router-"))),
         web_enabled=False,
