@@ -111,6 +111,42 @@ def topics_create(settings: Settings, prefix: str | None, reply_topics: tuple[st
         click.echo(f"{name}: {outcome}")
 
 
+@topics.command("acl")
+@click.option("--tenant", required=True, help="The tenant id (the reply topic's segment, as in tenant_id).")
+@click.option("--principal", default=None, help="The tenant's Kafka principal (default: User:<tenant>).")
+@click.option(
+    "--service-principal",
+    default="User:npcflow",
+    show_default=True,
+    help="The principal npcflow's router, workers and collector authenticate as.",
+)
+@click.option("--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX).")
+@click.option(
+    "--command-config", default="admin.properties", show_default=True, help="kafka-acls.sh's client file."
+)
+@click.pass_obj
+def topics_acl(
+    settings: Settings,
+    tenant: str,
+    principal: str | None,
+    service_principal: str,
+    prefix: str | None,
+    command_config: str,
+) -> None:
+    """Print the ACLs that make a tenant's reply topics readable by that tenant alone.
+
+    Prints kafka-acls.sh commands for a cluster admin to run; npcflow changes no ACL itself.
+    """
+    from topics.acl import AclError, render, tenant_acls
+
+    prefix = settings.topic_prefix if prefix is None else prefix
+    try:
+        acls = tenant_acls(tenant, prefix, principal=principal, service_principal=service_principal)
+    except AclError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(render(acls, settings.kafka_bootstrap or "$BOOTSTRAP", command_config))
+
+
 @topics.command("list")
 @click.option("--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX).")
 @click.pass_obj

@@ -23,6 +23,8 @@ from pipeline.cli import main
 from pipeline.config import Settings
 from pipeline.kafka_security import KafkaSecurity, KafkaSecurityError, read_kafka_security
 from pipeline.router.app import create_app
+from topics.acl import Acl, tenant_acls
+from topics.catalogue import reply_topic_problem
 
 BOOTSTRAP = {"NPCFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:9"}
 
@@ -217,3 +219,46 @@ def test_the_cli_reports_a_bad_protocol_in_one_line(monkeypatch: pytest.MonkeyPa
     result = CliRunner().invoke(main, ["topics", "list"])
     assert result.exit_code != 0
     assert "needs NPCFLOW_KAFKA_SASL_USERNAME" in result.output and "Traceback" not in result.output
+
+
+def _allowed(acls: list[Acl], principal: str, operation: str, topic: str) -> bool:
+    """Kafka's matching of topic ACLs: a literal name, or a prefix."""
+    return any(
+        acl.principal == principal
+        and operation in acl.operations
+        and acl.resource == "topic"
+        and (topic == acl.name if acl.pattern == "literal" else topic.startswith(acl.name))
+        for acl in acls
+    )
+
+
+@pytest.mark.parametrize("prefix", ["", "staging."])
+def test_a_tenants_reply_topics_are_readable_by_that_tenant_alone(prefix: str) -> None:
+    grants = {t: tenant_acls(t, prefix) for t in ("gs-eu-1", "gs-eu-12", "gs-us-1")}
+    every = [acl for acls in grants.values() for acl in acls]
+    own = [f"{prefix}npc.replies.gs-eu-1", f"{prefix}npc.replies.gs-eu-1.lobby"]
+    for topic in own:
+        assert reply_topic_problem(topic, prefix, "gs-eu-1") is None  # topics the router accepts
+        readers = {acl.principal for acl in every if _allowed([acl], acl.principal, "Read", topic)}
+        writers = {acl.principal for acl in every if _allowed([acl], acl.principal, "Write", topic)}
+        assert readers == {"User:gs-eu-1"}, topic
+        assert writers == {"User:npcflow"}, topic
+    # gs-eu-1's grants reach neither gs-eu-12's topics (a bare prefix would) nor the shared one.
+    for topic in (f"{prefix}npc.replies.gs-eu-12", f"{prefix}npc.replies.gs-eu-12.x", f"{prefix}npc.replies"):
+        assert not _allowed(grants["gs-eu-1"], "User:gs-eu-1", "Read", topic), topic
+    assert _allowed(grants["gs-eu-1"], "User:gs-eu-1", "Write", f"{prefix}npc.requests")
+
+
+def test_the_acl_command_prints_kafka_acls_lines() -> None:
+    result = CliRunner().invoke(
+        main, ["topics", "acl", "--tenant", "gs-eu-1", "--prefix", "p.", "--principal", "User:CN=gs-eu-1"]
+    )
+    assert result.exit_code == 0, result.output
+    commands = [line for line in result.output.splitlines() if line.startswith("kafka-acls.sh")]
+    assert len(commands) == len(tenant_acls("gs-eu-1"))
+    assert (
+        "--allow-principal User:CN=gs-eu-1 --operation Read --operation Describe "
+        "--topic p.npc.replies.gs-eu-1 --resource-pattern-type literal" in result.output
+    )
+    bad = CliRunner().invoke(main, ["topics", "acl", "--tenant", "../etc"])
+    assert bad.exit_code == 2 and "not a reply-topic segment" in bad.output
