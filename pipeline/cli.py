@@ -198,6 +198,7 @@ def run_router_cmd(settings: Settings) -> None:
 @click.pass_obj
 def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     """A tier worker: consume the tier topic, call the engine, reply."""
+    from pipeline.observability.families import set_role
     from pipeline.observability.metrics import serve_metrics
     from workers.engines import build_engine
     from workers.run import run_worker
@@ -212,6 +213,7 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
         silver = Tier.SILVER.value
         substitute = build_engine(settings.engines.spec_for(silver), silver, settings)
     serve_metrics(settings.process.metrics_port)
+    set_role(f"worker-{tier}")
     asyncio.run(run_worker(config, build_engine(spec, tier, settings), substitute))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.engine_settings import OpenAISettings, SageMakerSettings
 from pipeline.errors import UserFacingError
 from pipeline.kafka_security import KafkaSecurity, read_kafka_security
+from pipeline.observability.settings import ObservabilitySettings
 
 ENV_KAFKA_BOOTSTRAP = "NPCFLOW_KAFKA_BOOTSTRAP"
 ENV_DATABASE_URL = "NPCFLOW_DATABASE_URL"
@@ -68,6 +69,16 @@ ENV_JOBS_BUCKET = "NPCFLOW_JOBS_BUCKET"
 ENV_JOBS_POLL_S = "NPCFLOW_JOBS_POLL_S"
 ENV_JOBS_GIVE_UP_S = "NPCFLOW_JOBS_GIVE_UP_S"
 ENV_GPU_MODEL = "NPCFLOW_GPU_MODEL"
+ENV_SINK_BATCH_SIZE = "NPCFLOW_SINK_BATCH_SIZE"
+ENV_SINK_BATCH_MS = "NPCFLOW_SINK_BATCH_MS"
+ENV_SINK_RETRY_MAX_S = "NPCFLOW_SINK_RETRY_MAX_S"
+ENV_SINK_ATTEMPTS = "NPCFLOW_SINK_ATTEMPTS"
+ENV_SINK_BUCKET = "NPCFLOW_SINK_BUCKET"
+ENV_SINK_PG_SCHEMA = "NPCFLOW_SINK_PG_SCHEMA"
+ENV_SINK_MULTIPART_MB = "NPCFLOW_SINK_MULTIPART_MB"
+ENV_PRICING_FILE = "NPCFLOW_PRICING_FILE"
+ENV_METRICS_TARGETS = "NPCFLOW_METRICS_TARGETS"
+ENV_VALIDATE_MAX_LAG = "NPCFLOW_VALIDATE_MAX_LAG"
 
 #: Consumer fetch wait on latency paths: the embedded broker answers a waiting fetch late
 #: (docs/architecture.md, "The embedded broker").
@@ -300,6 +311,27 @@ class ClientSettings:
 
 
 @dataclass(frozen=True)
+class SinkSettings:
+    """The sinks on ``npc.outputs`` (docs/architecture.md, "Sinks")."""
+
+    #: A batch is written when it holds this many outputs ...
+    batch_size: int = 500
+    #: ... or when its first output has waited this long.
+    batch_ms: int = 200
+    #: Backoff between retries doubles from 0.1 s up to this.
+    retry_max_s: float = 10.0
+    #: Tries of a batch that fails with a non-connection error before its records are tried one by one
+    #: and the ones that still fail go to ``npc.outputs.dlq``.
+    attempts: int = 3
+    #: The S3 bucket of story arcs (``story-arcs/<prefix><request id>.json``).
+    bucket: str = "npcflow-story-arcs"
+    #: The PostgreSQL schema the tables live in (``npcflow db migrate`` creates it).
+    pg_schema: str = "public"
+    #: Objects larger than this are uploaded in parts (S3 multipart).
+    multipart_mb: int = 8
+
+
+@dataclass(frozen=True)
 class Settings:
     """Endpoints and every knob; ``None`` endpoints mean "not configured"."""
 
@@ -320,6 +352,8 @@ class Settings:
     embedded_broker: str = DEFAULT_EMBEDDED_BROKER
     intents: IntentSettings = field(default_factory=IntentSettings)
     client: ClientSettings = field(default_factory=ClientSettings)
+    sinks: SinkSettings = field(default_factory=SinkSettings)
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, stack_file: bool = True) -> Settings:
@@ -384,6 +418,13 @@ class Settings:
                 ready_file=r.str(ENV_READY_FILE),
             ),
             embedded_broker=broker,
+            observability=ObservabilitySettings(
+                pricing_file=r.str(ENV_PRICING_FILE),
+                metrics_targets=tuple(
+                    t.strip() for t in (r.str(ENV_METRICS_TARGETS) or "").split(",") if t.strip()
+                ),
+                max_lag=r.int(ENV_VALIDATE_MAX_LAG, 1000) or 0,
+            ),
             client=ClientSettings(
                 resend_after_s=r.float(ENV_CLIENT_RESEND_AFTER_S, 10.0),
                 max_resends=r.int(ENV_CLIENT_MAX_RESENDS, 3) or 0,
@@ -394,6 +435,15 @@ class Settings:
                 refresh_timeout_ms=r.int(ENV_INTENT_REFRESH_TIMEOUT_MS, 2000) or 2000,
                 defaults_file=r.str(ENV_DEFAULT_INTENTS_FILE),
                 fast_path=_flag(r, ENV_GOLD_FAST_PATH, True),
+            ),
+            sinks=SinkSettings(
+                batch_size=max(1, r.int(ENV_SINK_BATCH_SIZE, 500) or 500),
+                batch_ms=r.int(ENV_SINK_BATCH_MS, 200) or 0,
+                retry_max_s=r.float(ENV_SINK_RETRY_MAX_S, 10.0),
+                attempts=max(1, r.int(ENV_SINK_ATTEMPTS, 3) or 1),
+                bucket=r.str(ENV_SINK_BUCKET, "npcflow-story-arcs") or "npcflow-story-arcs",
+                pg_schema=r.str(ENV_SINK_PG_SCHEMA, "public") or "public",
+                multipart_mb=max(5, r.int(ENV_SINK_MULTIPART_MB, 8) or 8),
             ),
             resilience=ResilienceSettings(
                 breaker_failures=r.int(ENV_BREAKER_FAILURES, 5) or 5,

@@ -12,12 +12,19 @@ import os
 import time
 from pathlib import Path
 
+from pipeline.observability import server
+
 
 def mark_ready(path: str | None, detail: str = "") -> None:
-    """Write the ready file atomically; nothing to do when no supervisor asked for one."""
+    """/readyz answers 200 from now on; write the ready file atomically if a supervisor asked for one.
+
+    The file names the process's metrics port (a free one when ``NPCFLOW_METRICS_PORT=0``).
+    """
+    server.mark_ready(detail)
     if not path:
         return
     target = Path(path)
     tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "at": time.time(), "detail": detail}))
+    body = {"pid": os.getpid(), "at": time.time(), "detail": detail, "metrics_port": server.bound_port()}
+    tmp.write_text(json.dumps(body))
     tmp.replace(target)

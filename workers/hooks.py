@@ -7,7 +7,8 @@ add its own without touching the reply code.
 
 from __future__ import annotations
 
-from pipeline.observability import metrics
+from pipeline.observability import families, metrics
+from pipeline.observability.cost import CACHED, Pricing
 from topics.schemas import ServedBy
 from workers.serving import DeadLettered, Hooks, Replied
 
@@ -20,12 +21,18 @@ def record_reply_metrics(outcome: Replied) -> None:
     metrics.REPLY_LATENCY_MS.labels(tier).observe(reply.latency.total_ms)
     if reply.served_by is ServedBy.ENGINE:
         metrics.ENGINE_LATENCY_MS.labels(tier, reply.engine).observe(reply.latency.engine_ms)
+        families.observe_hop(tier, "engine", reply.latency.engine_ms)
+    if reply.late or reply.status.value == "expired":
+        families.sla_miss(tier, "late" if reply.late else "expired")
 
 
 def record_cost(outcome: Replied) -> None:
-    """The reply's estimated cost (priced by the routing policy) per tier and tenant."""
+    """The reply's cost (instance time, pricing.yaml) per tier and tenant; a cached answer's savings."""
     reply = outcome.reply
     metrics.COST_USD.labels(reply.tier.value, reply.tenant_id).inc(reply.cost_usd)
+    if reply.served_by.value in CACHED:
+        saved = Pricing.load().saved(reply.tier.value, reply.served_by.value)
+        families.COST_SAVED_USD.labels(reply.tier.value, reply.tenant_id).inc(saved)
 
 
 def record_dead_letter_metrics(outcome: DeadLettered) -> None:

@@ -30,6 +30,7 @@ from typing import Protocol
 from pipeline.deadlines import read_deadline
 from pipeline.intents import is_refresh
 from pipeline.observability import metrics
+from pipeline.observability.cost import Pricing
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, Tier
 from topics.schemas import (
@@ -165,8 +166,10 @@ class Serving:
         intents: IntentRefresh | None = None,
         fallback: FallbackStep | None = None,
         shedder: LoadShedder | None = None,
+        pricing: Pricing | None = None,
     ) -> None:
         self.tier = tier
+        self.pricing = pricing or Pricing.load()  # each reply's cost_usd (pricing.yaml)
         #: Where a request goes when this tier cannot answer in time (None: reply with the error).
         self.fallback = fallback
         self.shedder = shedder or LoadShedder(enabled=False)
@@ -232,6 +235,7 @@ class Serving:
             now,
             engine=self.engine.name,
             policy=self.policy,
+            pricing=self.pricing,
             result=result,
             chain=(*job.chain, attempt(self.tier, "served", "late: after the fallback answered")),
         )
@@ -333,6 +337,7 @@ class Serving:
             picked_ms,
             engine=engine,
             policy=self.policy,
+            pricing=self.pricing,
             result=result,
             error=error,
             chain=chain,
@@ -361,6 +366,7 @@ def build_reply(
     error: str | None = None,
     done_ms: float | None = None,
     chain: Sequence[TierAttempt] = (),
+    pricing: Pricing | None = None,
 ) -> Reply:
     """The one reply for ``job``: who served it, where the time went, what it cost, whether late."""
     request = job.request
@@ -386,7 +392,9 @@ def build_reply(
             engine_ms=max(0.0, done_ms - picked_ms) if result else 0.0,
             total_ms=max(0.0, done_ms - request.created_at_ms),
         ),
-        cost_usd=policy.cost_usd(tier, tokens.prompt + tokens.completion),
+        cost_usd=(pricing or Pricing.load()).reply_cost(
+            (served_tier or tier).value, served_by.value, max(0.0, done_ms - picked_ms) if result else 0.0
+        ),
         error=error[:2000] if error else error,
         served_tier=served_tier,
         chain=list(chain),

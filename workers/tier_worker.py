@@ -24,7 +24,8 @@ from aiokafka.structs import ConsumerRecord
 
 from pipeline import kafka
 from pipeline.lifecycle import Lifecycle
-from pipeline.observability import metrics
+from pipeline.observability import families, metrics
+from pipeline.observability.cost import Pricing
 from pipeline.readiness import mark_ready
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
@@ -106,6 +107,7 @@ class TierWorker(Lifecycle):
             intents=self.intents,
             fallback=FallbackStep(config.tier, policy, config.prefix, config.settings.resilience.fallback),
             shedder=LoadShedder(enabled=config.settings.resilience.shedding),
+            pricing=Pricing.from_settings(config.settings.observability),
         )
         self.stats = WorkerStats(serving=self.serving.stats)
         self.assigned = asyncio.Event()
@@ -129,6 +131,7 @@ class TierWorker(Lifecycle):
         self._outputs_producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self._topic = TIER_TOPICS[self.tier].name(config.prefix)
+        self._load = families.LoadExport(self.tier.value, config.group, self._topic)
         self._default_reply_topic = REPLIES.name(config.prefix)
         self.reply_topics = ReplyTopics(self._all_topics)
 
@@ -220,6 +223,7 @@ class TierWorker(Lifecycle):
             if time.monotonic() - last_commit >= self.config.commit_interval_s:
                 await self._commit()
                 last_commit = time.monotonic()
+                await self._load.export(self._offsets.in_flight(), self.lag)
 
     def _spawn(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         self._offsets.started(tp, record.offset)
@@ -276,10 +280,12 @@ class TierWorker(Lifecycle):
         except Exception as exc:  # a bug in serving must not lose the request: dead-letter it
             log.exception("%s worker failed on %s@%d", self.tier.value, record.topic, record.offset)
             outcome = self.serving.dead_letter(record, f"worker error: {type(exc).__name__}: {exc}")
+        started = time.perf_counter()
         try:
             await self._produce(outcome)
         except Exception as exc:
             return self._fail(exc, record)
+        families.observe_hop(self.tier.value, "reply", (time.perf_counter() - started) * 1000)
         return True
 
     async def _serve(self, record: ConsumerRecord) -> Outcome:
@@ -305,9 +311,14 @@ class TierWorker(Lifecycle):
         if shed is not None:
             self._queued.discard(task)
             return shed
+        tier = self.tier.value
+        queued_ms = time.time() * 1000
+        families.observe_hop(tier, "tier_wait", queued_ms - record.timestamp)  # router produced it then
         async with self._slots.slot(accepted.request.tenant_id):
             self._queued.discard(task)
-            return await self.serving.serve(accepted)
+            families.observe_hop(tier, "slot_wait", time.time() * 1000 - queued_ms)
+            with families.IN_FLIGHT.labels(tier).track_inprogress():
+                return await self.serving.serve(accepted)
 
     async def _all_topics(self) -> set[str]:
         assert self._consumer is not None

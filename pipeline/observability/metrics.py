@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 16, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
@@ -63,6 +63,13 @@ INTENT_UPDATES = Counter(
     "Refreshes served by Gold workers: written, engine_error, expired, empty",
     ["result"],
 )
+SINK_WRITTEN = Counter("npcflow_sink_written_total", "Outputs a sink wrote (committed after)", ["sink"])
+SINK_RETRIES = Counter(
+    "npcflow_sink_retries_total", "Batch writes retried, by why: unavailable or error", ["sink", "reason"]
+)
+SINK_BATCH_MS = Histogram(
+    "npcflow_sink_batch_ms", "One successful batch write, milliseconds", ["sink"], buckets=LATENCY_BUCKETS_MS
+)
 
 
 def percentiles(values: list[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:
@@ -74,8 +81,10 @@ def percentiles(values: list[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict
 
 
 def serve_metrics(port: int | None) -> int | None:
-    """Expose /metrics on 127.0.0.1:port (``NPCFLOW_METRICS_PORT``); None serves nothing."""
-    if not port:
-        return None
-    start_http_server(port, addr="127.0.0.1")
-    return port
+    """Expose /metrics, /healthz and /readyz on 127.0.0.1:port (``NPCFLOW_METRICS_PORT``).
+
+    None serves nothing; 0 binds a free port, written to the ready file (``server.py``).
+    """
+    from pipeline.observability import server
+
+    return server.serve(port)

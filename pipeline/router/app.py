@@ -23,7 +23,8 @@ from pipeline import kafka
 from pipeline.config import Settings
 from pipeline.intents import IntentCache
 from pipeline.lifecycle import Lifecycle
-from pipeline.observability import metrics
+from pipeline.observability import families, metrics
+from pipeline.observability.cost import Pricing
 from pipeline.readiness import mark_ready
 from pipeline.router.gold import GoldPath, Produce, Record
 from pipeline.router.logic import Headers, Router, RouterStats, Source
@@ -98,6 +99,7 @@ def _gold_path(app: faust.App, settings: Settings, produce: Produce, record: Rec
         settings=settings.intents,
         prefix=settings.topic_prefix,
         topic_exists=reply_topics.exists,
+        pricing=Pricing.from_settings(settings.observability),
     )
 
 
@@ -210,6 +212,7 @@ def run_router(settings: Settings, loglevel: str = "info") -> None:
     sys.setswitchinterval(settings.process.gil_switch_s)
     settings.require_kafka()
     metrics.serve_metrics(settings.process.metrics_port)
+    families.set_role("router")
     # faust wants a data directory even with in-memory tables; it holds nothing worth keeping.
     with tempfile.TemporaryDirectory(prefix="npcflow-router-") as datadir:
         app, _ = create_app(settings, datadir=Path(datadir))

@@ -21,7 +21,8 @@ from typing import Protocol
 from pipeline.config import IntentSettings
 from pipeline.deadlines import now_ms
 from pipeline.intents import DefaultIntents, Listener, SeenIntent, archetype_of, refresh_headers
-from pipeline.observability import metrics
+from pipeline.observability import families, metrics
+from pipeline.observability.cost import Pricing
 from pipeline.router.policy import Route
 from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
 from topics.schemas import Intent, Latency, Output, Reply, ReplyStatus, Request, ServedBy, TierAttempt
@@ -72,8 +73,10 @@ class GoldPath:
         prefix: str = "",
         topic_exists: TopicExists | None = None,
         clock: Callable[[], int] = now_ms,
+        pricing: Pricing | None = None,
     ) -> None:
         settings = settings or IntentSettings()
+        self.pricing = pricing or Pricing.load()
         self.intents = intents
         self.defaults = defaults or DefaultIntents.from_settings(settings)
         self.refresh_interval_ms = settings.refresh_interval_ms
@@ -133,6 +136,7 @@ class GoldPath:
         self.stats.answered[reply.served_by.value] += 1
         metrics.REPLIES.labels(Tier.GOLD.value, reply.status.value, reply.served_by.value).inc()
         metrics.REPLY_LATENCY_MS.labels(Tier.GOLD.value).observe(reply.latency.total_ms)
+        families.gold_answered(reply.tenant_id, reply.served_by.value, reply.late, self.pricing)
         return True
 
     def should_refresh(self, npc_id: str, seen: SeenIntent, now: int) -> bool:

@@ -9,13 +9,14 @@ partition (docs/architecture.md, "Delivery guarantees").
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from pipeline.deadlines import deadline_headers, now_ms
-from pipeline.observability import metrics
+from pipeline.observability import families, metrics
 from pipeline.router.gold import GoldPath
 from pipeline.router.policy import Route, RoutingPolicy, Unroutable
 from topics.catalogue import DLQ, ROUTING, TIER_TOPICS, Tier
@@ -98,9 +99,11 @@ class Router:
             return Outcome.DEAD_LETTERED
 
     async def _route(self, raw: bytes | None, source: Source) -> Outcome:
+        started = time.perf_counter()
         try:
             request = self.validate(raw)
-            route = self.policy.route(request, received_ms=self._clock())
+            received_ms = self._clock()
+            route = self.policy.route(request, received_ms=received_ms)
         except InvalidEvent as exc:
             await self.reject(raw, source, exc.reason, exc.errors)
             return Outcome.DEAD_LETTERED
@@ -118,6 +121,8 @@ class Router:
         decision = self._decision(request, route, diverted_from)
         await self._record(self._routing, request.request_id.encode(), decision.to_bytes())
         self.stats.routed[route.tier.value] += 1
+        families.observe_hop(route.tier.value, "intake", received_ms - request.created_at_ms)
+        families.observe_hop(route.tier.value, "router", (time.perf_counter() - started) * 1000)
         metrics.ROUTED.labels(route.tier.value, route.sla.value, str(route.contradiction is not None)).inc()
         if route.contradiction:
             log.info("request %s: %s", request.request_id, route.reason)

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 from pipeline.config import Settings, WorkerSettings
 from pipeline.deadlines import deadline_headers, now_ms
+from pipeline.observability.cost import Pricing
 from pipeline.router.policy import RoutingPolicy
 from tests.examples import VALID_REQUEST, encode
 from topics.catalogue import Tier
@@ -69,7 +70,8 @@ async def test_an_engine_result_becomes_an_ok_reply_and_its_output() -> None:
     assert reply.request_id == req.request_id and reply.tier is Tier.GOLD
     assert reply.engine == engine.name and reply.text.startswith("[npc-1] scripted reply")
     assert (reply.tokens.prompt, reply.tokens.completion) == (4, 6)
-    assert reply.cost_usd == POLICY.cost_usd(Tier.GOLD, 10) and reply.cost_usd > 0
+    # GPU-seconds the engine held, at Gold's rate (pipeline/observability/pricing.yaml).
+    assert reply.cost_usd == Pricing.load().reply_cost("gold", "engine", reply.latency.engine_ms)
     assert not reply.late and reply.error is None
     assert outcome.reply_topic == f"{PREFIX}npc.replies"
     assert outcome.outputs_topic == f"{PREFIX}npc.outputs"

@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 from pipeline import kafka
 from pipeline.config import Settings
 from pipeline.lifecycle import Lifecycle
+from pipeline.observability.cost import Pricing
 from pipeline.readiness import mark_ready
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import OUTPUTS, REPLIES, Tier
@@ -189,6 +190,7 @@ class JobCollector(Lifecycle):
             float(record.submitted_at_ms),
             engine=record.engine,
             policy=self.policy,
+            pricing=Pricing.from_settings(self.settings.observability),
             result=result,
             error=error,
             chain=chain,
