@@ -22,7 +22,7 @@ from devstack.broker import broker_identity
 from devstack.stack import EmbeddedStack
 from pipeline import kafka
 from pipeline.config import Settings
-from topics.admin import create_topics
+from topics.admin import create_embedded_topics
 from topics.catalogue import BENCHMARK_TOPIC_CONFIG, TopicSpec
 from topics.schemas import Request, Sla
 
@@ -58,7 +58,7 @@ def fresh_prefix(label: str) -> str:
 
 
 def create_fresh_topics(settings: Settings, prefix: str) -> None:
-    asyncio.run(create_topics(settings, prefix, overrides=BENCHMARK_TOPIC_CONFIG))
+    asyncio.run(create_embedded_topics(settings, prefix, overrides=BENCHMARK_TOPIC_CONFIG))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -77,7 +77,11 @@ async def records_per_partition(
     await consumer.start()
     try:
         base = {spec.name(prefix): spec.base for spec in specs}
-        tps = [TopicPartition(spec.name(prefix), p) for spec in specs for p in range(spec.partitions)]
+        tps = [
+            TopicPartition(spec.name(prefix), p)
+            for spec in specs
+            for p in sorted(consumer.partitions_for_topic(spec.name(prefix)) or [])
+        ]
         consumer.assign(tps)
         starts = await consumer.beginning_offsets(tps)
         for tp in tps:

@@ -43,7 +43,7 @@ from pipeline import eventloop
 from pipeline.config import ENV_GOLD_FAST_PATH, ENV_METRICS_PORT, ENV_TOPIC_PREFIX, Settings
 from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
-from topics.admin import create_topics
+from topics.admin import create_embedded_topics
 from topics.catalogue import BENCHMARK_TOPIC_CONFIG, REPLIES, REQUESTS, Tier
 from topics.schemas import Intent, Reply, Request, Sla
 
@@ -338,7 +338,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
         tag = uuid.uuid4().hex[:6]
         pipe, floor = f"bench.gold.{tag}.", f"bench.floor2.{tag}."
         for prefix in (pipe, floor):
-            asyncio.run(create_topics(settings, prefix, overrides=BENCHMARK_TOPIC_CONFIG))
+            asyncio.run(create_embedded_topics(settings, prefix, overrides=BENCHMARK_TOPIC_CONFIG))
         env = {
             k: v
             for k, v in {

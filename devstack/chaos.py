@@ -12,7 +12,7 @@ Each scenario starts its own pipeline under a fresh topic prefix, drives load th
   at 10x its rate; the quiet tenant's p95 is compared across the two phases.
 - ``broker-kill``: the embedded broker is killed with SIGKILL and restarted on the same data
   directory (noida-db keeps its state on disk); every accepted request must still be answered.
-  noida-db acknowledges records before it writes them, so a SIGKILL forgets the last ≈ 0.2–0.8 s
+  noida-db acknowledges records before it writes them, so a SIGKILL forgets the last ≈ 0.2-0.8 s
   of acknowledged records (a forwarded request, a reply); the SDK's resend of overdue requests
   is what answers those, and the report counts them (``resent``, ``lost_trace``).
 

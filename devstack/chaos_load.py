@@ -34,8 +34,8 @@ from pipeline import config, kafka
 from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import Settings
 from pipeline.observability.metrics import percentiles
-from topics.admin import create_topics
-from topics.catalogue import DLQ, EMBEDDED_TOPIC_CONFIG, Tier
+from topics.admin import create_embedded_topics
+from topics.catalogue import DLQ, Tier
 from topics.schemas import Reply, ReplyStatus, Sla
 
 log = logging.getLogger("npcflow.chaos")
@@ -118,7 +118,7 @@ class Run:
         )
 
     def run(self) -> dict[str, Any]:
-        asyncio.run(create_topics(self.settings, self.prefix, overrides=EMBEDDED_TOPIC_CONFIG))
+        asyncio.run(create_embedded_topics(self.settings, self.prefix))
         engines = dict(self.spec.engines)
         if self.spec.name == "engine-outage":
             # Workers take a few seconds to join; the outage is by the wall clock, so it is set

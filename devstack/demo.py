@@ -28,8 +28,8 @@ from pipeline import kafka
 from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import ENV_EMBEDDED_THREADS, TIERS, ConfigError, Settings
 from pipeline.observability.metrics import percentiles
-from topics.admin import create_topics
-from topics.catalogue import DLQ, EMBEDDED_TOPIC_CONFIG, REQUESTS, Tier
+from topics.admin import create_embedded_topics
+from topics.catalogue import DLQ, REQUESTS, Tier
 from topics.schemas import Reply, ReplyStatus, Request, Sla
 
 log = logging.getLogger("npcflow.demo")
@@ -339,7 +339,7 @@ def _run_demo(
         endpoints = stack.endpoints
         assert endpoints is not None
         settings = endpoints.apply_to(settings)
-        asyncio.run(create_topics(settings, prefix, overrides=EMBEDDED_TOPIC_CONFIG))
+        asyncio.run(create_embedded_topics(settings, prefix))
         env = endpoints.as_env() | stack.engine_env | {ENV_EMBEDDED_THREADS: "1"}
         for proc in stack.processes:  # CPU model servers yield to the router, like the embedded workers
             if proc.name in ("llama", "sagemaker"):

@@ -10,7 +10,13 @@ from aiokafka.admin import NewTopic
 
 from pipeline import kafka
 from pipeline.config import ConfigError, Settings
-from topics.catalogue import CATALOGUE, REPLIES, TopicSpec, reply_topic_pattern
+from topics.catalogue import (
+    CATALOGUE,
+    EMBEDDED_TOPIC_CONFIG,
+    REPLIES,
+    TopicSpec,
+    reply_topic_pattern,
+)
 
 log = logging.getLogger("npcflow.topics")
 
@@ -30,6 +36,16 @@ async def create_topics(
     """
     prefix = settings.topic_prefix if prefix is None else prefix
     return await _create(settings, (_new_topic(spec.name(prefix), spec, overrides) for spec in specs))
+
+
+async def create_embedded_topics(
+    settings: Settings, prefix: str | None = None, *, overrides: Mapping[str, str] = EMBEDDED_TOPIC_CONFIG
+) -> dict[str, str]:
+    """The catalogue as the dev stack, demo, tests and benchmarks create it: short retention.
+
+    Production topics keep the catalogue's retention (:func:`create_topics` without overrides).
+    """
+    return await create_topics(settings, prefix, overrides=overrides)
 
 
 async def create_reply_topics(

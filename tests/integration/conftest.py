@@ -18,8 +18,7 @@ import pytest
 from devstack.endpoints import StackEndpoints
 from devstack.stack import EmbeddedStack
 from pipeline.config import Settings
-from topics.admin import create_topics
-from topics.catalogue import EMBEDDED_TOPIC_CONFIG
+from topics.admin import create_embedded_topics
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +46,7 @@ def kafka(settings: Settings) -> str:
 def prefix(settings: Settings) -> str:
     """A fresh topic prefix with the whole catalogue created under it, with the dev stack's retention."""
     value = f"t{uuid.uuid4().hex[:8]}."
-    asyncio.run(create_topics(settings, value, overrides=EMBEDDED_TOPIC_CONFIG))
+    asyncio.run(create_embedded_topics(settings, value))
     return value
 
 

@@ -7,13 +7,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from click.testing import CliRunner
 
 from pipeline import kafka as kafka_clients
 from pipeline.cli import main
 from pipeline.config import ConfigError, Settings
-from topics.admin import create_reply_topics, create_topics
-from topics.catalogue import CATALOGUE, GAME_STATE, REPLIES, REQUESTS
+from topics.admin import create_embedded_topics, create_reply_topics, create_topics
+from topics.catalogue import CATALOGUE, EMBEDDED_TOPIC_CONFIG, GAME_STATE, REPLIES, REQUESTS, REQUESTS_GOLD
 
 
 async def partitions(settings: Settings, topic: str) -> int:
@@ -26,6 +27,18 @@ async def partitions(settings: Settings, topic: str) -> int:
         await admin.close()
 
 
+async def topic_config(settings: Settings, topic: str) -> dict[str, str]:
+    admin = kafka_clients.admin(settings)
+    await admin.start()
+    try:
+        [resource] = (await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)]))[
+            0
+        ].resources
+        return {name: value for name, value, *_ in resource[4]}
+    finally:
+        await admin.close()
+
+
 def test_create_topics_is_idempotent_and_uses_the_prefix(settings: Settings) -> None:
     prefix = f"idem{uuid.uuid4().hex[:6]}."
     first = asyncio.run(create_topics(settings, prefix))
@@ -34,6 +47,18 @@ def test_create_topics_is_idempotent_and_uses_the_prefix(settings: Settings) -> 
     assert second == {spec.name(prefix): "exists" for spec in CATALOGUE}
     assert asyncio.run(partitions(settings, REQUESTS.name(prefix))) == REQUESTS.partitions
     assert GAME_STATE.config() == {"cleanup.policy": "compact"}
+
+
+def test_embedded_topics_keep_little_and_production_topics_keep_the_catalogues_retention(
+    settings: Settings,
+) -> None:
+    prefix = f"emb{uuid.uuid4().hex[:6]}."
+    asyncio.run(create_embedded_topics(settings, prefix))
+    asyncio.run(create_topics(settings, f"prod{prefix}"))
+    embedded = asyncio.run(topic_config(settings, REQUESTS_GOLD.name(prefix)))
+    production = asyncio.run(topic_config(settings, REQUESTS_GOLD.name(f"prod{prefix}")))
+    assert embedded["retention.ms"] == EMBEDDED_TOPIC_CONFIG["retention.ms"]
+    assert production["retention.ms"] == str(REQUESTS_GOLD.retention_ms)
 
 
 def test_topics_create_command_reads_the_environment(kafka: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
