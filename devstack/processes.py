@@ -8,6 +8,8 @@ we die) and is "ready" once its consumer group assigned it partitions (:mod:`pip
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -93,6 +95,16 @@ class PipelineProcesses:
     def stop(self) -> None:
         stop_processes([p for p, _ in self.procs])
         self.procs.clear()
+
+    def metrics_targets(self) -> dict[str, str]:
+        """``{process name: "127.0.0.1:port"}`` of each ready process's /metrics (NPCFLOW_METRICS_PORT)."""
+        targets = {}
+        for proc, ready in self.procs:
+            with contextlib.suppress(OSError, ValueError):
+                port = json.loads(ready.read_text()).get("metrics_port")
+                if port:
+                    targets[proc.name] = f"127.0.0.1:{port}"
+        return targets
 
     def __enter__(self) -> PipelineProcesses:
         self.start()

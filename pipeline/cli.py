@@ -217,6 +217,27 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     asyncio.run(run_worker(config, build_engine(spec, tier, settings), substitute))
 
 
+@run.command("mcp")
+@click.option(
+    "--transport",
+    type=click.Choice(["http", "stdio"]),
+    default="http",
+    show_default=True,
+    help="http: streamable HTTP at http://HOST:PORT/mcp for many workers; stdio: a worker's child.",
+)
+@click.option("--host", default=None, help="HTTP bind address (default: NPCFLOW_MCP_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="HTTP port (default: NPCFLOW_MCP_PORT, 8765; 0: a free one).")
+@click.pass_obj
+def run_mcp_cmd(settings: Settings, transport: str, host: str | None, port: int | None) -> None:
+    """The game-state MCP server: follows game.state, serves Silver's tools and rag_search."""
+    from pipeline.observability.metrics import serve_metrics
+    from workers.game_state.server import serve_mcp
+
+    if transport == "http":  # a stdio child shares its worker's environment, metrics port included
+        serve_metrics(settings.process.metrics_port)
+    asyncio.run(serve_mcp(settings, "stdio" if transport == "stdio" else "http", host, port))
+
+
 @run.command("collector")
 @click.pass_obj
 def run_collector_cmd(settings: Settings) -> None:
@@ -249,6 +270,16 @@ def job_get(settings: Settings, job_id: str) -> None:
     if record is None:
         raise click.ClickException(f"no job {job_id!r} in s3://{store.bucket}/{store.namespace}")
     click.echo(json.dumps(dataclasses.asdict(record), indent=2))
+
+
+def _observability_commands() -> None:
+    """validate, cost and top live in pipeline/observability/commands.py (imports only click there)."""
+    from pipeline.observability import commands
+
+    main.add_command(commands.validate_cmd)
+
+
+_observability_commands()
 
 
 if __name__ == "__main__":

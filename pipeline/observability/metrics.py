@@ -70,6 +70,29 @@ SINK_RETRIES = Counter(
 SINK_BATCH_MS = Histogram(
     "npcflow_sink_batch_ms", "One successful batch write, milliseconds", ["sink"], buckets=LATENCY_BUCKETS_MS
 )
+RESULT_CACHE = Counter(
+    "npcflow_result_cache_total",
+    "Result-cache lookups before generating: hit, miss, bypass (the request needs live game state)",
+    ["tier", "result"],
+)
+ENGINE_MS_SAVED = Counter(
+    "npcflow_engine_ms_saved_total",
+    "Engine time the result cache saved: the earlier answer's engine_ms, summed per hit",
+    ["tier"],
+)
+TOOL_CALLS = Counter(
+    "npcflow_tool_calls_total",
+    "MCP tool calls for requests' tools, by outcome: ok, error, timeout, unavailable, refused",
+    ["call", "outcome"],
+)
+TOOL_LATENCY_MS = Histogram(
+    "npcflow_tool_latency_ms", "One MCP tool call, milliseconds", ["call"], buckets=LATENCY_BUCKETS_MS
+)
+GAME_STATE_RECORDS = Counter(
+    "npcflow_game_state_records_total",
+    "game.state records the MCP server read: applied, stale (older version), deleted, invalid",
+    ["result"],
+)
 
 
 def percentiles(values: list[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:

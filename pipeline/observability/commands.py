@@ -1,0 +1,95 @@
+"""``npcflow validate``, ``npcflow cost report`` and ``npcflow top``: thin shells over this package."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import click
+
+from pipeline.config import Settings
+from topics.catalogue import Tier
+
+TIER_CHOICES = [t.value for t in Tier] + ["all"]
+
+
+def _targets(settings: Settings, given: tuple[str, ...]) -> list[str]:
+    return list(given) or list(settings.observability.metrics_targets)
+
+
+def _print_human(result: dict[str, Any]) -> None:
+    for tier in (t.value for t in Tier):
+        r = result.get(tier)
+        if r is None:
+            continue
+        verdict = "ok" if r["ok"] else "FAIL"
+        sla = "within SLA" if r["within_sla"] else "NOT within SLA"
+        latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f} ms"
+        click.echo(f"{tier:7} {verdict:4}  {latency:>10} (budget {r['budget_ms']} ms, {sla})  {r['details']}")
+        for problem in r["problems"]:
+            click.echo(f"        ✗ {problem}")
+    metrics = result.get("metrics")
+    if metrics is not None:
+        problems = f"missing {metrics['missing']}, unreachable {metrics['unreachable']}"
+        state = "ok" if metrics["ok"] else problems
+        click.echo(f"metrics {len(metrics['families'])} npcflow families scraped: {state}")
+    click.echo("validation " + ("passed" if result["ok"] else "FAILED"))
+
+
+@click.command("validate")
+@click.argument("tier", type=click.Choice(TIER_CHOICES))
+@click.option("--embedded", is_flag=True, help="Start a fresh embedded deployment, validate it, stop it.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option(
+    "--engines",
+    default=None,
+    metavar="TIER=ENGINE,…",
+    help="With --embedded: engines per tier (default: NPCFLOW_ENGINE_<TIER>, NPCFLOW_ENGINE, embedded).",
+)
+@click.option("--burst", default=20, show_default=True, help="Gold requests judged for the p95.")
+@click.option(
+    "--metrics",
+    "metrics_targets",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A process's metrics port to scrape (repeatable; default NPCFLOW_METRICS_TARGETS).",
+)
+@click.pass_obj
+def validate_cmd(
+    settings: Settings,
+    tier: str,
+    embedded: bool,
+    as_json: bool,
+    engines: str | None,
+    burst: int,
+    metrics_targets: tuple[str, ...],
+) -> None:
+    """Probe TIER (or all) end to end: answered by the right tier, breaker closed, lag bounded,
+    latency judged against the configured budgets. Exits 1 on failure."""
+    from pipeline.observability.scrape import scrape
+    from pipeline.observability.validate import Validator, metrics_report
+    from pipeline.observability.validate import as_json as to_json
+
+    tiers = list(Tier) if tier == "all" else [Tier(tier)]
+
+    def progress(line: str) -> None:
+        if not as_json:
+            click.echo(f"… {line}", err=True)
+
+    if embedded:
+        from pipeline.observability.embedded import validate_embedded
+
+        result = validate_embedded(settings, tiers, engines=engines, burst=burst, progress=progress)
+    else:
+        settings.require_kafka()
+        progress(f"probing {', '.join(t.value for t in tiers)} on {settings.kafka_bootstrap}")
+        reports = asyncio.run(Validator(settings, burst=burst).run(tiers))
+        targets = _targets(settings, metrics_targets)
+        result = to_json(reports, metrics_report(scrape(targets)) if targets else None)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        _print_human(result)
+    sys.exit(0 if result["ok"] else 1)
