@@ -150,6 +150,15 @@ INTENTS = TopicSpec(
     compacted=True,
 )
 
+SINK_DLQ = TopicSpec(
+    "npc.outputs.dlq",
+    "sink",
+    1,
+    "Outputs a sink could not write for good (key = the sink's name), with the reason.",
+    "DeadLetter",
+    retention_ms=30 * DAY_MS,
+)
+
 
 #: Kafka's own limit is 249 characters; ours leaves room for a prefix and keeps names readable.
 MAX_REPLY_TOPIC_CHARS = 200
@@ -205,6 +214,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     DLQ,
     GAME_STATE,
     INTENTS,
+    SINK_DLQ,
 )
 
 TIER_TOPICS: dict[Tier, TopicSpec] = {

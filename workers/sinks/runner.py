@@ -1,0 +1,313 @@
+"""The one sink runner: ``npc.outputs`` → batches → ``sink.write`` → commit (docs/architecture.md, "Sinks").
+
+Each sink runs in its own consumer group (``<prefix>npcflow-sink-<name>``), so a slow or dead
+store holds up nobody but itself: the replies never wait for a sink, and the other sinks keep
+their own offsets. The runner, written once for every sink:
+
+- **batches** by size (``NPCFLOW_SINK_BATCH_SIZE``) and time (``NPCFLOW_SINK_BATCH_MS``), across
+  partitions;
+- **commits** a partition's offsets only after every record up to them was written (or
+  dead-lettered): a crash at any point replays the uncommitted batch, and the sinks' writes are
+  idempotent on the request id, so nothing is lost and nothing is written twice;
+- **retries** with exponential backoff: forever while the store is unreachable (the sink's
+  ``transient`` errors — the records are not at fault), ``NPCFLOW_SINK_ATTEMPTS`` times for any
+  other error; then it splits the batch in halves until the records that fail alone are found,
+  and sends each of those to ``npc.outputs.dlq`` with the reason (key = the sink's name);
+- **hands back** on a rebalance: a batch still retrying is abandoned uncommitted, so the
+  partition's next owner reads it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
+
+from pipeline import kafka
+from pipeline.config import Settings
+from pipeline.lifecycle import Lifecycle
+from pipeline.observability import metrics
+from pipeline.readiness import mark_ready
+from topics.catalogue import OUTPUTS, SINK_DLQ
+from topics.schemas import DeadLetter, InvalidEvent, Output, field_errors
+from workers.sinks.base import Sink
+from workers.sinks.exceptions import SinkUnavailable
+
+log = logging.getLogger("npcflow.sinks")
+
+#: First backoff between two tries of a batch; it doubles up to ``NPCFLOW_SINK_RETRY_MAX_S``.
+FIRST_BACKOFF_S = 0.1
+
+
+class SinkFailed(RuntimeError):
+    """The runner cannot go on (its consumer or the dead-letter producer failed); exit and restart."""
+
+
+@dataclass
+class SinkStats:
+    written: int = 0
+    batches: int = 0
+    retries: int = 0
+    dead_lettered: int = 0
+    #: Batches abandoned uncommitted on a rebalance or stop (read again by the next owner).
+    handed_back: int = 0
+
+
+@dataclass(frozen=True)
+class _Item:
+    record: ConsumerRecord
+    output: Output
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, runner: SinkRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.runner._release(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        partitions = sorted(tp.partition for tp in assigned)
+        log.info("%s sink assigned %s", self.runner.sink.name, partitions)
+        if partitions:
+            self.runner.assigned.set()
+            ready_file = self.runner.settings.process.ready_file
+            mark_ready(ready_file, f"{self.runner.sink.name} sink assigned {partitions}")
+
+
+class SinkRunner(Lifecycle):
+    """``start()``, ``run()`` until :meth:`request_stop`, ``stop()`` (which writes what is buffered)."""
+
+    def __init__(self, sink: Sink, settings: Settings, *, group_id: str | None = None) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.options = settings.sinks
+        prefix = settings.topic_prefix
+        self.topic = OUTPUTS.name(prefix)
+        self.dlq_topic = SINK_DLQ.name(prefix)
+        self.group = group_id or f"{prefix}npcflow-sink-{sink.name}"
+        self.stats = SinkStats()
+        self.assigned = asyncio.Event()
+        self._buffer: list[ConsumerRecord] = []
+        self._first_at: float | None = None
+        #: Bumped on every revoke and on stop: a batch retrying under an older generation gives up.
+        self._generation = 0
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    async def _start(self) -> None:
+        await self.sink.start()
+        name = self.sink.name
+        self._producer = kafka.producer(self.settings, f"npcflow-sink-{name}-dlq", linger_ms=5)
+        await self._producer.start()
+        self._consumer = kafka.consumer(self.settings, f"npcflow-sink-{name}", group_id=self.group)
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        log.info("%s sink started on %s (group %s)", name, self.topic, self.group)
+
+    async def _stop(self) -> None:
+        """Write what is buffered (one try: a store that is down keeps it for the next owner), close."""
+        self._stopping.set()
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._flush()
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        await self.sink.stop()
+        log.info("%s sink stopped: %s", self.sink.name, self.stats)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to finish; safe from a signal handler."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def run(self) -> None:
+        """Consume, batch and write until :meth:`request_stop`."""
+        assert self._consumer is not None, "start() first"
+        batch_s = self.options.batch_ms / 1000
+        while not self._stopping.is_set():
+            generation = self._generation
+            wait_s = 0.1 if self._first_at is None else max(0.0, self._first_at + batch_s - time.monotonic())
+            room = max(1, self.options.batch_size - len(self._buffer))
+            fetched = await self._consumer.getmany(timeout_ms=int(wait_s * 1000), max_records=room)
+            if generation != self._generation:
+                # A rebalance came while we fetched: records of partitions still ours are read again.
+                for tp, records in fetched.items():
+                    if records and tp in self._consumer.assignment():
+                        self._consumer.seek(tp, records[0].offset)
+                continue
+            for records in fetched.values():
+                if records and self._first_at is None:
+                    self._first_at = time.monotonic()
+                self._buffer.extend(records)
+            due = self._first_at is not None and time.monotonic() - self._first_at >= batch_s
+            if self._buffer and (len(self._buffer) >= self.options.batch_size or due):
+                await self._flush()
+
+    # -- one batch ----------------------------------------------------------------------------
+    async def _flush(self) -> None:
+        async with self._lock:
+            records, self._buffer, self._first_at = self._buffer, [], None
+            if not records:
+                return
+            generation = self._generation
+            items = await self._parse(records)
+            if items and not await self._write(items, generation, self.options.attempts):
+                self.stats.handed_back += 1
+                self._seek_back(records)
+                return
+            await self._commit(records)
+
+    async def _parse(self, records: Sequence[ConsumerRecord]) -> list[_Item]:
+        """Outputs of the batch; a record that is not one goes to the dead-letter topic now."""
+        items = []
+        for record in records:
+            try:
+                items.append(_Item(record, Output.from_bytes(record.value)))
+            except ValidationError as exc:
+                errors = field_errors(exc)
+                shown = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
+                await self._dead_letter(record, f"not a valid output: {shown}", errors)
+            except InvalidEvent as exc:
+                await self._dead_letter(record, f"not a valid output: {exc.reason}", exc.errors)
+        return items
+
+    async def _write(self, items: list[_Item], generation: int, attempts: int) -> bool:
+        """Write ``items`` (retrying, splitting, dead-lettering); False if abandoned by a revoke or stop."""
+        delay, tries = FIRST_BACKOFF_S, 0
+        failure: Exception | None = None
+        while True:
+            began = time.perf_counter()
+            try:
+                await self.sink.write([item.output for item in items])
+            except Exception as exc:
+                transient = isinstance(exc, (SinkUnavailable, *self.sink.transient))
+                tries += 0 if transient else 1
+                if not transient and tries >= attempts:
+                    failure = exc
+                    break
+                reason = "unavailable" if transient else "error"
+                log.warning("%s sink: write of %d failed (%s: %s); retrying in %.1f s",
+                            self.sink.name, len(items), reason, exc, delay)
+                metrics.SINK_RETRIES.labels(self.sink.name, reason).inc()
+                self.stats.retries += 1
+                if not await self._backoff(delay, generation):
+                    return False
+                delay = min(delay * 2, self.options.retry_max_s)
+                continue
+            metrics.SINK_BATCH_MS.labels(self.sink.name).observe((time.perf_counter() - began) * 1000)
+            metrics.SINK_WRITTEN.labels(self.sink.name).inc(len(items))
+            self.stats.written += len(items)
+            self.stats.batches += 1
+            return True
+        if len(items) == 1:
+            reason = f"{self.sink.name} sink: {type(failure).__name__}: {failure}"
+            await self._dead_letter(items[0].record, reason)
+            return True
+        # The error is the records' (it survived retries): find the ones that fail alone.
+        half = len(items) // 2
+        return await self._write(items[:half], generation, 1) and await self._write(
+            items[half:], generation, 1
+        )
+
+    async def _backoff(self, delay: float, generation: int) -> bool:
+        """Sleep ``delay`` unless a revoke or stop comes first; True if the batch is still ours."""
+        if self._stopping.is_set() or generation != self._generation:
+            return False
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+        return not self._stopping.is_set() and generation == self._generation
+
+    async def _dead_letter(self, record: ConsumerRecord, reason: str, errors: list | None = None) -> None:
+        """Send one record to ``npc.outputs.dlq``; waits for the broker, so it precedes the commit."""
+        assert self._producer is not None
+        letter = DeadLetter.of(
+            record.value, reason, record.topic, record.partition, record.offset, errors, stage="sink"
+        )
+        try:
+            await (await self._producer.send(self.dlq_topic, letter.to_bytes(), key=self.sink.name.encode()))
+        except Exception as exc:
+            raise SinkFailed(f"{self.sink.name} sink: dead-letter topic refused a record: {exc}") from exc
+        log.warning("%s sink: dead-lettered %s/%d@%d: %s",
+                    self.sink.name, record.topic, record.partition, record.offset, reason)
+        metrics.DEAD_LETTERS.labels("sink").inc()
+        self.stats.dead_lettered += 1
+
+    async def _commit(self, records: Sequence[ConsumerRecord]) -> None:
+        assert self._consumer is not None
+        owned = self._consumer.assignment()
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            if tp in owned:
+                offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except Exception as exc:  # a rebalance in progress: the next owner rewrites them, idempotently
+            log.warning("%s sink commit failed (%s); the batch will be read again", self.sink.name, exc)
+
+    def _seek_back(self, records: Sequence[ConsumerRecord]) -> None:
+        """Read an abandoned batch again from its first offset per partition we still own."""
+        assert self._consumer is not None
+        owned = self._consumer.assignment()
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
+        for tp, offset in first.items():
+            if tp in owned and not self._stopping.is_set():
+                self._consumer.seek(tp, offset)
+
+    async def _release(self, revoked: set[TopicPartition]) -> None:
+        """On a revoke: a retrying batch gives up, then what is buffered for ``revoked`` is dropped."""
+        self._generation += 1
+        self._wake.set()
+        async with self._lock:
+            self._buffer = [r for r in self._buffer if TopicPartition(r.topic, r.partition) not in revoked]
+            if not self._buffer:
+                self._first_at = None
+
+
+async def run_sink(settings: Settings, name: str) -> None:
+    """Run one sink process until SIGINT/SIGTERM; raises :class:`SinkFailed` if it had to stop."""
+    from workers.sinks import build_sink
+
+    runner = SinkRunner(build_sink(name, settings), settings)
+    await runner.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, runner.request_stop)
+    run_task = asyncio.create_task(runner.run())
+    stopped = asyncio.create_task(runner.stopped())
+    failure: BaseException | None = None
+    try:
+        await asyncio.wait([run_task, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if run_task.done() and not run_task.cancelled():
+            failure = run_task.exception()
+    finally:
+        runner.request_stop()
+        for task in (run_task, stopped):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await runner.stop()
+    if failure is not None:
+        raise SinkFailed(f"{name} sink stopped: {failure}") from failure
