@@ -5,11 +5,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
+from pipeline.config import Settings, SinkSettings
 from topics.catalogue import Tier
 from topics.schemas import Output, Reply, ReplyStatus, Request, ServedBy
+from workers.sinks import build_sink
+from workers.sinks.base import Sink, is_story_arc, latest_per_request
+from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
+from workers.sinks.opensearch import OpenSearchSink
+from workers.sinks.postgres import STAGING_COLUMNS, staging_row
+from workers.sinks.runner import SinkRunner, _Item
 
 
 def make_output(
@@ -49,3 +62,112 @@ def make_output(
         replied_at_ms=now,
     )
     return Output(request=request, reply=reply)
+
+
+# -- the runner's write path (retries, split, dead letters), with an in-memory sink ----------------
+
+class MemorySink(Sink):
+    """Refuses outputs whose prompt says "poison"; is unreachable for its first ``down`` writes."""
+
+    name = "memory"
+
+    def __init__(self, down: int = 0) -> None:
+        self.down = down
+        self.rows: dict[str, Output] = {}
+        self.calls = 0
+
+    async def write(self, batch: Sequence[Output]) -> None:
+        self.calls += 1
+        if self.down > 0:
+            self.down -= 1
+            raise SinkUnavailable("store down")
+        if any("poison" in o.request.prompt for o in batch):
+            raise ValueError("store refuses poison")
+        self.rows.update({o.reply.request_id: o for o in batch})
+
+    async def count(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class FakeRecord:
+    value: bytes
+    offset: int
+    topic: str = "npc.outputs"
+    partition: int = 0
+
+
+def runner_for(sink: Sink) -> tuple[SinkRunner, list[tuple[int, str]]]:
+    settings = Settings(kafka_bootstrap="unused:9092", sinks=SinkSettings(retry_max_s=0.01, attempts=2))
+    runner = SinkRunner(sink, settings)
+    letters: list[tuple[int, str]] = []
+
+    async def dead_letter(record: FakeRecord, reason: str, errors: object = None) -> None:
+        letters.append((record.offset, reason))
+
+    runner._dead_letter = dead_letter  # type: ignore[method-assign]
+    return runner, letters
+
+
+def items(outputs: list[Output]) -> list[_Item]:
+    return [_Item(FakeRecord(o.to_bytes(), i), o) for i, o in enumerate(outputs)]  # type: ignore[arg-type]
+
+
+async def test_a_store_that_is_down_is_retried_until_it_is_back_and_nothing_is_dead_lettered() -> None:
+    sink = MemorySink(down=4)
+    runner, letters = runner_for(sink)
+    assert await runner._write(items([make_output(i) for i in range(10)]), 0, attempts=2)
+    assert len(sink.rows) == 10 and letters == [] and runner.stats.retries == 4
+
+
+async def test_only_the_record_that_fails_alone_is_dead_lettered_with_the_reason() -> None:
+    sink = MemorySink()
+    runner, letters = runner_for(sink)
+    outputs = [make_output(i, prompt="poison" if i == 6 else f"fine {i}") for i in range(16)]
+    assert await runner._write(items(outputs), 0, attempts=2)
+    assert sorted(sink.rows) == sorted(o.reply.request_id for i, o in enumerate(outputs) if i != 6)
+    assert letters == [(6, "memory sink: ValueError: store refuses poison")]
+
+
+async def test_a_revoke_during_backoff_abandons_the_batch_uncommitted() -> None:
+    sink = MemorySink(down=1000)
+    runner, letters = runner_for(sink)
+    runner.options = SinkSettings(retry_max_s=5.0)
+    task = asyncio.create_task(runner._write(items([make_output(1)]), 0, attempts=2))
+    await asyncio.sleep(0.05)
+    await runner._release(set())
+    assert await asyncio.wait_for(task, 1.0) is False
+    assert letters == [] and sink.rows == {}
+
+
+def test_the_latest_reply_per_request_wins_and_story_arcs_are_bronze_answers() -> None:
+    first = make_output(1, status=ReplyStatus.FALLBACK)
+    late = Output(request=first.request, reply=first.reply.model_copy(update={"replied_at_ms": 10**13}))
+    assert latest_per_request([late, first]) == [late]
+    assert is_story_arc(make_output(2, tier="bronze"))
+    assert not is_story_arc(make_output(3, tier="silver"))
+    assert not is_story_arc(make_output(4, tier="bronze", status=ReplyStatus.ERROR, text=""))
+
+
+def test_postgres_staging_rows_match_the_staging_columns() -> None:
+    assert len(staging_row(make_output(1))) == len(STAGING_COLUMNS.split(","))
+
+
+def test_opensearch_routes_story_arcs_and_dialogue_by_request_id() -> None:
+    sink = OpenSearchSink("http://unused", prefix="p.")
+    body = sink.bulk_body([make_output(1), make_output(2, tier="gold"), make_output(3, tier="gold", text="")])
+    actions = [json.loads(line) for line in body.splitlines()[::2]]
+    assert actions == [
+        {"index": {"_index": "p.npcflow-story-arcs", "_id": "u-000001"}},
+        {"index": {"_index": "p.npcflow-dialogue", "_id": "u-000002"}},
+    ]
+
+
+@pytest.mark.parametrize("name", ["postgres", "s3", "opensearch", "redis", "nope"])
+def test_build_sink_names_what_is_missing(name: str) -> None:
+    settings = Settings(kafka_bootstrap="unused:9092")
+    if name == "s3":  # S3 needs no URL (AWS's default endpoint)
+        assert build_sink(name, settings).name == "s3"
+        return
+    with pytest.raises(SinkSetupError):
+        build_sink(name, settings)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from pipeline.config import Settings
 from topics.schemas import Output
 from workers.sinks.base import Sink, is_story_arc, latest_per_request
 from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
+
+#: opensearch-py logs every request at INFO and every failed one with a traceback at WARNING: the
+#: runner logs failures itself, once per retry, in one line.
+logging.getLogger("opensearch").setLevel(logging.ERROR)
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "infrastructure" / "opensearch"
 STORY_ARCS = "npcflow-story-arcs"
