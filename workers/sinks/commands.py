@@ -79,7 +79,9 @@ def search_cmd(
     sink = OpenSearchSink.from_settings(settings)
 
     async def go() -> list[dict[str, object]]:
-        async with sink:  # starting the sink installs the templates
+        async with sink:
+            if install_templates:
+                await sink.ensure_templates()
             return await sink.search(text, size) if text else []
 
     try:

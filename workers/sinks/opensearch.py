@@ -29,6 +29,7 @@ from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
 #: opensearch-py logs every request at INFO and every failed one with a traceback at WARNING: the
 #: runner logs failures itself, once per retry, in one line.
 logging.getLogger("opensearch").setLevel(logging.ERROR)
+log = logging.getLogger("npcflow.sinks")
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "infrastructure" / "opensearch"
 STORY_ARCS = "npcflow-story-arcs"
@@ -89,6 +90,7 @@ class OpenSearchSink(Sink):
         self.story_arcs = f"{prefix}{STORY_ARCS}"
         self.dialogue = f"{prefix}{DIALOGUE}"
         self._client: OpenSearch | None = None
+        self._templates_installed = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenSearchSink:
@@ -99,9 +101,16 @@ class OpenSearchSink(Sink):
     async def _start(self) -> None:
         self._client = client(self.url)
         try:
+            await self.ensure_templates()
+        except OpenSearchConnectionError as exc:  # down now: the first write installs them
+            log.warning("opensearch sink starting without OpenSearch (writes will retry): %s", exc)
+
+    async def ensure_templates(self) -> None:
+        """Before the first document, so the indices are created with the templates' mappings."""
+        if not self._templates_installed:
+            assert self._client is not None, "start() first"
             await asyncio.to_thread(install_templates, self._client)
-        except OpenSearchConnectionError as exc:
-            raise SinkSetupError(f"OpenSearch at {self.url} unreachable: {exc}") from exc
+            self._templates_installed = True
 
     async def _stop(self) -> None:
         if self._client is not None:
@@ -128,6 +137,7 @@ class OpenSearchSink(Sink):
         body = self.bulk_body(batch)
         if not body:
             return
+        await self.ensure_templates()
         try:
             result = await asyncio.to_thread(self._client.bulk, body=body)
         except TransportError as exc:

@@ -11,6 +11,7 @@ order. Tables: ``infrastructure/sql/`` (``npcflow db migrate``).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 
 import psycopg
@@ -20,6 +21,8 @@ from topics.schemas import Output
 from workers.sinks.base import Sink, is_story_arc, latest_per_request
 from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
 from workers.sinks.migrations import check
+
+log = logging.getLogger("npcflow.sinks")
 
 STAGING_COLUMNS = (
     "request_id text, npc_id text, tenant_id text, prompt text, max_tokens integer, sla text,"
@@ -140,7 +143,11 @@ class PostgresSink(Sink):
         return cls(settings.database_url, schema=settings.sinks.pg_schema)
 
     async def _start(self) -> None:
-        await self._connection()  # fail fast: unreachable, or the migrations were not applied
+        """Fail fast when the migrations are missing; a database that is down is waited for by writes."""
+        try:
+            await self._connection()
+        except SinkUnavailable as exc:
+            log.warning("postgres sink starting without its database (writes will retry): %s", exc)
 
     async def _stop(self) -> None:
         if self._conn is not None:

@@ -40,6 +40,7 @@ class S3Sink(Sink):
         self.multipart_bytes = multipart_mb * 2**20
         self._client: Any = None
         self._pool: ThreadPoolExecutor | None = None
+        self._bucket_ready = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Sink:
@@ -56,19 +57,22 @@ class S3Sink(Sink):
     async def _start(self) -> None:
         self._client = aws_client("s3", self.endpoint_url)
         self._pool = ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="npcflow-s3-sink")
-        await self._run(self._ensure_bucket)
 
     async def _stop(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
     def _ensure_bucket(self) -> None:
+        """Create the bucket if missing, once, on the first write (S3 may be down when we start)."""
+        if self._bucket_ready:
+            return
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
                 raise SinkSetupError(f"S3 bucket {self.bucket!r}: {exc}") from exc
             self._client.create_bucket(Bucket=self.bucket)
+        self._bucket_ready = True
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -96,6 +100,8 @@ class S3Sink(Sink):
 
     async def write(self, batch: Sequence[Output]) -> None:
         arcs = [o for o in latest_per_request(batch) if is_story_arc(o)]
+        if arcs:
+            await self._run(self._ensure_bucket)
         results = await asyncio.gather(
             *(self._run(self.put, self.key(o.reply.request_id), o.to_bytes()) for o in arcs),
             return_exceptions=True,
@@ -108,6 +114,7 @@ class S3Sink(Sink):
         """Objects under ``story-arcs/<prefix>``."""
 
         def count() -> int:
+            self._ensure_bucket()
             pages = self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self.key("")[: -len(".json")]
             )
