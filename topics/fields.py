@@ -116,9 +116,11 @@ class ReplyStatus(StrEnum):
 
 
 class ServedBy(StrEnum):
-    """What produced a reply's answer; ``none`` for expired and error replies."""
+    """What produced a reply's answer; ``none`` for expired and error replies (values only appended)."""
 
     ENGINE = "engine"
     CACHE = "cache"
     DEFAULT_INTENT = "default_intent"
     NONE = "none"
+    #: An earlier model answer to the same (normalised) prompt, from the Redis result cache.
+    RESULT_CACHE = "result_cache"

@@ -48,7 +48,7 @@ from topics.schemas import (
     parse_request,
 )
 from workers.cache.intents import IntentRefresh, IntentUpdate, Refreshed
-from workers.engines.base import PRIOR_CHAIN, Engine, EngineError, EngineResult
+from workers.engines.base import PRIOR_CHAIN, REFRESHING, Engine, EngineError, EngineResult
 from workers.resilience.exceptions import DeadlineReached, reason_kind
 from workers.resilience.fallback import FallbackContext, FallbackStep, Forwarded, attempt
 from workers.resilience.shedding import LoadShedder
@@ -250,7 +250,11 @@ class Serving:
         if job.refresh:
             self.stats.engine_calls += 1
             intents = self.intents or IntentRefresh(None, prefix=self.prefix)
-            return await intents.refresh(job.request, job.deadline_ms, self.engine)
+            refreshing = REFRESHING.set(True)
+            try:
+                return await intents.refresh(job.request, job.deadline_ms, self.engine)
+            finally:
+                REFRESHING.reset(refreshing)
         picked_ms = time.time() * 1000
         if picked_ms > job.deadline_ms:
             late_by = picked_ms - job.deadline_ms
@@ -372,6 +376,7 @@ def build_reply(
     request = job.request
     done_ms = time.time() * 1000 if done_ms is None else done_ms
     served_by = ServedBy.ENGINE if result is not None else ServedBy.NONE
+    served_by = ServedBy.RESULT_CACHE if result is not None and result.cached else served_by
     served_tier = next((a.tier for a in chain if a.outcome == "served"), tier if result else None)
     tokens = TokenUsage(
         prompt=result.prompt_tokens if result else 0, completion=result.completion_tokens if result else 0
@@ -399,4 +404,5 @@ def build_reply(
         served_tier=served_tier,
         chain=list(chain),
         replied_at_ms=int(done_ms),
+        tools=list(result.tool_calls) if result is not None and result.tool_calls else None,
     )

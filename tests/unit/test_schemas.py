@@ -118,8 +118,9 @@ def test_reply_enums_keep_their_wire_values() -> None:
     """Game servers match on these strings: renaming a member must not change what is sent."""
     # New statuses are appended (accepted: the async job notice); the first four never move.
     assert [s.value for s in ReplyStatus] == ["ok", "fallback", "expired", "error", "accepted"]
-    assert [s.value for s in ServedBy] == ["engine", "cache", "default_intent", "none"]
+    # result_cache appended (issue 12: an earlier answer to the same prompt).
+    assert [s.value for s in ServedBy] == ["engine", "cache", "default_intent", "none", "result_cache"]
     schema = event_json_schema(Reply)
     defs = schema["$defs"]
     assert defs["ReplyStatus"]["enum"] == ["ok", "fallback", "expired", "error", "accepted"]
-    assert defs["ServedBy"]["enum"] == ["engine", "cache", "default_intent", "none"]
+    assert defs["ServedBy"]["enum"] == ["engine", "cache", "default_intent", "none", "result_cache"]

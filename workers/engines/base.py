@@ -8,12 +8,15 @@ from typing import Protocol, runtime_checkable
 
 from pipeline.errors import UserFacingError
 from pipeline.lifecycle import Lifecycle
-from topics.schemas import Request, TierAttempt
+from topics.schemas import Request, TierAttempt, ToolCall
 
 #: The tiers the request being generated went through before this one (fallbacks), set by serving
 #: around ``generate``. Request-scoped context outside the one engine protocol: an asynchronous
 #: engine (SageMaker jobs) keeps it so the job's final reply still names the whole chain.
 PRIOR_CHAIN: ContextVar[tuple[TierAttempt, ...]] = ContextVar("npcflow_prior_chain", default=())
+#: True while serving a Gold intent refresh: the result cache must not answer it (a refresh exists
+#: to get a new intent), set by serving like PRIOR_CHAIN.
+REFRESHING: ContextVar[bool] = ContextVar("npcflow_refreshing", default=False)
 
 
 class EngineError(RuntimeError):
@@ -35,6 +38,17 @@ class Substitution:
 
 
 @dataclass(frozen=True)
+class CachedAnswer:
+    """Set on a result the result cache answered (no engine call): the earlier reply it reuses."""
+
+    request_id: str
+    tier: str
+    engine: str
+    #: The engine time the earlier answer took: what this hit saved.
+    engine_ms: float
+
+
+@dataclass(frozen=True)
 class EngineResult:
     text: str
     prompt_tokens: int
@@ -43,6 +57,10 @@ class EngineResult:
     #: Set by an asynchronous engine (SageMaker Async): the job was accepted, the text comes later
     #: from the job collector; serving answers with an ``accepted`` notice carrying this id.
     job_id: str | None = None
+    #: The MCP tool calls made for the request's tools before generating (workers/tools/).
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: Set when the result cache answered instead of the engine (workers/cache/result_step.py).
+    cached: CachedAnswer | None = None
 
 
 @runtime_checkable

@@ -32,6 +32,8 @@ class ScriptedProfile:
     outage_at_ms: float = 0.0
     refuse_ms: float = 0.0
     hang_ms: float = 0.0
+    #: 1: the reply's text ends with the prompt the engine got (tests see the tools' context in it).
+    echo: int = 0
 
     def phase(self, now_ms: float) -> str:
         """``ok``, ``refusing`` or ``hanging`` at ``now_ms`` (epoch)."""
@@ -87,8 +89,9 @@ class ScriptedEngine(Lifecycle):
         if p.fail_every and n % p.fail_every == 0:
             raise EngineError(f"scripted failure on call {n} (fail_every={p.fail_every})")
         completion = p.tokens_per_reply or min(request.max_tokens, 8)
+        echoed = f": {request.prompt}" if p.echo else ""
         return EngineResult(
-            text=f"[{request.npc_id}] scripted reply #{n}",
+            text=f"[{request.npc_id}] scripted reply #{n}{echoed}",
             prompt_tokens=len(request.prompt.split()),
             completion_tokens=completion,
         )
