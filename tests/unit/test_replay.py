@@ -1,0 +1,183 @@
+"""Replay without a broker: time parsing, the bounded join, the what-if report, export rows, sandbox ids."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from aiokafka.structs import ConsumerRecord
+
+from pipeline.config import Settings
+from pipeline.router.policy import RoutingPolicy
+from replay.cli import parse_offsets
+from replay.export import Exporter, ExportError
+from replay.histogram import Histogram
+from replay.join import Join
+from replay.report import WhatIf, render_table
+from replay.sandbox import REPLAY_OF_CONTEXT, Sandbox, SandboxError
+from replay.window import WindowError, parse_time
+from topics.catalogue import Tier
+from topics.schemas import (
+    Latency,
+    Output,
+    Reply,
+    ReplyStatus,
+    Request,
+    RoutingDecision,
+    ServedBy,
+    Sla,
+    TokenUsage,
+)
+
+T = ("p.npc.requests", "p.npc.routing", "p.npc.outputs")
+
+
+def record(topic: str, value: bytes, ts: int, offset: int = 0) -> ConsumerRecord:
+    return ConsumerRecord(topic, 0, offset, ts, 0, None, value, None, len(value), -1, [])
+
+
+def req(n: int, sla: Sla = Sla.REALTIME, max_tokens: int = 8) -> Request:
+    return Request(request_id=f"r{n}", npc_id="npc-1", tenant_id="gs", prompt="hi", max_tokens=max_tokens,
+                   sla=sla, created_at_ms=1_000 + n)
+
+
+def decision(r: Request, tier: Tier, reason: str = "sla") -> bytes:
+    return RoutingDecision(request_id=r.request_id, npc_id=r.npc_id, tenant_id=r.tenant_id, tier=tier,
+                           sla=Sla.REALTIME, reason=reason, deadline_ms=1, decided_at_ms=1).to_bytes()
+
+
+def output(r: Request, tier: Tier, total_ms: float = 10.0, cost: float = 0.001) -> bytes:
+    reply = Reply(request_id=r.request_id, npc_id=r.npc_id, tenant_id=r.tenant_id, tier=tier,
+                  served_by=ServedBy.ENGINE, status=ReplyStatus.OK, text="ok", replied_at_ms=5,
+                  latency=Latency(total_ms=total_ms), cost_usd=cost, tokens=TokenUsage(completion=4))
+    return Output(request=r, reply=reply).to_bytes()
+
+
+def test_times_parse_as_epoch_ms_iso_or_age() -> None:
+    assert parse_time("1717000000000") == 1717000000000
+    assert parse_time("2024-05-29T16:26:40Z") == 1717000000000
+    assert parse_time("2024-05-29T16:26:40") == 1717000000000  # naive means UTC
+    assert parse_time("2h", now_ms=10_000_000) == 10_000_000 - 7_200_000
+    with pytest.raises(WindowError, match="cannot read time"):
+        parse_time("yesterday-ish")
+
+
+def test_offsets_parse_per_partition_and_refuse_nonsense() -> None:
+    assert parse_offsets(("0:10-20", "3:5-")) == {0: (10, 20), 3: (5, None)}
+    assert parse_offsets(()) is None
+    for bad in ("0:20-10", "x:1-2", "5"):
+        with pytest.raises(WindowError):
+            parse_offsets((bad,))
+
+
+def test_join_matches_parts_in_any_order_and_bounds_what_it_holds() -> None:
+    join = Join(*T, max_open=3, patience_ms=1000)
+    a, b = req(1), req(2)
+    join.add(T[2], record(T[2], output(a, Tier.GOLD), 10))  # the reply before its request
+    join.add(T[0], record(T[0], a.to_bytes(), 11))
+    join.add(T[1], record(T[1], decision(a, Tier.GOLD), 12))
+    rows = list(join.ready())
+    assert [r.request_id for r in rows] == ["r1"] and rows[0].complete and join.open == 0
+    join.add(T[0], record(T[0], b.to_bytes(), 20))  # never routed: a dead letter
+    join.add(T[0], record(T[0], b"{broken", 21))  # invalid: leaves at once
+    assert [r.invalid is not None for r in join.ready()] == [True]
+    join.advance(500)
+    assert join.open == 1
+    join.advance(2000)  # patience passed: leaves incomplete
+    (row,) = join.ready()
+    assert row.request_id == "r2" and row.recorded_outcome == "dead_lettered" and join.stats.timed_out == 1
+    for n in range(10, 15):  # more than max_open at once: the oldest leave first
+        join.add(T[0], record(T[0], req(n).to_bytes(), 30))
+    assert join.open == 3 and join.stats.evicted == 2
+    assert [r.request_id for r in join.close()] == ["r10", "r11", "r12", "r13", "r14"]
+
+
+def test_orphans_without_a_request_in_the_window_are_dropped_not_reported() -> None:
+    join = Join(*T, max_open=10, patience_ms=0)
+    join.add(T[1], record(T[1], decision(req(9), Tier.GOLD), 1))
+    assert list(join.close()) == [] and join.stats.orphans == 1
+
+
+async def test_what_if_counts_moves_dead_letters_and_prices_newcomers() -> None:
+    join = Join(*T, max_open=10, patience_ms=0)
+    gold, silver, big = req(1), req(2, Sla.INTERACTIVE, 64), req(3, Sla.ASYNC, 1500)
+    for r, tier, ms in ((gold, Tier.GOLD, 5.0), (silver, Tier.SILVER, 100.0), (big, Tier.BRONZE, 900.0)):
+        join.add(T[0], record(T[0], r.to_bytes(), 1))
+        join.add(T[1], record(T[1], decision(r, tier), 1))
+        join.add(T[2], record(T[2], output(r, tier, ms), 1))
+    join.add(T[0], record(T[0], b"nope", 1))
+    rows = list(join.ready())
+    policy = RoutingPolicy.load().from_dict(
+        {
+            "slas": {"realtime": {"tier": "silver", "max_budget_ms": 16},
+                     "interactive": {"tier": "silver", "max_budget_ms": 250},
+                     "async": {"tier": "bronze", "max_budget_ms": 3600000}},
+            "tiers": {"gold": {"max_tokens": 8, "tools": False, "default_budget_ms": 16},
+                      "silver": {"max_tokens": 200, "tools": True, "default_budget_ms": 250},
+                      "bronze": {"max_tokens": 1000, "tools": True, "default_budget_ms": 60000}},
+        }
+    )
+    what_if = WhatIf(policy, "p.", T[0])
+    predicted = [await what_if.add(row) for row in rows]
+    assert predicted == [Tier.SILVER, Tier.SILVER, None, None]
+    summary = what_if.summary()
+    assert summary["moves"] == {"gold->silver": 1, "bronze->dead_lettered": 1}
+    assert summary["moved"] == 1 and summary["newly_dead_lettered"] == 1
+    assert summary["dead_letters"] == {"recorded": 1, "predicted": 2}
+    silver = summary["tiers"]["silver"]
+    assert silver["predicted_requests"] == 2 and silver["moved_in"] == 1
+    # The newcomer is priced like Silver's recorded replies (100 ms, $0.001 each).
+    assert silver["predicted_cost_usd"] == pytest.approx(0.002)
+    assert 95 <= silver["predicted_p50_ms"] <= 105
+    table = render_table({"report": summary, "window": {"since": "a", "until": "b"},
+                          "read": {"events": 10, "method": "scan", "seconds": 0.1}})
+    assert "would move 1" in table and "silver" in table
+
+
+def test_histogram_percentiles_are_within_five_percent() -> None:
+    h = Histogram()
+    for v in range(1, 1001):
+        h.add(float(v))
+    assert 475 <= (h.percentile(0.5) or 0) <= 525 and 902 <= (h.percentile(0.95) or 0) <= 998
+    mixed = Histogram()
+    mixed.merge(h, 0.5)
+    assert mixed.count == 500 and Histogram().percentile(0.5) is None
+
+
+def test_export_writes_one_row_per_entry_in_parquet_and_csv(tmp_path: Path) -> None:
+    join = Join(*T, max_open=10, patience_ms=0)
+    r = req(1)
+    join.add(T[0], record(T[0], r.to_bytes(), 1))
+    join.add(T[1], record(T[1], decision(r, Tier.GOLD), 1))
+    join.add(T[2], record(T[2], output(r, Tier.GOLD), 1))
+    join.add(T[0], record(T[0], b"{", 2))
+    rows = list(join.ready())
+    for name in ("x.parquet", "x.csv"):
+        exporter = Exporter(tmp_path / name, batch_rows=1)
+        for row in rows:
+            exporter.add(row, Tier.SILVER)
+        exporter.close()
+        assert exporter.rows == 2
+    table = pq.read_table(tmp_path / "x.parquet").to_pylist()
+    assert table[0]["request_id"] == "r1" and table[0]["routed_tier"] == "gold"
+    assert table[0]["predicted_tier"] == "silver" and table[1]["invalid_reason"]
+    with open(tmp_path / "x.csv", newline="") as handle:
+        assert [row["request_id"] for row in csv.DictReader(handle)] == ["r1", ""]
+    with pytest.raises(ExportError, match="parquet or"):
+        Exporter(tmp_path / "x.json")
+
+
+def test_sandbox_requests_get_new_ids_linked_to_the_originals() -> None:
+    sandbox = Sandbox(Settings(kafka_bootstrap="x"), "sb.", "prod.", speed=0)
+    original = req(1).model_copy(update={"reply_topic": "prod.npc.replies.gs", "created_at_ms": 5})
+    value, key, orig_id = sandbox.rewrite(original.to_bytes())
+    copy = Request.from_bytes(value)
+    assert orig_id == "r1" and key == b"npc-1" and copy.request_id != "r1"
+    assert copy.context[REPLAY_OF_CONTEXT] == "r1" and copy.reply_topic == "sb.npc.replies.gs"
+    assert copy.created_at_ms > time.time() * 1000 - 5000
+    assert sandbox.rewrite(b"{bad") == (b"{bad", None, None)
+    with pytest.raises(SandboxError):
+        Sandbox(Settings(kafka_bootstrap="x"), "prod.", "prod.")
