@@ -23,6 +23,10 @@ from typing import Any
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
 from workers.engines.base import EngineError, EngineResult, EngineUnavailable
+from workers.engines.embedded_batch import BatchDecoder
+
+#: Sequences one batch decodes at most (the micro-batcher's ``max_batch`` is capped to it).
+MAX_BATCH = 16
 
 log = logging.getLogger("npcflow.engine.embedded")
 
@@ -61,6 +65,8 @@ class EmbeddedEngine(Lifecycle):
         #: One model, one thread: a second call would only wait in line (and miss its deadline there).
         self.max_concurrency = 1
         self._llm: Any = None
+        #: Batches of Gold refreshes (:meth:`generate_batch`), built on first use.
+        self._batcher: BatchDecoder | None = None
         # One thread owns the model: a Llama object is not thread-safe, and a call abandoned by a
         # timeout keeps running in its thread, so a lock released on cancellation would not do.
         # Queued calls that are cancelled before they start are dropped by the executor.
@@ -82,6 +88,9 @@ class EmbeddedEngine(Lifecycle):
 
     async def _stop(self) -> None:
         llm, self._llm = self._llm, None
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            await self._run(batcher.close)
         if llm is not None:
             await self._run(llm.close)
         self._thread.shutdown(wait=False, cancel_futures=True)
@@ -116,3 +125,37 @@ class EmbeddedEngine(Lifecycle):
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
         )
+
+    async def generate_batch(
+        self, requests: list[Request], deadline_ms: int
+    ) -> list[EngineResult | EngineError]:
+        """Decode several requests together (Gold micro-batching: :mod:`workers.engines.batching`).
+
+        Far cheaper per token on a CPU than one by one (:mod:`workers.engines.embedded_batch`).
+        A batch too big for the batch context is served one request at a time instead.
+        """
+        if self._llm is None:
+            raise EngineUnavailable("embedded engine used before start()")
+        try:
+            decoded = await self._run(partial(self._decode_batch, requests))
+        except Exception as exc:
+            raise EngineError(f"embedded engine failed on a batch of {len(requests)}: {exc}") from exc
+        if decoded is None:
+            return [await self._one_of(request, deadline_ms) for request in requests]
+        return [EngineResult(d.text, d.prompt_tokens, d.completion_tokens) for d in decoded]
+
+    async def _one_of(self, request: Request, deadline_ms: int) -> EngineResult | EngineError:
+        try:
+            return await self.generate(request, deadline_ms)
+        except EngineError as exc:
+            return exc
+
+    def _decode_batch(self, requests: list[Request]) -> list[Any] | None:
+        """In the model thread: the batch's texts, or None when it does not fit one batch."""
+        if self._batcher is None:
+            self._batcher = BatchDecoder(self._llm, MAX_BATCH)
+        prompts = [self._batcher.tokenize(self.persona, r.prompt) for r in requests]
+        max_tokens = [r.max_tokens for r in requests]
+        if not self._batcher.fits(prompts, max_tokens):
+            return None
+        return self._batcher.decode(prompts, max_tokens, [r.request_id for r in requests])
