@@ -93,3 +93,49 @@ def validate_cmd(
     else:
         _print_human(result)
     sys.exit(0 if result["ok"] else 1)
+
+
+@click.group("cost")
+def cost_group() -> None:
+    """What replies cost (pricing.yaml, NPCFLOW_PRICING_FILE) and what the caches saved."""
+
+
+@cost_group.command("report")
+@click.option(
+    "--since",
+    default="1h",
+    show_default=True,
+    help="The window: a duration back from now (90s, 15m, 1h, 2d).",
+)
+@click.option("--tenant", default=None, help="Only this tenant's replies.")
+@click.option("--top", default=10, show_default=True, help="NPCs listed (those that cost most).")
+@click.option("--schema", default=None, help="PostgreSQL schema (default: NPCFLOW_SINK_PG_SCHEMA, public).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.pass_obj
+def cost_report_cmd(
+    settings: Settings, since: str, tenant: str | None, top: int, schema: str | None, as_json: bool
+) -> None:
+    """Cost per tier, tenant and NPC over the window, with the caches' savings, from the
+    PostgreSQL tables the postgres sink writes (NPCFLOW_DATABASE_URL)."""
+    from pipeline.observability.cost import Pricing
+    from pipeline.observability.cost_report import CostReportError, cost_report, parse_since, render
+
+    seconds = parse_since(since)
+    if not settings.database_url:
+        raise CostReportError(
+            "no PostgreSQL configured: set NPCFLOW_DATABASE_URL=postgresql://… "
+            "(or start the embedded stack with `npcflow stack up --detach`)"
+        )
+    report = cost_report(
+        settings.database_url,
+        seconds,
+        pricing=Pricing.from_settings(settings.observability),
+        schema=schema or settings.sinks.pg_schema,
+        tenant=tenant,
+        top=top,
+    )
+    click.echo(json.dumps(report.as_json()) if as_json else render(report))
+
+
+#: Every command of this module, registered on ``npcflow`` by pipeline/cli.py.
+COMMANDS: tuple[click.Command, ...] = (validate_cmd, cost_group)

@@ -1,0 +1,235 @@
+"""``npcflow cost report``: what the replies of a time window cost, per tier, tenant and NPC,
+and what the caches saved, read from the PostgreSQL tables the postgres sink writes.
+
+The source is ``replies`` joined with ``costs`` (``infrastructure/sql/001_outputs.sql``): one row
+per request id, the reply that won (the sink keeps the newer one), so a replayed or retried
+batch is counted once. Why PostgreSQL and not Prometheus: counters restart with their process
+and say nothing per NPC; the tables hold every reply for as long as ops keep them.
+
+- **tier** is the tier whose engine served the reply (``served_tier``; the requested tier when
+  nothing served): ``cost_usd`` was priced at that tier's rate, so a Silver request that fell back
+  to Bronze is Bronze money.
+- **saved** is what each answer from a cache (intent cache, default intent, result cache) would
+  have cost from its tier's engine, :meth:`Pricing.saved` — priced with the pricing file in force
+  now (``NPCFLOW_PRICING_FILE``), like ``npcflow_cost_saved_usd_total``; the tables store no savings.
+- The four queries run in one REPEATABLE READ transaction, so the breakdowns add up to the total
+  even while a sink writes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.errors import UserFacingError
+from pipeline.observability.cost import CACHED, Pricing
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_TIER_ORDER = {"gold": 0, "silver": 1, "bronze": 2}
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class CostReportError(UserFacingError, RuntimeError):
+    """The database is unreachable, not migrated, or an option is malformed."""
+
+
+def parse_since(text: str) -> float:
+    """``90s``, ``15m``, ``1h``, ``1h30m``, ``2d``, ``1w`` → seconds (> 0)."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _DURATION.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
+        raise CostReportError(f"--since {text!r}: use a duration such as 90s, 15m, 1h, 1h30m, 2d")
+    seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
+    if seconds <= 0:
+        raise CostReportError(f"--since {text!r}: the window must be longer than 0")
+    return seconds
+
+
+@dataclass(frozen=True)
+class CostLine:
+    """One row of a breakdown: replies, how many an engine and a cache answered, cost and savings."""
+
+    key: str
+    replies: int
+    engine: int
+    cached: int
+    cost_usd: float
+    saved_usd: float
+
+    @property
+    def saved_share(self) -> float:
+        """Savings as a share of what the window would have cost without the caches."""
+        spend = self.cost_usd + self.saved_usd
+        return self.saved_usd / spend if spend > 0 else 0.0
+
+
+@dataclass
+class CostReport:
+    since_s: float
+    since: datetime
+    schema: str
+    pricing: str
+    total: CostLine
+    tiers: list[CostLine] = field(default_factory=list)
+    tenants: list[CostLine] = field(default_factory=list)
+    #: The NPCs that cost most, ``tenant/npc``; at most ``top`` of them.
+    npcs: list[CostLine] = field(default_factory=list)
+    npcs_in_window: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        def line(c: CostLine) -> dict[str, Any]:
+            return asdict(c) | {"saved_share": round(c.saved_share, 6)}
+
+        return {
+            "since_s": self.since_s,
+            "since": self.since.isoformat(),
+            "schema": self.schema,
+            "pricing": self.pricing,
+            "total": line(self.total),
+            "tiers": [line(c) for c in self.tiers],
+            "tenants": [line(c) for c in self.tenants],
+            "npcs": [line(c) for c in self.npcs],
+            "npcs_in_window": self.npcs_in_window,
+        }
+
+
+# The window's replies with their cost and what a cached one saved ($3: tiers, $4: served_by, $5:
+# usd of the savings table built from the pricing file).
+_WINDOW = """
+WITH w AS (
+    SELECT r.tenant_id, r.npc_id, COALESCE(r.served_tier, r.tier) AS tier, r.served_by,
+           COALESCE(c.cost_usd, 0) AS cost_usd, COALESCE(s.usd, 0) AS saved_usd
+    FROM replies r
+    LEFT JOIN costs c ON c.request_id = r.request_id
+    LEFT JOIN unnest(%(s_tier)s::text[], %(s_by)s::text[], %(s_usd)s::float8[]) AS s(tier, served_by, usd)
+           ON s.tier = r.tier AND s.served_by = r.served_by
+    WHERE r.replied_at >= %(since)s AND (%(tenant)s::text IS NULL OR r.tenant_id = %(tenant)s)
+)
+SELECT {key} AS key, count(*), count(*) FILTER (WHERE served_by = 'engine'),
+       count(*) FILTER (WHERE served_by = ANY(%(cached)s)), COALESCE(sum(cost_usd), 0),
+       COALESCE(sum(saved_usd), 0)
+FROM w {group} ORDER BY 5 DESC, 2 DESC, 1 {limit}
+"""
+_BREAKDOWNS = {
+    "total": ("'total'", "", ""),
+    "tiers": ("tier", "GROUP BY tier", ""),
+    "tenants": ("tenant_id", "GROUP BY tenant_id", ""),
+    "npcs": ("tenant_id || '/' || npc_id", "GROUP BY tenant_id, npc_id", "LIMIT %(top)s"),
+}
+_NPC_COUNT = "SELECT count(DISTINCT (tenant_id, npc_id)) FROM replies WHERE replied_at >= %(since)s" + (
+    " AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
+)
+
+
+def _savings_table(pricing: Pricing) -> dict[str, list[Any]]:
+    rows = [(tier, by, pricing.saved(tier, by)) for tier in pricing.tiers for by in sorted(CACHED)]
+    return {"s_tier": [r[0] for r in rows], "s_by": [r[1] for r in rows], "s_usd": [r[2] for r in rows]}
+
+
+def _line(row: tuple[Any, ...]) -> CostLine:
+    key, replies, engine, cached, cost, saved = row
+    return CostLine(str(key), int(replies), int(engine), int(cached), float(cost), float(saved))
+
+
+def cost_report(
+    url: str,
+    since_s: float,
+    *,
+    pricing: Pricing,
+    schema: str = "public",
+    tenant: str | None = None,
+    top: int = 10,
+    now: float | None = None,
+) -> CostReport:
+    """Read the report for the ``since_s`` seconds before ``now`` from the database at ``url``."""
+    import psycopg
+    from psycopg import sql
+
+    since = datetime.fromtimestamp((time.time() if now is None else now) - since_s, UTC)
+    params: dict[str, Any] = {
+        "since": since,
+        "tenant": tenant,
+        "cached": sorted(CACHED),
+        "top": max(0, top),
+    } | _savings_table(pricing)
+    try:
+        conn = psycopg.connect(url, connect_timeout=5, autocommit=False)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CostReportError(f"PostgreSQL unreachable (NPCFLOW_DATABASE_URL): {first}") from None
+    with conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        missing = [
+            t
+            for t in ("replies", "costs")
+            if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone() == (None,)
+        ]
+        if missing:
+            raise CostReportError(
+                f"PostgreSQL schema {schema!r} has no {' or '.join(missing)} table: run `npcflow db migrate` "
+                "(and a postgres sink, `npcflow run sink --sink postgres`, to fill it)"
+            )
+        lines: dict[str, list[CostLine]] = {}
+        for name, (key, group, limit) in _BREAKDOWNS.items():
+            query = _WINDOW.format(key=key, group=group, limit=limit)
+            lines[name] = [_line(row) for row in conn.execute(query, params).fetchall()]  # type: ignore[arg-type]
+        row = conn.execute(_NPC_COUNT, params).fetchone()  # type: ignore[arg-type]
+    return CostReport(
+        since_s=since_s,
+        since=since,
+        schema=schema,
+        pricing=pricing.source,
+        total=lines["total"][0],
+        tiers=sorted(lines["tiers"], key=lambda c: (_TIER_ORDER.get(c.key, 9), c.key)),
+        tenants=lines["tenants"],
+        npcs=lines["npcs"],
+        npcs_in_window=int(row[0]) if row else 0,
+    )
+
+
+def _usd(value: float) -> str:
+    """Dollars with enough digits for the fractions of a cent a reply costs."""
+    return f"{value:.6f}" if abs(value) < 1 else f"{value:,.2f}"
+
+
+def render(report: CostReport) -> str:
+    """The report as the terminal table ``npcflow cost report`` prints."""
+    out = [
+        f"cost report: replies since {report.since:%Y-%m-%d %H:%M:%S} UTC ({_window(report.since_s)}),"
+        f" schema {report.schema}, prices {report.pricing}",
+    ]
+
+    def table(title: str, lines: list[CostLine]) -> None:
+        width = max([len(title), *(len(c.key) for c in lines)])
+        out.append("")
+        out.append(
+            f"{title:<{width}}  {'replies':>8}  {'engine':>7}  {'cached':>7}"
+            f"  {'cost USD':>12}  {'saved USD':>12}  {'saved':>6}"
+        )
+        for c in lines:
+            out.append(
+                f"{c.key:<{width}}  {c.replies:>8}  {c.engine:>7}  {c.cached:>7}"
+                f"  {_usd(c.cost_usd):>12}  {_usd(c.saved_usd):>12}  {c.saved_share:>6.1%}"
+            )
+
+    table("tier", [*report.tiers, report.total])
+    table("tenant", report.tenants)
+    shown = f"top {len(report.npcs)} of {report.npcs_in_window} NPCs by cost"
+    table(shown, report.npcs)
+    if not report.total.replies:
+        out.append("")
+        out.append(
+            "no replies in the window (is a postgres sink running? `npcflow run sink --sink postgres`)"
+        )
+    return "\n".join(out)
+
+
+def _window(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"last {int(seconds // size)}{unit}"
+    return f"last {seconds:g}s"
