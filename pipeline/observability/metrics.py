@@ -103,11 +103,11 @@ def percentiles(values: list[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict
     return {f"p{q}": round(s[min(len(s) - 1, int(q / 100 * len(s)))], 2) for q in qs}
 
 
-def serve_metrics(port: int | None) -> int | None:
-    """Expose /metrics, /healthz and /readyz on 127.0.0.1:port (``NPCFLOW_METRICS_PORT``).
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> int | None:
+    """Expose /metrics, /healthz and /readyz on host:port (``NPCFLOW_METRICS_HOST``, ``_PORT``).
 
     None serves nothing; 0 binds a free port, written to the ready file (``server.py``).
     """
     from pipeline.observability import server
 
-    return server.serve(port)
+    return server.serve(port, host)

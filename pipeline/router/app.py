@@ -211,7 +211,7 @@ def run_router(settings: Settings, loglevel: str = "info") -> None:
     # record fetched there can wait a whole interval for the agent's thread (and the reverse).
     sys.setswitchinterval(settings.process.gil_switch_s)
     settings.require_kafka()
-    metrics.serve_metrics(settings.process.metrics_port)
+    metrics.serve_metrics(settings.process.metrics_port, settings.observability.metrics_host)
     families.set_role("router")
     # faust wants a data directory even with in-memory tables; it holds nothing worth keeping.
     with tempfile.TemporaryDirectory(prefix="npcflow-router-") as datadir:

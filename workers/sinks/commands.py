@@ -23,7 +23,7 @@ def run_sink_cmd(settings: Settings, name: str) -> None:
     from pipeline.observability.metrics import serve_metrics
     from workers.sinks.runner import SinkFailed, run_sink
 
-    serve_metrics(settings.process.metrics_port)
+    serve_metrics(settings.process.metrics_port, settings.observability.metrics_host)
     try:
         asyncio.run(run_sink(settings, name))
     except SinkFailed as exc:
