@@ -1,42 +1,31 @@
 """What a candidate routing policy would have done with recorded traffic, offline (no engine call).
 
-Each recorded request goes through the router's own logic (:class:`pipeline.router.logic.Router`
-with the candidate policy, producers captured in memory, the request record's timestamp as the
-clock), so validation, contradictions and dead letters are decided exactly as a router running
-that policy would. The predicted tier is compared with the tier the recorded policy chose (the
-decision's ``fallback_from`` when a breaker had diverted it). Latency and cost of a request that
-stays on its tier are its own recorded ones; one that moves gets the recorded distribution and
-mean cost of the tier it moves to (unknown when nothing was recorded there). Memory is a few
-counters and one fixed-size histogram per tier (:mod:`replay.histogram`).
+Each recorded request goes through the router's own two decisions, as ``Router._route`` makes
+them (:mod:`pipeline.router.logic`): the one definition of a valid request
+(:func:`topics.schemas.parse_request` under the recorded prefix, done once by the join) and the
+candidate's :meth:`RoutingPolicy.route` with the request record's timestamp as the time it was
+received; an invalid or :class:`Unroutable` request is a dead letter. Nothing is produced: a
+replay must not write decisions or dead letters, and skipping the router's record building keeps
+the replay at the speed of reading (benchmarks/replay.py). The predicted tier is compared with
+the tier the recorded policy chose (the decision's ``fallback_from`` when a breaker had diverted
+it). Latency and cost of a request that stays on its tier are its own recorded ones; one that
+moves gets the recorded distribution and mean cost of the tier it moves to (unknown when nothing
+was recorded there). Memory is a few counters and one fixed-size histogram per tier
+(:mod:`replay.histogram`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from pipeline.router.logic import Outcome, Router, Source
-from pipeline.router.policy import Route, RoutingPolicy
+from pipeline.router.policy import Route, RoutingPolicy, Unroutable
 from replay.histogram import Histogram
 from replay.join import Entry
 from topics.catalogue import Tier
-from topics.schemas import Request
 
 DEAD = "dead_lettered"
-
-
-class _Remembering:
-    """The candidate policy, remembering the route it gave last (the router only forwards it)."""
-
-    def __init__(self, policy: RoutingPolicy) -> None:
-        self.policy = policy
-        self.last: Route | None = None
-
-    def route(self, request: Request, received_ms: int | None = None) -> Route:
-        self.last = None
-        self.last = self.policy.route(request, received_ms)
-        return self.last
 
 
 @dataclass
@@ -55,14 +44,8 @@ class _TierStats:
 class WhatIf:
     """``await what_if.add(entry)`` for every row; :meth:`summary` at the end."""
 
-    def __init__(self, policy: RoutingPolicy, prefix: str, requests_topic: str) -> None:
-        self._policy = _Remembering(policy)
-        self._now = 0
-        self._topic = requests_topic
-        policy_like = cast(RoutingPolicy, self._policy)
-        self._router = Router(
-            policy_like, self._produce, self._record, prefix=prefix, clock=lambda: self._now
-        )
+    def __init__(self, policy: RoutingPolicy) -> None:
+        self.policy = policy
         self.requests = 0
         self.invalid = 0
         self.recorded: Counter[str] = Counter()
@@ -73,23 +56,19 @@ class WhatIf:
         self.unanswered = 0
         self.tiers = {tier: _TierStats() for tier in Tier}
 
-    async def _produce(self, topic: str, key: bytes, value: bytes, headers: Any) -> None:
-        return None  # offline: the forward or dead letter is known from the outcome
+    def predict(self, entry: Entry) -> Route | None:
+        """The candidate's route for this recorded request; None: it would be dead-lettered."""
+        if entry.request is None:  # invalid under the recorded prefix: the router rejects it first
+            return None
+        try:
+            return self.policy.route(entry.request, received_ms=entry.received_ms)
+        except Unroutable:
+            return None
 
-    async def _record(self, topic: str, key: bytes, value: bytes) -> None:
-        return None
-
-    async def predict(self, entry: Entry) -> tuple[Tier | None, Route | None]:
-        """The tier the candidate policy picks for this recorded request (None: dead letter)."""
-        self._now = entry.received_ms
-        self._policy.last = None
-        outcome = await self._router.route(entry.raw, Source(self._topic, entry.partition, entry.offset))
-        route = self._policy.last if outcome is Outcome.ROUTED else None
-        return (route.tier if route else None), route
-
-    async def add(self, entry: Entry) -> Tier | None:
+    def add(self, entry: Entry) -> Tier | None:
         """Count one row; returns the predicted tier (None: the candidate would dead-letter it)."""
-        tier, route = await self.predict(entry)
+        route = self.predict(entry)
+        tier = route.tier if route is not None else None
         self.requests += 1
         self.invalid += entry.invalid is not None
         recorded = entry.recorded_tier

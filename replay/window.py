@@ -15,6 +15,7 @@ and the join downstream holds only what is in flight around the read position.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -217,9 +218,19 @@ class WindowReader(Lifecycle):
     def _accept(self, part: _Part, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
         """The records of one fetch inside the window; checks a pending answer on the way."""
         assert self._consumer is not None
-        kept: list[ConsumerRecord] = []
         bounds = part.bounds
         since = bounds.from_ms or 0
+        if part.expect is None and part.expect_none is None and part.end is None:
+            # The common case, per record only comparisons (this loop is a replay's read cost).
+            until = bounds.until_ms
+            stop = next((i for i, r in enumerate(records) if r.timestamp >= until), None)
+            if stop is not None:
+                part.done = True
+                records = records[:stop]
+            if records:
+                part.next, part.last_ts = records[-1].offset + 1, records[-1].timestamp
+            return [r for r in records if r.timestamp >= since] if since else records
+        kept: list[ConsumerRecord] = []
         where = f"{part.tp.topic}[{part.tp.partition}]"
         for record in records:
             ts = record.timestamp
@@ -310,21 +321,27 @@ class WindowReader(Lifecycle):
     def finished(self) -> bool:
         return all(p.done for p in self._parts.values())
 
-    async def batches(self) -> AsyncIterator[list[tuple[str, ConsumerRecord]]]:
-        """Each fetch's records inside the window, as ``(topic, record)``; ends when every partition did."""
+    async def batches(self) -> AsyncIterator[list[tuple[str, list[ConsumerRecord]]]]:
+        """Each fetch's records inside the window, as ``(topic, records)`` per partition, in offset
+        order; ends when every partition is finished."""
         consumer = self._consumer
         assert consumer is not None
         while not self.finished:
-            fetched = await consumer.getmany(timeout_ms=200, max_records=20_000)
-            batch: list[tuple[str, ConsumerRecord]] = []
+            # Returns as soon as records are there; the timeout only bounds an idle wait.
+            fetched = await consumer.getmany(timeout_ms=50, max_records=5000)
+            # Let the fetcher send the next fetch of the partitions just drained before this batch
+            # is processed: the broker prepares it meanwhile instead of after.
+            await asyncio.sleep(0)
+            batch: list[tuple[str, list[ConsumerRecord]]] = []
             for tp, records in fetched.items():
                 part = self._parts[tp]
                 self.stats.fetched += len(records)
                 if part.done:
                     continue
                 kept = self._accept(part, records)
-                batch.extend((tp.topic, r) for r in kept)
-            self.stats.kept += len(batch)
+                if kept:
+                    batch.append((tp.topic, kept))
+                    self.stats.kept += len(kept)
             self._finish_idle(fetched)
             self._align()
             if batch:

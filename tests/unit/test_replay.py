@@ -101,7 +101,7 @@ def test_orphans_without_a_request_in_the_window_are_dropped_not_reported() -> N
     assert list(join.close()) == [] and join.stats.orphans == 1
 
 
-async def test_what_if_counts_moves_dead_letters_and_prices_newcomers() -> None:
+def test_what_if_counts_moves_dead_letters_and_prices_newcomers() -> None:
     join = Join(*T, max_open=10, patience_ms=0)
     gold, silver, big = req(1), req(2, Sla.INTERACTIVE, 64), req(3, Sla.ASYNC, 1500)
     for r, tier, ms in ((gold, Tier.GOLD, 5.0), (silver, Tier.SILVER, 100.0), (big, Tier.BRONZE, 900.0)):
@@ -120,8 +120,8 @@ async def test_what_if_counts_moves_dead_letters_and_prices_newcomers() -> None:
                       "bronze": {"max_tokens": 1000, "tools": True, "default_budget_ms": 60000}},
         }
     )
-    what_if = WhatIf(policy, "p.", T[0])
-    predicted = [await what_if.add(row) for row in rows]
+    what_if = WhatIf(policy)
+    predicted = [what_if.add(row) for row in rows]
     assert predicted == [Tier.SILVER, Tier.SILVER, None, None]
     summary = what_if.summary()
     assert summary["moves"] == {"gold->silver": 1, "bronze->dead_lettered": 1}
