@@ -137,5 +137,54 @@ def cost_report_cmd(
     click.echo(json.dumps(report.as_json()) if as_json else render(report))
 
 
+@click.command("top")
+@click.option(
+    "--metrics",
+    "metrics_targets",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A process's metrics port (repeatable; default NPCFLOW_METRICS_TARGETS).",
+)
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print one snapshot (two scrapes --interval apart) and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print one JSON object.")
+@click.pass_obj
+def top_cmd(
+    settings: Settings, metrics_targets: tuple[str, ...], interval: float, once: bool, as_json: bool
+) -> None:
+    """Live per-tier view scraped from the processes' /metrics: p95 vs SLA, misses, served_by,
+    fallbacks, breakers, cost per minute, cache hit rate, lag. Ctrl-C quits."""
+    import time
+
+    from pipeline.errors import UserFacingError
+    from pipeline.observability.top import build_view, render, scrape_targets
+    from pipeline.router.policy import RoutingPolicy
+
+    targets = _targets(settings, metrics_targets)
+    if not targets:
+        raise UserFacingError("no metrics targets: set NPCFLOW_METRICS_TARGETS=host:port,… or pass --metrics")
+    if as_json and not once:
+        raise UserFacingError("--json prints one snapshot: use it with --once")
+    interval = max(0.1, interval)
+    policy = RoutingPolicy.load(settings.policy_file)
+    budgets = {tier.value: spec.default_budget_ms for tier, spec in policy.tiers.items()}
+    previous, previous_at = scrape_targets(targets)[0], time.monotonic()
+    live = sys.stdout.isatty()
+    try:
+        while True:
+            time.sleep(interval)
+            current, roles = scrape_targets(targets)
+            now = time.monotonic()
+            view = build_view(current, previous, now - previous_at, budgets, roles)
+            previous, previous_at = current, now
+            if once:
+                click.echo(json.dumps(view.as_json()) if as_json else render(view))
+                sys.exit(0 if len(current.failed) < len(targets) else 1)
+            # Redraw in place on a terminal (ANSI home + clear); a pipe gets one snapshot after another.
+            click.echo(("\x1b[H\x1b[2J" if live else "\n") + render(view))
+    except KeyboardInterrupt:
+        return
+
+
 #: Every command of this module, registered on ``npcflow`` by pipeline/cli.py.
-COMMANDS: tuple[click.Command, ...] = (validate_cmd, cost_group)
+COMMANDS: tuple[click.Command, ...] = (validate_cmd, cost_group, top_cmd)
