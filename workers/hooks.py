@@ -7,6 +7,8 @@ add its own without touching the reply code.
 
 from __future__ import annotations
 
+import functools
+
 from pipeline.observability import families, metrics
 from pipeline.observability.cost import CACHED, Pricing
 from topics.schemas import ServedBy
@@ -26,12 +28,13 @@ def record_reply_metrics(outcome: Replied) -> None:
         families.sla_miss(tier, "late" if reply.late else "expired")
 
 
-def record_cost(outcome: Replied) -> None:
-    """The reply's cost (instance time, pricing.yaml) per tier and tenant; a cached answer's savings."""
+def record_cost(outcome: Replied, pricing: Pricing | None = None) -> None:
+    """The reply's cost (instance time, pricing.yaml) per tier and tenant; a cached answer's savings
+    at ``pricing`` (the worker's ``NPCFLOW_PRICING_FILE``; the packaged prices without it)."""
     reply = outcome.reply
     metrics.COST_USD.labels(reply.tier.value, reply.tenant_id).inc(reply.cost_usd)
     if reply.served_by.value in CACHED:
-        saved = Pricing.load().saved(reply.tier.value, reply.served_by.value)
+        saved = (pricing or Pricing.load()).saved(reply.tier.value, reply.served_by.value)
         families.COST_SAVED_USD.labels(reply.tier.value, reply.tenant_id).inc(saved)
 
 
@@ -39,6 +42,9 @@ def record_dead_letter_metrics(outcome: DeadLettered) -> None:
     metrics.DEAD_LETTERS.labels(outcome.letter.stage).inc()
 
 
-def standard_hooks() -> Hooks:
-    """The hooks a worker runs unless it is given others."""
-    return Hooks(on_reply=[record_reply_metrics, record_cost], on_dead_letter=[record_dead_letter_metrics])
+def standard_hooks(pricing: Pricing | None = None) -> Hooks:
+    """The hooks a worker runs unless it is given others; ``pricing`` prices the savings."""
+    return Hooks(
+        on_reply=[record_reply_metrics, functools.partial(record_cost, pricing=pricing)],
+        on_dead_letter=[record_dead_letter_metrics],
+    )
