@@ -196,6 +196,12 @@ def create_app(
         if assigned:
             mark_ready(settings.process.ready_file, f"router assigned {len(assigned)} partitions")
 
+    @app.timer(2.0)
+    async def _export_lag() -> None:
+        # The intake's lag from offsets faust's Monitor already tracks (no broker request).
+        monitor = app.monitor
+        families.export_offsets_lag(app.conf.id, monitor.tp_end_offsets, monitor.tp_committed_offsets)
+
     @app.agent(intake, name="route")
     async def route_requests(stream: faust.StreamT) -> None:
         async for event in stream.events():

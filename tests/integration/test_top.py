@@ -108,6 +108,11 @@ def test_top_once_shows_the_live_figures_of_every_process(
     assert set(gold["served_by"]) <= {"cache", "default_intent"} and gold["cache_hit_rate"] is not None
     assert rows["silver"]["served_by"].get("engine", 0) >= 5 and rows["silver"]["cost_usd_per_min"] > 0
     assert all(state == "closed" for state in view["breakers"].values()), view["breakers"]
+    # The router exports its intake lag too (faust's own offsets), caught up once traffic is answered.
+    router_lag = {k: v for k, v in view["lag"].items() if k.endswith(f"{prefix}npc.requests")}
+    assert (
+        list(router_lag) == [f"{prefix}npcflow-router {prefix}npc.requests"] and max(router_lag.values()) < 50
+    )
 
 
 def test_top_names_a_process_that_stopped(pipeline: PipelineProcesses) -> None:

@@ -85,3 +85,20 @@ def test_metrics_bind_loopback_unless_told() -> None:
     assert Settings.from_env({}, stack_file=False).observability.metrics_host == "127.0.0.1"
     env = {"NPCFLOW_METRICS_HOST": "0.0.0.0"}
     assert Settings.from_env(env, stack_file=False).observability.metrics_host == "0.0.0.0"
+
+
+def test_lag_from_offsets_a_consumer_already_tracks() -> None:
+    from aiokafka import TopicPartition
+    from prometheus_client import REGISTRY
+
+    from pipeline.observability.families import export_offsets_lag
+
+    ends = {
+        TopicPartition("u.npc.requests", 0): 120,
+        TopicPartition("u.npc.requests", 1): 40,
+        TopicPartition("u.npc.requests", 2): 9,
+    }
+    committed = {TopicPartition("u.npc.requests", 0): 100, TopicPartition("u.npc.requests", 1): 40}
+    export_offsets_lag("u.router", ends, committed)  # partition 2: nothing committed yet, not counted
+    labels = {"group": "u.router", "topic": "u.npc.requests"}
+    assert REGISTRY.get_sample_value("npcflow_consumer_lag", labels) == 20
