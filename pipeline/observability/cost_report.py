@@ -12,7 +12,7 @@ and say nothing per NPC; the tables hold every reply for as long as ops keep the
 - **saved** is what each answer from a cache (intent cache, default intent, result cache) would
   have cost from its tier's engine, :meth:`Pricing.saved` — priced with the pricing file in force
   now (``NPCFLOW_PRICING_FILE``), like ``npcflow_cost_saved_usd_total``; the tables store no savings.
-- The four queries run in one REPEATABLE READ transaction, so the breakdowns add up to the total
+- One statement reads the window once (see ``_REPORT``), so the breakdowns add up to the total
   even while a sink writes.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -96,31 +97,43 @@ class CostReport:
         }
 
 
-# The window's replies with their cost and what a cached one saved ($3: tiers, $4: served_by, $5:
-# usd of the savings table built from the pricing file).
-_WINDOW = """
-WITH w AS (
-    SELECT r.tenant_id, r.npc_id, COALESCE(r.served_tier, r.tier) AS tier, r.served_by,
-           COALESCE(c.cost_usd, 0) AS cost_usd, COALESCE(s.usd, 0) AS saved_usd
+# One statement, one pass over the window: the replies are first summed per (tenant, NPC, tier),
+# a set as small as the active NPCs, and every breakdown is summed from that. One statement reads
+# one snapshot (the breakdowns add up to the total while a sink writes) and needs no temporary
+# table, so it runs on a read replica (an Aurora reader endpoint) too. s_tier/s_by/s_usd: what a
+# cached answer saves, per tier and served_by, from the pricing file.
+_REPORT = """
+WITH per AS MATERIALIZED (
+    SELECT r.tenant_id, r.npc_id, COALESCE(r.served_tier, r.tier) AS tier, count(*) AS replies,
+           count(*) FILTER (WHERE r.served_by = 'engine') AS engine,
+           count(*) FILTER (WHERE r.served_by = ANY(%(cached)s)) AS cached,
+           COALESCE(sum(c.cost_usd), 0) AS cost_usd, COALESCE(sum(s.usd), 0) AS saved_usd
     FROM replies r
     LEFT JOIN costs c ON c.request_id = r.request_id
     LEFT JOIN unnest(%(s_tier)s::text[], %(s_by)s::text[], %(s_usd)s::float8[]) AS s(tier, served_by, usd)
            ON s.tier = r.tier AND s.served_by = r.served_by
     WHERE r.replied_at >= %(since)s AND (%(tenant)s::text IS NULL OR r.tenant_id = %(tenant)s)
+    GROUP BY 1, 2, 3
 )
-SELECT {key} AS key, count(*), count(*) FILTER (WHERE served_by = 'engine'),
-       count(*) FILTER (WHERE served_by = ANY(%(cached)s)), COALESCE(sum(cost_usd), 0),
-       COALESCE(sum(saved_usd), 0)
-FROM w {group} ORDER BY 5 DESC, 2 DESC, 1 {limit}
-"""
-_BREAKDOWNS = {
-    "total": ("'total'", "", ""),
-    "tiers": ("tier", "GROUP BY tier", ""),
-    "tenants": ("tenant_id", "GROUP BY tenant_id", ""),
-    "npcs": ("tenant_id || '/' || npc_id", "GROUP BY tenant_id, npc_id", "LIMIT %(top)s"),
-}
-_NPC_COUNT = "SELECT count(DISTINCT (tenant_id, npc_id)) FROM replies WHERE replied_at >= %(since)s" + (
-    " AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
+SELECT 'total', 'total', {sums} FROM per
+UNION ALL SELECT 'tiers', tier, {sums} FROM per GROUP BY tier
+UNION ALL SELECT 'tenants', tenant_id, {sums} FROM per GROUP BY tenant_id
+UNION ALL (
+    SELECT 'npcs', tenant_id || '/' || npc_id, {sums} FROM per GROUP BY tenant_id, npc_id
+    ORDER BY 7 DESC, 3 DESC, 2 LIMIT %(top)s
+)
+UNION ALL SELECT 'npc_count', '', count(DISTINCT (tenant_id, npc_id)), 0, 0, 0, 0 FROM per
+""".format(
+    sums=", ".join(
+        f"COALESCE(sum({column}), 0)::{kind}"
+        for column, kind in (
+            ("replies", "bigint"),
+            ("engine", "bigint"),
+            ("cached", "bigint"),
+            ("cost_usd", "float8"),
+            ("saved_usd", "float8"),
+        )
+    )
 )
 
 
@@ -161,7 +174,7 @@ def cost_report(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CostReportError(f"PostgreSQL unreachable (NPCFLOW_DATABASE_URL): {first}") from None
     with conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True  # a report never writes: fine on a read replica, safe on the primary
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         missing = [
             t
@@ -173,11 +186,15 @@ def cost_report(
                 f"PostgreSQL schema {schema!r} has no {' or '.join(missing)} table: run `npcflow db migrate` "
                 "(and a postgres sink, `npcflow run sink --sink postgres`, to fill it)"
             )
-        lines: dict[str, list[CostLine]] = {}
-        for name, (key, group, limit) in _BREAKDOWNS.items():
-            query = _WINDOW.format(key=key, group=group, limit=limit)
-            lines[name] = [_line(row) for row in conn.execute(query, params).fetchall()]  # type: ignore[arg-type]
-        row = conn.execute(_NPC_COUNT, params).fetchone()  # type: ignore[arg-type]
+        rows = conn.execute(_REPORT, params).fetchall()  # type: ignore[arg-type]
+    lines: dict[str, list[CostLine]] = defaultdict(list)
+    for kind, *row in rows:
+        lines[kind].append(_line(tuple(row)))
+
+    # UNION ALL keeps no order: sort each breakdown here (the NPCs' LIMIT already took the top).
+    def by_cost(c: CostLine) -> tuple[float, int, str]:
+        return -c.cost_usd, -c.replies, c.key
+
     return CostReport(
         since_s=since_s,
         since=since,
@@ -185,9 +202,9 @@ def cost_report(
         pricing=pricing.source,
         total=lines["total"][0],
         tiers=sorted(lines["tiers"], key=lambda c: (_TIER_ORDER.get(c.key, 9), c.key)),
-        tenants=lines["tenants"],
-        npcs=lines["npcs"],
-        npcs_in_window=int(row[0]) if row else 0,
+        tenants=sorted(lines["tenants"], key=by_cost),
+        npcs=sorted(lines["npcs"], key=by_cost),
+        npcs_in_window=lines["npc_count"][0].replies,
     )
 
 
