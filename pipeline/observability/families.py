@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -93,19 +93,25 @@ def exported_names() -> set[str]:
     return names
 
 
-def export_offsets_lag(group: str, end_offsets: Mapping[Any, int], committed: Mapping[Any, int]) -> None:
+def export_offsets_lag(
+    group: str, end_offsets: Mapping[Any, int], committed: Mapping[Any, int], assigned: Collection[Any]
+) -> None:
     """Lag per topic from offsets a consumer already tracks (the router: faust's Monitor keeps the
     high-water mark of every fetch and each commit), so exporting it costs no broker request.
 
     ``end_offsets`` and ``committed`` map topic-partitions (anything with ``.topic``) to the next
-    offset to be written and to be read. Only fetched partitions have an end offset: a router that
-    stopped fetching shows its last lag, not a growing one (its readiness and the workers' lag do).
+    offset to be written and to be read. Only ``assigned`` partitions count: the Monitor keeps a
+    revoked partition's last offsets, and another member now reports it (a topic this process lost
+    entirely reads 0, so ``sum by (group, topic)`` stays right). Only fetched partitions have an
+    end offset: a router that stopped fetching shows its last lag, not a growing one (its readiness
+    and the workers' lag show that).
     """
     per_topic: dict[str, int] = {}
     for tp, end in list(end_offsets.items()):
+        per_topic.setdefault(tp.topic, 0)
         done = committed.get(tp)
-        if done is not None:
-            per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, end - done)
+        if done is not None and tp in assigned:
+            per_topic[tp.topic] += max(0, end - done)
     for topic, lag in per_topic.items():
         CONSUMER_LAG.labels(group, topic).set(lag)
 

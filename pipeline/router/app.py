@@ -200,7 +200,10 @@ def create_app(
     async def _export_lag() -> None:
         # The intake's lag from offsets faust's Monitor already tracks (no broker request).
         monitor = app.monitor
-        families.export_offsets_lag(app.conf.id, monitor.tp_end_offsets, monitor.tp_committed_offsets)
+        assigned = app.consumer.assignment()
+        families.export_offsets_lag(
+            app.conf.id, monitor.tp_end_offsets, monitor.tp_committed_offsets, assigned
+        )
 
     @app.agent(intake, name="route")
     async def route_requests(stream: faust.StreamT) -> None:

@@ -99,6 +99,10 @@ def test_lag_from_offsets_a_consumer_already_tracks() -> None:
         TopicPartition("u.npc.requests", 2): 9,
     }
     committed = {TopicPartition("u.npc.requests", 0): 100, TopicPartition("u.npc.requests", 1): 40}
-    export_offsets_lag("u.router", ends, committed)  # partition 2: nothing committed yet, not counted
+    # Partition 2: nothing committed yet, not counted.
+    export_offsets_lag("u.router", ends, committed, set(ends))
     labels = {"group": "u.router", "topic": "u.npc.requests"}
     assert REGISTRY.get_sample_value("npcflow_consumer_lag", labels) == 20
+    # After a rebalance took partition 0, its stale offsets no longer count here; losing all reads 0.
+    export_offsets_lag("u.router", ends, committed, {TopicPartition("u.npc.requests", 1)})
+    assert REGISTRY.get_sample_value("npcflow_consumer_lag", labels) == 0
