@@ -37,7 +37,7 @@ from pipeline.lifecycle import Lifecycle
 from pipeline.observability import metrics
 from pipeline.readiness import mark_ready
 from topics.catalogue import OUTPUTS, SINK_DLQ
-from topics.schemas import DeadLetter, InvalidEvent, Output, field_errors
+from topics.schemas import DeadLetter, FieldError, InvalidEvent, Output, field_errors
 from workers.sinks.base import Sink
 from workers.sinks.exceptions import SinkUnavailable
 
@@ -45,6 +45,8 @@ log = logging.getLogger("npcflow.sinks")
 
 #: First backoff between two tries of a batch; it doubles up to ``NPCFLOW_SINK_RETRY_MAX_S``.
 FIRST_BACKOFF_S = 0.1
+#: Records parsed between two yields to the event loop (≈ 1 ms of work).
+PARSE_CHUNK = 64
 
 
 class SinkFailed(RuntimeError):
@@ -63,8 +65,23 @@ class SinkStats:
 
 @dataclass(frozen=True)
 class _Item:
+    """One consumed record: its output, or why it is not one (then it is dead-lettered)."""
+
     record: ConsumerRecord
-    output: Output
+    output: Output | None
+    reason: str = ""
+    errors: tuple[FieldError, ...] = ()
+
+
+def _parse(record: ConsumerRecord) -> _Item:
+    try:
+        return _Item(record, Output.from_bytes(record.value))
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        shown = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
+        return _Item(record, None, f"not a valid output: {shown}", tuple(errors))
+    except InvalidEvent as exc:
+        return _Item(record, None, f"not a valid output: {exc.reason}", tuple(exc.errors))
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -84,7 +101,11 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class SinkRunner(Lifecycle):
-    """``start()``, ``run()`` until :meth:`request_stop`, ``stop()`` (which writes what is buffered)."""
+    """``start()``, ``run()`` until :meth:`request_stop`, ``stop()`` (which writes what is buffered).
+
+    One batch is written while the next is fetched and parsed (at most one in flight, so batches
+    commit in order): the store's time overlaps the runner's own work.
+    """
 
     def __init__(self, sink: Sink, settings: Settings, *, group_id: str | None = None) -> None:
         self.sink = sink
@@ -96,12 +117,13 @@ class SinkRunner(Lifecycle):
         self.group = group_id or f"{prefix}npcflow-sink-{sink.name}"
         self.stats = SinkStats()
         self.assigned = asyncio.Event()
-        self._buffer: list[ConsumerRecord] = []
+        self._buffer: list[_Item] = []
         self._first_at: float | None = None
-        #: Bumped on every revoke and on stop: a batch retrying under an older generation gives up.
+        #: The batch being written (at most one).
+        self._flushing: asyncio.Task[None] | None = None
+        #: Bumped on every revoke: a batch retrying under an older generation gives up.
         self._generation = 0
         self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -117,11 +139,12 @@ class SinkRunner(Lifecycle):
         log.info("%s sink started on %s (group %s)", name, self.topic, self.group)
 
     async def _stop(self) -> None:
-        """Write what is buffered (one try: a store that is down keeps it for the next owner), close."""
+        """Finish the batch in flight, write what is buffered (one try), close."""
         self._stopping.set()
         if self._consumer is not None:
             with contextlib.suppress(Exception):
-                await self._flush()
+                await self._settle()
+                await self._flush(self._take())
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
@@ -137,7 +160,7 @@ class SinkRunner(Lifecycle):
         await self._stopping.wait()
 
     async def run(self) -> None:
-        """Consume, batch and write until :meth:`request_stop`."""
+        """Consume, batch and write until :meth:`request_stop`; raises :class:`SinkFailed`."""
         assert self._consumer is not None, "start() first"
         batch_s = self.options.batch_ms / 1000
         while not self._stopping.is_set():
@@ -146,46 +169,57 @@ class SinkRunner(Lifecycle):
             room = max(1, self.options.batch_size - len(self._buffer))
             fetched = await self._consumer.getmany(timeout_ms=int(wait_s * 1000), max_records=room)
             if generation != self._generation:
-                # A rebalance came while we fetched: records of partitions still ours are read again.
-                for tp, records in fetched.items():
-                    if records and tp in self._consumer.assignment():
-                        self._consumer.seek(tp, records[0].offset)
+                # A rebalance came while we fetched: whoever owns these partitions reads them again.
+                self._seek_back([r for records in fetched.values() for r in records])
                 continue
             for records in fetched.values():
                 if records and self._first_at is None:
                     self._first_at = time.monotonic()
-                self._buffer.extend(records)
+                for i in range(0, len(records), PARSE_CHUNK):
+                    self._buffer.extend(_parse(record) for record in records[i : i + PARSE_CHUNK])
+                    # Parsing is CPU: yield between chunks so the batch in flight hears its store.
+                    await asyncio.sleep(0)
             due = self._first_at is not None and time.monotonic() - self._first_at >= batch_s
             if self._buffer and (len(self._buffer) >= self.options.batch_size or due):
-                await self._flush()
+                await self._settle()
+                if generation != self._generation:
+                    continue  # revoked while the last batch finished: _release dropped the buffer
+                self._flushing = asyncio.create_task(self._flush(self._take()))
+                # Let the write start now: getmany returns without yielding while records are
+                # buffered, so without this the write would wait for the next batch to fill.
+                await asyncio.sleep(0)
 
     # -- one batch ----------------------------------------------------------------------------
-    async def _flush(self) -> None:
-        async with self._lock:
-            records, self._buffer, self._first_at = self._buffer, [], None
-            if not records:
-                return
-            generation = self._generation
-            items = await self._parse(records)
-            if items and not await self._write(items, generation, self.options.attempts):
-                self.stats.handed_back += 1
-                self._seek_back(records)
-                return
-            await self._commit(records)
+    def _take(self) -> list[_Item]:
+        batch, self._buffer, self._first_at = self._buffer, [], None
+        return batch
 
-    async def _parse(self, records: Sequence[ConsumerRecord]) -> list[_Item]:
-        """Outputs of the batch; a record that is not one goes to the dead-letter topic now."""
-        items = []
-        for record in records:
-            try:
-                items.append(_Item(record, Output.from_bytes(record.value)))
-            except ValidationError as exc:
-                errors = field_errors(exc)
-                shown = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
-                await self._dead_letter(record, f"not a valid output: {shown}", errors)
-            except InvalidEvent as exc:
-                await self._dead_letter(record, f"not a valid output: {exc.reason}", exc.errors)
-        return items
+    async def _settle(self) -> None:
+        """Wait for the batch in flight; its failure (:class:`SinkFailed`) is raised here."""
+        task = self._flushing
+        if task is None:
+            return
+        try:
+            await task
+        finally:
+            if self._flushing is task:
+                self._flushing = None
+
+    async def _flush(self, batch: list[_Item]) -> None:
+        """Dead-letter what is no output, write the rest, commit; or hand it all back."""
+        if not batch:
+            return
+        generation = self._generation
+        for item in batch:
+            if item.output is None:
+                await self._dead_letter(item.record, item.reason, list(item.errors))
+        items = [item for item in batch if item.output is not None]
+        if items and not await self._write(items, generation, self.options.attempts):
+            self.stats.handed_back += 1
+            # This batch and all fetched after it are read again from the batch's first offsets.
+            self._seek_back([item.record for item in (*batch, *self._take())])
+            return
+        await self._commit([item.record for item in batch])
 
     async def _write(self, items: list[_Item], generation: int, attempts: int) -> bool:
         """Write ``items`` (retrying, splitting, dead-lettering); False if abandoned by a revoke or stop."""
@@ -194,7 +228,7 @@ class SinkRunner(Lifecycle):
         while True:
             began = time.perf_counter()
             try:
-                await self.sink.write([item.output for item in items])
+                await self.sink.write([item.output for item in items if item.output is not None])
             except Exception as exc:
                 transient = isinstance(exc, (SinkUnavailable, *self.sink.transient))
                 tries += 0 if transient else 1
@@ -277,13 +311,20 @@ class SinkRunner(Lifecycle):
                 self._consumer.seek(tp, offset)
 
     async def _release(self, revoked: set[TopicPartition]) -> None:
-        """On a revoke: a retrying batch gives up, then what is buffered for ``revoked`` is dropped."""
+        """On a revoke: a retrying batch gives up, then what is buffered for ``revoked`` is dropped.
+
+        The partitions' next owner (perhaps us again) starts from the committed offsets.
+        """
         self._generation += 1
         self._wake.set()
-        async with self._lock:
-            self._buffer = [r for r in self._buffer if TopicPartition(r.topic, r.partition) not in revoked]
-            if not self._buffer:
-                self._first_at = None
+        try:
+            await self._settle()
+        except Exception as exc:  # run() sees the same failure and stops the process
+            log.warning("%s sink: the batch in flight failed during a rebalance: %s", self.sink.name, exc)
+        kept = [i for i in self._buffer if TopicPartition(i.record.topic, i.record.partition) not in revoked]
+        self._buffer = kept
+        if not kept:
+            self._first_at = None
 
 
 async def run_sink(settings: Settings, name: str) -> None:

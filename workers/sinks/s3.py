@@ -23,8 +23,9 @@ from workers.jobs.store import aws_client
 from workers.sinks.base import Sink, is_story_arc, latest_per_request
 from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
 
-#: Puts in flight at once (one batch's objects go up together).
-PUT_THREADS = 16
+#: Puts in flight at once (one batch's objects go up together): botocore's connection pool holds
+#: 10, and more threads than connections only open and drop connections.
+PUT_THREADS = 10
 
 
 class S3Sink(Sink):
