@@ -31,6 +31,8 @@ from pipeline.observability.metrics import percentiles
 from topics.admin import create_embedded_topics
 from topics.catalogue import DLQ, REQUESTS, Tier
 from topics.schemas import Reply, ReplyStatus, Request, Sla
+from workers.sinks import SINKS
+from workers.sinks import counts as sink_counts
 
 log = logging.getLogger("npcflow.demo")
 
@@ -283,6 +285,19 @@ async def drive(
     }
 
 
+async def settled_sink_counts(settings: Settings, timeout_s: float = 20.0) -> dict[str, int]:
+    """What the sinks wrote, once two reads a second apart agree (they batch for up to 200 ms)."""
+    last: dict[str, int] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = await sink_counts(settings)
+        if now == last:
+            break
+        last = now
+        await asyncio.sleep(1.0)
+    return last
+
+
 def _cpu_engines_yield(procs: PipelineProcesses, engines: dict[Tier, str]) -> None:
     """On a laptop the CPU models share the cores with the router: their threads yield (nice 10).
 
@@ -351,9 +366,10 @@ def _run_demo(
                 f"stack up; starting router and workers (engines: {json.dumps(engines)})",
                 flush=True,
             )
-        with PipelineProcesses(env, work, engines=engines) as procs:
+        with PipelineProcesses(env, work, engines=engines, sinks=tuple(SINKS)) as procs:
             _cpu_engines_yield(procs, engines)
             summary = asyncio.run(drive(settings, prefix, duration, rate, npcs, as_json, engines))
+            summary["sinks"] = asyncio.run(settled_sink_counts(settings))
     if not as_json:
         print("\nsummary: " + json.dumps(summary, indent=2))
     return summary

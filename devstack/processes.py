@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class PipelineProcesses:
     routers: int = 1
     workers: dict[Tier, int] = field(default_factory=lambda: {t: 1 for t in Tier})
     engines: dict[Tier, str] = field(default_factory=dict)
+    #: Sinks on npc.outputs to run, one process each (``npcflow run sink --sink NAME``).
+    sinks: tuple[str, ...] = ()
     ready_timeout_s: float = 60.0
     procs: list[tuple[ManagedProcess, Path]] = field(default_factory=list)
 
@@ -69,7 +72,21 @@ class PipelineProcesses:
         if any(spec.partition(":")[0] == "sagemaker" for spec in self.engines.values()):
             # Async jobs' final replies come from the collector (workers/jobs/collector.py).
             self._spawn("collector", ["run", "collector"], {})
+        if "postgres" in self.sinks:
+            self.migrate()
+        for name in self.sinks:
+            self._spawn(f"sink-{name}", ["run", "sink", "--sink", name], {})
         self.wait_ready()
+
+    def migrate(self) -> None:
+        """``npcflow db migrate`` with the children's environment, before the postgres sink starts."""
+        argv = [sys.executable, "-m", "pipeline.cli", "db", "migrate"]
+        done = subprocess.run(
+            argv, env={**config.environ(), **self.env}, capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            self.stop()
+            raise StackError(f"npcflow db migrate failed: {(done.stderr or done.stdout).strip()[-500:]}")
 
     def wait_ready(self) -> None:
         """Block until every process wrote its ready file; stop them all if one dies or is late."""

@@ -28,3 +28,8 @@ def test_demo_json_accounts_for_every_request(tmp_path) -> None:  # type: ignore
     assert summary["dead_letters"] == summary["invalid_sent"] >= 1
     assert summary["engine"] == {t: "scripted:latency_ms=2" for t in ("gold", "silver", "bronze")}
     assert summary["latency_ms"]["gold"]["p50"] is not None
+    # Every reply reached every store once (the sinks run in the demo): S3 holds the story arcs.
+    replied = sum(summary["replied"].values())
+    sinks = summary["sinks"]
+    assert sinks["postgres_rows"] == sinks["redis_results"] == sinks["opensearch_documents"] == replied
+    assert sinks["s3_objects"] == summary["statuses"]["bronze"].get("ok", 0)

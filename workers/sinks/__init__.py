@@ -20,6 +20,19 @@ SINKS: dict[str, tuple[str, str]] = {
 }
 
 
+#: What each sink's :meth:`Sink.count` counts (the demo's summary names them so).
+COUNTED = {"postgres": "rows", "s3": "objects", "opensearch": "documents", "redis": "results"}
+
+
+async def counts(settings: Settings, names: tuple[str, ...] = tuple(SINKS)) -> dict[str, int]:
+    """``{"postgres_rows": …, "s3_objects": …}``: what each store holds under this topic prefix / schema."""
+    result = {}
+    for name in names:
+        async with build_sink(name, settings) as sink:
+            result[f"{name}_{COUNTED[name]}"] = await sink.count()
+    return result
+
+
 def build_sink(name: str, settings: Settings) -> Sink:
     """The sink called ``name``, configured from ``settings`` (not started)."""
     if name not in SINKS:
@@ -29,4 +42,4 @@ def build_sink(name: str, settings: Settings) -> Sink:
     return sink
 
 
-__all__ = ["SINKS", "Sink", "SinkSetupError", "build_sink"]
+__all__ = ["COUNTED", "SINKS", "Sink", "SinkSetupError", "build_sink", "counts"]
