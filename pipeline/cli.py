@@ -282,5 +282,17 @@ def _observability_commands() -> None:
 _observability_commands()
 
 
+def _sink_commands() -> None:
+    """``run sink``, ``db migrate`` and ``search`` live in workers/sinks/commands.py."""
+    from workers.sinks import commands
+
+    run.add_command(commands.run_sink_cmd)
+    main.add_command(commands.db)
+    main.add_command(commands.search_cmd)
+
+
+_sink_commands()
+
+
 if __name__ == "__main__":
     main()

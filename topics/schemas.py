@@ -215,7 +215,7 @@ class DeadLetter(Event):
     source_topic: TopicName
     source_partition: bounded_int()
     source_offset: bounded_int()
-    stage: Literal["router", "worker"]
+    stage: Literal["router", "worker", "sink"]
     failed_at_ms: TimestampMs
 
     def original(self) -> bytes:
@@ -230,7 +230,7 @@ class DeadLetter(Event):
         partition: int,
         offset: int,
         errors: list[FieldError] | None = None,
-        stage: Literal["router", "worker"] = "router",
+        stage: Literal["router", "worker", "sink"] = "router",
     ) -> DeadLetter:
         """The record for one rejected event: its bytes (cut to fit a Kafka message) and its origin.
 
