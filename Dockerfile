@@ -29,6 +29,9 @@ COPY pipeline ./pipeline
 COPY topics ./topics
 COPY workers ./workers
 COPY devstack ./devstack
+# The sinks' migrations and index templates, installed as data files (share/npcflow/).
+COPY infrastructure/sql ./infrastructure/sql
+COPY infrastructure/opensearch ./infrastructure/opensearch
 # The dev stack's package ships only in the dev image.
 RUN if [ "${DEV_IMAGE}" != "1" ]; then rm -rf devstack; fi \
     && python -m venv /opt/npcflow \

@@ -9,11 +9,23 @@ what it writes by request id (rows, object keys, document ids, Redis keys).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from pipeline.lifecycle import Lifecycle
 from topics.catalogue import Tier
 from topics.schemas import Output, ReplyStatus
+
+
+def shipped(name: str) -> Path:
+    """``infrastructure/<name>`` of a checkout (editable install), else the copy a wheel installs.
+
+    pyproject's ``data-files`` put ``infrastructure/sql`` and ``infrastructure/opensearch`` under
+    ``<prefix>/share/npcflow/`` for a regular install (the container image).
+    """
+    checkout = Path(__file__).resolve().parents[2] / "infrastructure" / name
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "npcflow" / name
 
 
 class Sink(Lifecycle):

@@ -14,10 +14,10 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from workers.sinks.base import shipped
 from workers.sinks.exceptions import SinkSetupError
 
-#: The repository's migrations (the product runs from a checkout or an editable install).
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infrastructure" / "sql"
+MIGRATIONS_DIR = shipped("sql")
 #: Any fixed number: every npcflow migrator takes this lock for the duration of its transaction.
 ADVISORY_LOCK = 0x6E7063666C6F77
 _FILE = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
@@ -33,6 +33,8 @@ class Migration:
 def available(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """The migration files, by version; a misnamed or duplicate version is an error, not skipped."""
     found: dict[int, Migration] = {}
+    if not any(directory.glob("*.sql")):
+        raise SinkSetupError(f"no migrations in {directory}: is npcflow installed from its repository?")
     for path in sorted(directory.glob("*.sql")):
         match = _FILE.match(path.name)
         if not match:

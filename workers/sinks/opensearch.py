@@ -23,7 +23,7 @@ from opensearchpy.exceptions import TransportError
 
 from pipeline.config import Settings
 from topics.schemas import Output
-from workers.sinks.base import Sink, is_story_arc, latest_per_request
+from workers.sinks.base import Sink, is_story_arc, latest_per_request, shipped
 from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
 
 #: opensearch-py logs every request at INFO and every failed one with a traceback at WARNING: the
@@ -31,7 +31,7 @@ from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
 logging.getLogger("opensearch").setLevel(logging.ERROR)
 log = logging.getLogger("npcflow.sinks")
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "infrastructure" / "opensearch"
+TEMPLATES_DIR = shipped("opensearch")
 STORY_ARCS = "npcflow-story-arcs"
 DIALOGUE = "npcflow-dialogue"
 LORE = "npcflow-lore"
@@ -47,6 +47,8 @@ def install_templates(os_client: OpenSearch, directory: Path = TEMPLATES_DIR) ->
     Keys starting with ``_`` (comments) are dropped: OpenSearch refuses unknown template keys.
     """
     names = []
+    if not any(directory.glob("*.json")):
+        raise SinkSetupError(f"no index templates in {directory}: is npcflow installed from its repository?")
     for path in sorted(directory.glob("*.json")):
         body = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
         os_client.indices.put_index_template(name=path.stem, body=body)
