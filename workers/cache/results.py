@@ -84,9 +84,9 @@ class ResultCache(Lifecycle):
     def id_key(self, request_id: str) -> str:
         return f"{self.prefix}npcflow:result:id:{request_id}"
 
-    def prompt_key(self, tier: str | None, prompt: str) -> str:
-        """The key for ``prompt`` answered by ``tier`` (None: by any tier)."""
-        return f"{self.prefix}npcflow:result:prompt:{tier or ANY_TIER}:{prompt_hash(prompt)}"
+    def prompt_key(self, tier: str | None, prompt: str, *, hashed: str | None = None) -> str:
+        """The key for ``prompt`` answered by ``tier`` (None: by any tier); ``hashed``: its hash, known."""
+        return f"{self.prefix}npcflow:result:prompt:{tier or ANY_TIER}:{hashed or prompt_hash(prompt)}"
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def _start(self) -> None:
@@ -131,8 +131,9 @@ class ResultCache(Lifecycle):
         pairs = [(self.id_key(output.reply.request_id), value)]
         if cacheable_by_prompt(output.reply):
             tier = str(output.reply.served_tier or output.reply.tier)
-            pairs.append((self.prompt_key(tier, output.request.prompt), value))
-            pairs.append((self.prompt_key(None, output.request.prompt), value))
+            hashed = prompt_hash(output.request.prompt)
+            pairs.append((self.prompt_key(tier, output.request.prompt, hashed=hashed), value))
+            pairs.append((self.prompt_key(None, output.request.prompt, hashed=hashed), value))
         return pairs
 
     async def put_many(self, outputs: Iterable[Output]) -> int:
