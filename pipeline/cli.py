@@ -24,6 +24,8 @@ from topics.catalogue import CATALOGUE, Tier
 LAZY_COMMANDS = {
     "stack": ("devstack.cli", "stack", "Start, check and stop the embedded stack (laptops, tests, CI)."),
     "demo": ("devstack.cli", "demo", "Run the whole pipeline on the embedded stack with a simulated game."),
+    # Analysts' tool: reads topics only; lazy so `run router|worker` never imports it.
+    "replay": ("replay.cli", "replay", "Replay recorded topics: what-if reports, sandbox re-runs, exports."),
 }
 
 
@@ -212,7 +214,7 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     if tier_enum is Tier.GOLD and settings.resilience.fallback:
         silver = Tier.SILVER.value
         substitute = build_engine(settings.engines.spec_for(silver), silver, settings)
-    serve_metrics(settings.process.metrics_port)
+    serve_metrics(settings.process.metrics_port, settings.observability.metrics_host)
     set_role(f"worker-{tier}")
     asyncio.run(run_worker(config, build_engine(spec, tier, settings), substitute))
 
@@ -226,7 +228,9 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     help="http: streamable HTTP at http://HOST:PORT/mcp for many workers; stdio: a worker's child.",
 )
 @click.option("--host", default=None, help="HTTP bind address (default: NPCFLOW_MCP_HOST, 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="HTTP port (default: NPCFLOW_MCP_PORT, 8765; 0: a free one).")
+@click.option(
+    "--port", type=int, default=None, help="HTTP port (default: NPCFLOW_MCP_PORT, 8765; 0: a free one)."
+)
 @click.pass_obj
 def run_mcp_cmd(settings: Settings, transport: str, host: str | None, port: int | None) -> None:
     """The game-state MCP server: follows game.state, serves Silver's tools and rag_search."""
@@ -234,7 +238,7 @@ def run_mcp_cmd(settings: Settings, transport: str, host: str | None, port: int 
     from workers.game_state.server import serve_mcp
 
     if transport == "http":  # a stdio child shares its worker's environment, metrics port included
-        serve_metrics(settings.process.metrics_port)
+        serve_metrics(settings.process.metrics_port, settings.observability.metrics_host)
     asyncio.run(serve_mcp(settings, "stdio" if transport == "stdio" else "http", host, port))
 
 
@@ -276,7 +280,8 @@ def _observability_commands() -> None:
     """validate, cost and top live in pipeline/observability/commands.py (imports only click there)."""
     from pipeline.observability import commands
 
-    main.add_command(commands.validate_cmd)
+    for command in commands.COMMANDS:
+        main.add_command(command)
 
 
 _observability_commands()

@@ -18,6 +18,14 @@ from pipeline.engine_settings import OpenAISettings, SageMakerSettings
 from pipeline.errors import UserFacingError
 from pipeline.kafka_security import KafkaSecurity, read_kafka_security
 from pipeline.observability.settings import ObservabilitySettings
+from pipeline.tool_settings import (
+    McpServerSettings,
+    ResultCacheSettings,
+    ToolSettings,
+    ToolSettingsError,
+    parse_allowlist,
+    parse_names,
+)
 
 ENV_KAFKA_BOOTSTRAP = "NPCFLOW_KAFKA_BOOTSTRAP"
 ENV_DATABASE_URL = "NPCFLOW_DATABASE_URL"
@@ -27,9 +35,12 @@ ENV_OPENSEARCH_URL = "NPCFLOW_OPENSEARCH_URL"
 ENV_TOPIC_PREFIX = "NPCFLOW_TOPIC_PREFIX"
 ENV_STATE_DIR = "NPCFLOW_STATE_DIR"
 ENV_POLICY_FILE = "NPCFLOW_POLICY_FILE"
+ENV_REPLAY_MAX_OPEN = "NPCFLOW_REPLAY_MAX_OPEN"
 ENV_FETCH_MAX_WAIT_MS = "NPCFLOW_FETCH_MAX_WAIT_MS"
 ENV_SESSION_TIMEOUT_S = "NPCFLOW_SESSION_TIMEOUT_S"
 ENV_CLIENT_RESEND_AFTER_S = "NPCFLOW_CLIENT_RESEND_AFTER_S"
+ENV_GOLD_BATCH_WINDOW_MS = "NPCFLOW_GOLD_BATCH_WINDOW_MS"
+ENV_GOLD_MAX_BATCH = "NPCFLOW_GOLD_MAX_BATCH"
 ENV_CLIENT_MAX_RESENDS = "NPCFLOW_CLIENT_MAX_RESENDS"
 ENV_ENGINE = "NPCFLOW_ENGINE"
 ENV_EMBEDDED_THREADS = "NPCFLOW_EMBEDDED_THREADS"
@@ -69,6 +80,15 @@ ENV_JOBS_BUCKET = "NPCFLOW_JOBS_BUCKET"
 ENV_JOBS_POLL_S = "NPCFLOW_JOBS_POLL_S"
 ENV_JOBS_GIVE_UP_S = "NPCFLOW_JOBS_GIVE_UP_S"
 ENV_GPU_MODEL = "NPCFLOW_GPU_MODEL"
+ENV_MCP_URL = "NPCFLOW_MCP_URL"
+ENV_MCP_COMMAND = "NPCFLOW_MCP_COMMAND"
+ENV_MCP_HOST = "NPCFLOW_MCP_HOST"
+ENV_MCP_PORT = "NPCFLOW_MCP_PORT"
+ENV_LORE_INDICES = "NPCFLOW_LORE_INDICES"
+ENV_TOOL_TIMEOUT_MS = "NPCFLOW_TOOL_TIMEOUT_MS"
+ENV_TOOL_BUDGET_FRACTION = "NPCFLOW_TOOL_BUDGET_FRACTION"
+ENV_TOOL_ALLOWLIST = "NPCFLOW_TOOL_ALLOWLIST"
+ENV_RESULT_CACHE = "NPCFLOW_RESULT_CACHE"
 ENV_SINK_BATCH_SIZE = "NPCFLOW_SINK_BATCH_SIZE"
 ENV_SINK_BATCH_MS = "NPCFLOW_SINK_BATCH_MS"
 ENV_SINK_RETRY_MAX_S = "NPCFLOW_SINK_RETRY_MAX_S"
@@ -78,6 +98,7 @@ ENV_SINK_PG_SCHEMA = "NPCFLOW_SINK_PG_SCHEMA"
 ENV_SINK_MULTIPART_MB = "NPCFLOW_SINK_MULTIPART_MB"
 ENV_PRICING_FILE = "NPCFLOW_PRICING_FILE"
 ENV_METRICS_TARGETS = "NPCFLOW_METRICS_TARGETS"
+ENV_METRICS_HOST = "NPCFLOW_METRICS_HOST"
 ENV_VALIDATE_MAX_LAG = "NPCFLOW_VALIDATE_MAX_LAG"
 
 #: Consumer fetch wait on latency paths: the embedded broker answers a waiting fetch late
@@ -179,6 +200,9 @@ class WorkerSettings:
     max_in_flight: int | None = None
     max_pending: int = DEFAULT_MAX_PENDING
     engine_grace_s: float = DEFAULT_ENGINE_GRACE_S
+    #: Gold refreshes arriving within this window go to a batching engine as one batch (0: off).
+    gold_batch_window_ms: float = 10.0
+    gold_max_batch: int = 8
 
     def in_flight_for(self, tier: str) -> int:
         return self.max_in_flight or DEFAULT_MAX_IN_FLIGHT.get(tier, 8)
@@ -282,6 +306,32 @@ def _openai_settings(r: _Reader) -> OpenAISettings:
     )
 
 
+def _tool_settings(r: _Reader) -> dict[str, object]:
+    """``tools``, ``mcp_server`` and ``result_cache`` of :class:`Settings`."""
+    try:
+        allowlist = parse_allowlist(r.str(ENV_TOOL_ALLOWLIST))
+        cache_tiers = parse_names(r.str(ENV_RESULT_CACHE), ResultCacheSettings().tiers, TIERS)
+        indices = parse_names(r.str(ENV_LORE_INDICES), McpServerSettings().lore_indices)
+    except ToolSettingsError as exc:
+        name = ENV_TOOL_ALLOWLIST if "tenant=" in str(exc) else ENV_RESULT_CACHE
+        raise ConfigError(f"{name}: {exc}") from None
+    return {
+        "tools": ToolSettings(
+            mcp_url=r.str(ENV_MCP_URL),
+            mcp_command=r.str(ENV_MCP_COMMAND),
+            timeout_ms=r.float(ENV_TOOL_TIMEOUT_MS, 50.0),
+            budget_fraction=min(1.0, max(0.0, r.float(ENV_TOOL_BUDGET_FRACTION, 0.3))),
+            allowlist=allowlist,
+        ),
+        "mcp_server": McpServerSettings(
+            host=r.str(ENV_MCP_HOST, "127.0.0.1") or "127.0.0.1",
+            port=r.int(ENV_MCP_PORT, 8765) or 8765,
+            lore_indices=indices,
+        ),
+        "result_cache": ResultCacheSettings(tiers=cache_tiers),
+    }
+
+
 @dataclass(frozen=True)
 class IntentSettings:
     """Gold's intent cache (docs/architecture.md, "Gold's two paths")."""
@@ -296,6 +346,15 @@ class IntentSettings:
     defaults_file: str | None = None
     #: The router answers realtime Gold requests from its near cache and sends only refreshes on.
     fast_path: bool = True
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    """``npcflow replay`` (docs/architecture.md, "Replay for analysts")."""
+
+    #: Requests the replay's join holds at once waiting for their decision and reply: its memory
+    #: bound, whatever the window's length (a few KB each).
+    max_open: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -352,6 +411,11 @@ class Settings:
     embedded_broker: str = DEFAULT_EMBEDDED_BROKER
     intents: IntentSettings = field(default_factory=IntentSettings)
     client: ClientSettings = field(default_factory=ClientSettings)
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
+    #: Silver's MCP tools, the game-state MCP server, the result cache (pipeline/tool_settings.py).
+    tools: ToolSettings = field(default_factory=ToolSettings)
+    mcp_server: McpServerSettings = field(default_factory=McpServerSettings)
+    result_cache: ResultCacheSettings = field(default_factory=ResultCacheSettings)
     sinks: SinkSettings = field(default_factory=SinkSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
 
@@ -395,6 +459,8 @@ class Settings:
                 max_in_flight=r.int(ENV_MAX_IN_FLIGHT, None),
                 max_pending=r.int(ENV_MAX_PENDING, DEFAULT_MAX_PENDING) or DEFAULT_MAX_PENDING,
                 engine_grace_s=r.float(ENV_ENGINE_GRACE_S, DEFAULT_ENGINE_GRACE_S),
+                gold_batch_window_ms=r.float(ENV_GOLD_BATCH_WINDOW_MS, 10.0),
+                gold_max_batch=max(2, r.int(ENV_GOLD_MAX_BATCH, 8) or 8),
             ),
             engines=EngineSettings(
                 default=r.str(ENV_ENGINE, DEFAULT_ENGINE) or DEFAULT_ENGINE,
@@ -424,11 +490,13 @@ class Settings:
                     t.strip() for t in (r.str(ENV_METRICS_TARGETS) or "").split(",") if t.strip()
                 ),
                 max_lag=r.int(ENV_VALIDATE_MAX_LAG, 1000) or 0,
+                metrics_host=r.str(ENV_METRICS_HOST, "127.0.0.1") or "127.0.0.1",
             ),
             client=ClientSettings(
                 resend_after_s=r.float(ENV_CLIENT_RESEND_AFTER_S, 10.0),
                 max_resends=r.int(ENV_CLIENT_MAX_RESENDS, 3) or 0,
             ),
+            replay=ReplaySettings(max_open=max(1, r.int(ENV_REPLAY_MAX_OPEN, 100_000) or 100_000)),
             intents=IntentSettings(
                 ttl_ms=r.int(ENV_INTENT_TTL_MS, 1000) or 1000,
                 refresh_interval_ms=r.int(ENV_INTENT_REFRESH_INTERVAL_MS, 500) or 0,
@@ -457,6 +525,7 @@ class Settings:
                 shedding=_flag(r, ENV_SHEDDING, True),
                 tenant_weights=_parse_weights(r.str(ENV_TENANT_WEIGHTS)),
             ),
+            **_tool_settings(r),
         )
 
     def with_(self, **changes: object) -> Settings:

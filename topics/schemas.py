@@ -109,6 +109,17 @@ class TierAttempt(BaseModel):
     reason: Annotated[str, StringConstraints(max_length=300)] = ""
 
 
+class ToolCall(BaseModel):
+    """One MCP tool call made for a request's ``tools``: which, how it ended, how long it took."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    tool: ToolName = Field(description="The request's tool (game_state_query, rag_search).")
+    call: ToolName = Field(description="The MCP tool called for it (query_npc_state, rag_search, ...).")
+    outcome: Literal["ok", "error", "timeout", "unavailable", "refused"]
+    ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    error: Annotated[str, StringConstraints(max_length=300)] = ""
+
+
 #: A request passes through at most every tier once (and a Gold refresh through Silver's engine).
 MAX_CHAIN = 6
 
@@ -152,6 +163,10 @@ class Reply(Event):
         default=None,
         description="The asynchronous job serving the request (status accepted, and its final reply); "
         "look it up with `npcflow job get`.",
+    )
+    tools: Annotated[list[ToolCall], Field(max_length=32)] | None = Field(
+        default=None,
+        description="The tool calls made for the request's tools; a failed or slow one gave no context.",
     )
 
 
@@ -373,5 +388,6 @@ __all__ = [
     "ContextValue", "DeadLetter", "Event", "FieldError", "GameStateUpdate", "Identifier", "Intent",
     "InvalidEvent", "JsonValue", "Latency", "Output", "Reply", "ReplyStatus", "ReplyTopicName",
     "Request", "RequestId", "RoutingDecision", "SchemaVersion", "ServedBy", "Sla", "TierAttempt",
-    "TimestampMs", "TokenUsage", "ToolName", "TopicName", "bounded_int", "field_errors", "parse_request"
+    "TimestampMs", "TokenUsage", "ToolCall", "ToolName", "TopicName", "bounded_int", "field_errors",
+    "parse_request"
 ]
