@@ -11,8 +11,8 @@ window's length (docs/architecture.md, "Replay for analysts").
 Requests are parsed exactly as the router parses them (:func:`topics.schemas.parse_request` under
 the recorded prefix): an invalid one is what the router dead-lettered. Decisions and replies were
 validated by the router and workers that wrote them; unless the full rows are wanted (an export),
-only the fields the report uses are read (:class:`DecisionView`, :class:`ReplyView`): half the
-parsing cost, which is most of a replay's CPU.
+only the fields the report uses are read (:class:`DecisionView`, :class:`ReplyView`, msgspec
+structs: a quarter of pydantic's cost; parsing is most of a replay's CPU).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import msgspec
 from aiokafka.structs import ConsumerRecord
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from topics.catalogue import Tier
 from topics.schemas import (
     InvalidEvent,
-    Latency,
     Output,
     Reply,
     ReplyStatus,
@@ -37,11 +37,11 @@ from topics.schemas import (
 )
 
 
-class _View(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+class _Latency(msgspec.Struct, frozen=True):
+    total_ms: float = 0.0
 
 
-class DecisionView(_View):
+class DecisionView(msgspec.Struct, frozen=True):
     """The fields of a :class:`RoutingDecision` the report reads."""
 
     request_id: str
@@ -51,18 +51,26 @@ class DecisionView(_View):
     stage: str = "router"
 
 
-class ReplyView(_View):
+class ReplyView(msgspec.Struct, frozen=True):
     """The fields of a :class:`Reply` the report reads."""
 
     request_id: str
     tier: Tier
     status: ReplyStatus
     cost_usd: float = 0.0
-    latency: Latency = Latency()
+    latency: _Latency = _Latency()
 
 
-class _OutputView(_View):
+class _OutputView(msgspec.Struct, frozen=True):
     reply: ReplyView
+
+
+# Unknown fields are skipped while decoding, without building them (pydantic builds the whole JSON
+# tree first: an output's 700 bytes cost 3.3 µs there, 0.8 µs here).
+_read_decision = msgspec.json.Decoder(DecisionView).decode
+_read_output = msgspec.json.Decoder(_OutputView).decode
+#: What a record that is not such an object raises (pydantic's, for the full models).
+_UNREADABLE = (InvalidEvent, ValidationError, ValueError, msgspec.MsgspecError)
 
 
 @dataclass(slots=True)
@@ -84,6 +92,8 @@ class Entry:
     reply: Reply | ReplyView | None = None
     #: Output records seen for this request (more than one: a duplicate or a late result).
     outputs: int = 0
+    #: Record time of the first part seen: the row waits ``patience_ms`` from here at most.
+    first_seen: int = 0
 
     @property
     def complete(self) -> bool:
@@ -134,15 +144,12 @@ class Join:
         ``full``: keep whole decisions and replies (an export) rather than the report's fields."""
         self.topics = (requests_topic, routing_topic, outputs_topic)
         self.prefix = prefix
-        self._decision_model: type[RoutingDecision] | type[DecisionView] = (
-            RoutingDecision if full else DecisionView
-        )
         self._full = full
         self.max_open = max_open
         self.patience_ms = patience_ms
         self.stats = JoinStats()
+        #: Open rows, oldest first (an OrderedDict: the oldest is found in O(1) however many left).
         self._open: OrderedDict[str, Entry] = OrderedDict()
-        self._first_seen: dict[str, int] = {}
         self._ready: list[Entry] = []
         self._invalid_seq = 0
 
@@ -150,89 +157,103 @@ class Join:
         self.add_many(topic, [record])
 
     def add_many(self, topic: str, records: list[ConsumerRecord]) -> None:
-        """Records of one topic, in offset order."""
-        requests, routing, outputs = self.topics
-        handler = (
-            self._add_request if topic == requests
-            else self._add_decision if topic == routing
-            else self._add_output if topic == outputs
-            else None
-        )
-        if handler is not None:
-            for record in records:
-                handler(record)
+        """Records of one topic, in offset order.
 
-    def _entry(self, request_id: str, ts: int) -> Entry:
-        entry = self._open.get(request_id)
-        if entry is None:
-            entry = self._open[request_id] = Entry(request_id)
-            self._first_seen[request_id] = ts
-            if len(self._open) > self.max_open:
-                self._leave(next(iter(self._open)), evicted=True)
+        The loops below are a replay's per-record cost after the parsing itself, so they work on
+        locals and inline the bookkeeping (benchmarks/replay.py; docs/architecture.md §14).
+        """
+        requests, routing, outputs = self.topics
+        if topic == requests:
+            self._add_requests(records)
+        elif topic == routing:
+            self._add_decisions(records)
+        elif topic == outputs:
+            self._add_outputs(records)
+
+    def _new(self, request_id: str, ts: int) -> Entry:
+        entry = self._open[request_id] = Entry(request_id, first_seen=ts)
+        if len(self._open) > self.max_open:
+            self._leave(next(iter(self._open)), evicted=True)
         return entry
 
-    def _add_request(self, record: ConsumerRecord) -> None:
-        self.stats.requests += 1
-        try:
-            request = parse_request(record.value, self.prefix)
-        except InvalidEvent as exc:
-            # No request id to join on: the row leaves at once, as the router dead-lettered it.
-            self.stats.invalid += 1
-            self._invalid_seq += 1
-            self._ready.append(
-                Entry(
-                    f"(invalid #{self._invalid_seq})",
-                    raw=record.value,
-                    received_ms=record.timestamp,
-                    partition=record.partition,
-                    offset=record.offset,
-                    invalid=exc.reason,
+    def _done(self, entry: Entry) -> None:
+        """The row has its three parts: it leaves now."""
+        self.stats.complete += 1
+        del self._open[entry.request_id]
+        self._ready.append(entry)
+
+    def _add_requests(self, records: list[ConsumerRecord]) -> None:
+        stats, prefix, get = self.stats, self.prefix, self._open.get
+        for record in records:
+            stats.requests += 1
+            try:
+                request = parse_request(record.value, prefix)
+            except InvalidEvent as exc:
+                # No request id to join on: the row leaves at once, as the router dead-lettered it.
+                stats.invalid += 1
+                self._invalid_seq += 1
+                self._ready.append(
+                    Entry(
+                        f"(invalid #{self._invalid_seq})",
+                        raw=record.value,
+                        received_ms=record.timestamp,
+                        partition=record.partition,
+                        offset=record.offset,
+                        invalid=exc.reason,
+                    )
                 )
-            )
-            return
-        entry = self._entry(request.request_id, record.timestamp)
-        if entry.raw is not None:  # the same request sent again (an SDK resend): the first one counts
-            return
-        entry.raw, entry.request, entry.received_ms = record.value, request, record.timestamp
-        entry.partition, entry.offset = record.partition, record.offset
-        self._check(entry)
+                continue
+            entry = get(request.request_id)
+            if entry is None:
+                entry = self._new(request.request_id, record.timestamp)
+            elif entry.raw is not None:  # the same request sent again (an SDK resend): the first counts
+                continue
+            entry.raw, entry.request, entry.received_ms = record.value, request, record.timestamp
+            entry.partition, entry.offset = record.partition, record.offset
+            if entry.decision is not None and entry.reply is not None:
+                self._done(entry)
 
-    def _add_decision(self, record: ConsumerRecord) -> None:
-        try:
-            decision = self._decision_model.model_validate_json(record.value or b"")
-        except (InvalidEvent, ValidationError, ValueError):
-            self.stats.unreadable += 1
-            return
-        entry = self._entry(decision.request_id, record.timestamp)
-        if decision.stage == "worker":
-            entry.worker_reroutes += 1
-        elif entry.decision is None:
-            entry.decision = decision
-            self._check(entry)
+    def _add_decisions(self, records: list[ConsumerRecord]) -> None:
+        validate = RoutingDecision.model_validate_json if self._full else _read_decision
+        get = self._open.get
+        for record in records:
+            try:
+                decision = validate(record.value or b"")
+            except _UNREADABLE:
+                self.stats.unreadable += 1
+                continue
+            entry = get(decision.request_id)
+            if entry is None:
+                entry = self._new(decision.request_id, record.timestamp)
+            if decision.stage == "worker":
+                entry.worker_reroutes += 1
+            elif entry.decision is None:
+                entry.decision = decision
+                if entry.raw is not None and entry.reply is not None:
+                    self._done(entry)
 
-    def _add_output(self, record: ConsumerRecord) -> None:
-        try:
-            raw = record.value or b""
-            reply = Output.from_bytes(raw).reply if self._full else _OutputView.model_validate_json(raw).reply
-        except (InvalidEvent, ValidationError, ValueError):
-            self.stats.unreadable += 1
-            return
-        if reply.status is ReplyStatus.ACCEPTED:
-            return
-        entry = self._entry(reply.request_id, record.timestamp)
-        entry.outputs += 1
-        if entry.reply is None:
-            entry.reply = reply
-            self._check(entry)
-
-    def _check(self, entry: Entry) -> None:
-        if entry.complete:
-            self.stats.complete += 1
-            self._leave(entry.request_id)
+    def _add_outputs(self, records: list[ConsumerRecord]) -> None:
+        full, get, accepted = self._full, self._open.get, ReplyStatus.ACCEPTED
+        validate = Output.from_bytes if full else _read_output
+        for record in records:
+            try:
+                reply = validate(record.value or b"").reply
+            except _UNREADABLE:
+                self.stats.unreadable += 1
+                continue
+            if reply.status is accepted:
+                continue
+            entry = get(reply.request_id)
+            if entry is None:
+                entry = self._new(reply.request_id, record.timestamp)
+            entry.outputs += 1
+            if entry.reply is None:
+                entry.reply = reply
+                if entry.raw is not None and entry.decision is not None:
+                    self._done(entry)
 
     def _leave(self, request_id: str, *, evicted: bool = False, timed_out: bool = False) -> None:
         entry = self._open.pop(request_id)
-        del self._first_seen[request_id]
         if entry.raw is None:
             self.stats.orphans += 1
             return
@@ -246,10 +267,10 @@ class Join:
             return
         horizon = position_ms - self.patience_ms
         while self._open:
-            request_id = next(iter(self._open))
-            if self._first_seen[request_id] >= horizon:
+            entry = next(iter(self._open.values()))
+            if entry.first_seen >= horizon:
                 break
-            self._leave(request_id, timed_out=True)
+            self._leave(entry.request_id, timed_out=True)
 
     def ready(self) -> Iterator[Entry]:
         """Rows that left since the last call, in the order they left."""

@@ -41,6 +41,10 @@ class _TierStats:
     unpriced: int = 0
 
 
+#: Distinct request shapes whose tier is remembered; past this the memo starts afresh (bounded memory).
+MEMO_SIZE = 65_536
+
+
 class WhatIf:
     """``await what_if.add(entry)`` for every row; :meth:`summary` at the end."""
 
@@ -55,6 +59,11 @@ class WhatIf:
         self.detours = 0
         self.unanswered = 0
         self.tiers = {tier: _TierStats() for tier in Tier}
+        #: tier inputs → (tier, contradiction?) or None (unroutable): recorded traffic repeats a few
+        #: shapes (SLA, budget, size, tools), and the policy took a third of a replay's CPU.
+        self._memo: dict[tuple[object, ...], tuple[Tier, bool] | None] = {}
+        self._names = {tier: tier.value for tier in Tier} | {None: DEAD}
+        self._move_names: dict[tuple[Tier | None, Tier | None], str] = {}
 
     def predict(self, entry: Entry) -> Route | None:
         """The candidate's route for this recorded request; None: it would be dead-lettered."""
@@ -65,26 +74,52 @@ class WhatIf:
         except Unroutable:
             return None
 
+    def _decide(self, entry: Entry) -> tuple[Tier, bool] | None:
+        """:meth:`predict`'s tier and whether it is a contradiction, once per request shape
+        (:meth:`RoutingPolicy.tier_inputs`: the deadline, which the report does not use, is all
+        that differs between requests of one shape)."""
+        request = entry.request
+        if request is None:
+            return None
+        key = self.policy.tier_inputs(request)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        route = self.predict(entry)
+        decided = None if route is None else (route.tier, route.contradiction is not None)
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()
+        self._memo[key] = decided
+        return decided
+
     def add(self, entry: Entry) -> Tier | None:
         """Count one row; returns the predicted tier (None: the candidate would dead-letter it)."""
-        route = self.predict(entry)
-        tier = route.tier if route is not None else None
+        decided = self._decide(entry)
+        tier = decided[0] if decided is not None else None
+        names = self._names
         self.requests += 1
         self.invalid += entry.invalid is not None
-        recorded = entry.recorded_tier
-        self.recorded[recorded.value if recorded else DEAD] += 1
-        self.predicted[tier.value if tier else DEAD] += 1
-        if route is not None and route.contradiction:
-            self.contradictions["predicted"] += 1
-        if entry.decision is not None:
-            self.detours += entry.decision.fallback_from is not None
-            self.contradictions["recorded"] += "demoted to" in entry.decision.reason
-        if recorded != tier:
-            self.moves[f"{recorded.value if recorded else DEAD}->{tier.value if tier else DEAD}"] += 1
+        decision = entry.decision
         reply = entry.reply
-        if recorded is not None and reply is None:
-            self.unanswered += 1
-        if reply is not None:
+        if decision is not None:
+            recorded: Tier | None = decision.fallback_from or decision.tier
+            self.detours += decision.fallback_from is not None
+            self.contradictions["recorded"] += "demoted to" in decision.reason
+        else:
+            recorded = reply.tier if reply is not None else None
+        self.recorded[names[recorded]] += 1
+        self.predicted[names[tier]] += 1
+        if decided is not None and decided[1]:
+            self.contradictions["predicted"] += 1
+        if recorded != tier:
+            move = self._move_names.get((recorded, tier))
+            if move is None:
+                move = self._move_names[recorded, tier] = f"{names[recorded]}->{names[tier]}"
+            self.moves[move] += 1
+        if reply is None:
+            self.unanswered += recorded is not None
+        else:
             stats = self.tiers[reply.tier]
             stats.recorded.add(reply.latency.total_ms)
             stats.recorded_cost += reply.cost_usd

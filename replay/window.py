@@ -33,6 +33,9 @@ from pipeline.errors import UserFacingError
 from pipeline.lifecycle import Lifecycle
 
 log = logging.getLogger("npcflow.replay")
+#: Loop turns that get the next fetch onto the wire (the fetcher's task wakes, then its request's)
+#: before a batch is processed, so the broker prepares it meanwhile.
+_FETCH_TURNS = 3
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -268,16 +271,22 @@ class WindowReader(Lifecycle):
 
     def _finish_idle(self, fetched: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
         """A partition that returned nothing and sits at its high-water mark is finished."""
-        assert self._consumer is not None
         for tp, part in self._parts.items():
-            if part.done or tp in fetched or part.paused:
-                continue
-            hw = self._consumer.highwater(tp)
-            if hw is not None and part.next >= hw:
-                if part.expect is not None or part.expect_none is not None:
-                    self.stats.by_time += 1  # nothing there to check the answer against: it was the end
-                    part.expect = part.expect_none = None
-                part.done = True
+            if not (part.done or tp in fetched or part.paused):
+                self._finish_at_end(part)
+
+    def _finish_at_end(self, part: _Part) -> None:
+        """A partition read up to the high-water mark of its last fetch is finished: waiting for an
+        empty fetch to say so cost a ``getmany`` timeout per replay."""
+        assert self._consumer is not None
+        if part.done:
+            return
+        hw = self._consumer.highwater(part.tp)
+        if hw is not None and part.next >= hw:
+            if part.expect is not None or part.expect_none is not None:
+                self.stats.by_time += 1  # nothing there to check the answer against: it was the end
+                part.expect = part.expect_none = None
+            part.done = True
 
     def _align(self) -> None:
         """Pause partitions far ahead in time of the slowest one, resume the others."""
@@ -327,11 +336,13 @@ class WindowReader(Lifecycle):
         consumer = self._consumer
         assert consumer is not None
         while not self.finished:
-            # Returns as soon as records are there; the timeout only bounds an idle wait.
-            fetched = await consumer.getmany(timeout_ms=50, max_records=5000)
+            # Returns as soon as records are there; the timeout only bounds an idle wait. Whole
+            # fetch responses are taken at once: aiokafka fetches again only a drained partition.
+            fetched = await consumer.getmany(timeout_ms=50, max_records=20_000)
             # Let the fetcher send the next fetch of the partitions just drained before this batch
             # is processed: the broker prepares it meanwhile instead of after.
-            await asyncio.sleep(0)
+            for _ in range(_FETCH_TURNS):
+                await asyncio.sleep(0)
             batch: list[tuple[str, list[ConsumerRecord]]] = []
             for tp, records in fetched.items():
                 part = self._parts[tp]
@@ -342,6 +353,7 @@ class WindowReader(Lifecycle):
                 if kept:
                     batch.append((tp.topic, kept))
                     self.stats.kept += len(kept)
+                self._finish_at_end(part)
             self._finish_idle(fetched)
             self._align()
             if batch:

@@ -100,6 +100,14 @@ class RoutingPolicy:
             return Sla.ASYNC, f"budget {request.latency_budget_ms} ms exceeds every SLA"
         return self.default_sla, f"no sla or budget: default {self.default_sla.value}"
 
+    @staticmethod
+    def tier_inputs(request: Request) -> tuple[object, ...]:
+        """The request fields :meth:`route` chooses the tier from (and finds a contradiction or an
+        unroutable request in); the deadline and the reason's wording read more. Requests with equal
+        inputs get the same tier, so a replay decides each once (``replay/report.py``): a new field
+        read by :meth:`classify` or :meth:`_cannot_serve` belongs here too."""
+        return (request.sla, request.latency_budget_ms, request.max_tokens, tuple(request.tools))
+
     def _cannot_serve(self, tier: Tier, request: Request) -> str | None:
         limits = self.tiers[tier]
         if request.max_tokens > limits.max_tokens:

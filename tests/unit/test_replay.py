@@ -11,11 +11,11 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.config import Settings
-from pipeline.router.policy import RoutingPolicy
+from pipeline.router.policy import RoutingPolicy, Unroutable
 from replay.cli import parse_offsets
 from replay.export import Exporter, ExportError
 from replay.histogram import Histogram
-from replay.join import Join
+from replay.join import Entry, Join
 from replay.report import WhatIf, render_table
 from replay.sandbox import REPLAY_OF_CONTEXT, Sandbox, SandboxError
 from replay.window import WindowError, parse_time
@@ -135,6 +135,53 @@ def test_what_if_counts_moves_dead_letters_and_prices_newcomers() -> None:
     table = render_table({"report": summary, "window": {"since": "a", "until": "b"},
                           "read": {"events": 10, "method": "scan", "seconds": 0.1}})
     assert "would move 1" in table and "silver" in table
+
+
+def test_what_if_decides_once_per_request_shape_exactly_as_the_policy_routes() -> None:
+    """The memo is keyed by RoutingPolicy.tier_inputs: every other field varied, the same tier."""
+    policy = RoutingPolicy.from_dict(
+        {
+            "slas": {"realtime": {"tier": "gold", "max_budget_ms": 16},
+                     "interactive": {"tier": "silver", "max_budget_ms": 250},
+                     "async": {"tier": "bronze", "max_budget_ms": 3600000}},
+            "tiers": {"gold": {"max_tokens": 8, "tools": False, "default_budget_ms": 16},
+                      "silver": {"max_tokens": 200, "tools": True, "default_budget_ms": 250},
+                      "bronze": {"max_tokens": 1000, "tools": True, "default_budget_ms": 60000}},
+        }
+    )
+    what_if = WhatIf(policy)
+    shapes = [
+        {"sla": sla, "latency_budget_ms": budget, "max_tokens": tokens, "tools": tools}
+        for sla in (None, *Sla)
+        for budget in (None, 10, 250, 60_000)
+        for tokens in (8, 64, 500, 2000)
+        for tools in ([], ["rag_search"])
+    ]
+    for n, shape in enumerate(shapes * 3):  # each shape three times, with other fields changed
+        request = Request(request_id=f"s{n}", npc_id=f"npc-{n}", tenant_id=f"gs-{n % 3}",
+                          prompt="x" * (n % 7 + 1), created_at_ms=1_000 + 37 * n, context={"k": n}, **shape)
+        entry = Entry(request.request_id, raw=b"", request=request, received_ms=900 + 41 * n)
+        try:
+            route = policy.route(request, received_ms=entry.received_ms)
+        except Unroutable:
+            route = None
+        assert what_if.add(entry) == (route.tier if route else None)
+    assert len(what_if._memo) == len(shapes)
+    assert what_if.contradictions["predicted"] > 0 and what_if.predicted["dead_lettered"] > 0
+
+
+def test_join_views_count_undecodable_decisions_and_outputs_as_unreadable() -> None:
+    join = Join(*T, max_open=10, patience_ms=0, full=False)
+    r = req(1)
+    join.add(T[0], record(T[0], r.to_bytes(), 1))
+    for bad in (b"{", b"[]", b'{"request_id": "r1", "tier": "platinum"}', b""):
+        join.add(T[1], record(T[1], bad, 1))
+        join.add(T[2], record(T[2], bad, 1))
+    assert join.stats.unreadable == 8 and join.open == 1
+    join.add(T[1], record(T[1], decision(r, Tier.GOLD), 1))
+    join.add(T[2], record(T[2], output(r, Tier.GOLD, 12.5), 1))
+    (row,) = join.ready()
+    assert row.recorded_tier is Tier.GOLD and row.reply is not None and row.reply.latency.total_ms == 12.5
 
 
 def test_histogram_percentiles_are_within_five_percent() -> None:
