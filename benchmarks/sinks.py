@@ -47,7 +47,7 @@ from workers.jobs.store import aws_client
 from workers.sinks import SINKS, build_sink
 from workers.sinks.migrations import migrate
 from workers.sinks.opensearch import DIALOGUE, STORY_ARCS, client, document, install_templates
-from workers.sinks.postgres import COPY_TABLES, table_rows
+from workers.sinks.postgres_rows import COPY_TABLES, table_rows
 from workers.sinks.runner import SinkRunner
 from workers.sinks.s3 import PUT_THREADS
 
@@ -99,7 +99,7 @@ def batches(outputs: Sequence[Output], size: int) -> list[Sequence[Output]]:
 async def bare_postgres(settings: Settings, outputs: Sequence[Output], size: int) -> float:
     """psycopg COPY into requests, replies, story_arcs and costs, one transaction per batch.
 
-    The rows are the sink's (:func:`table_rows`): the same data, column for column.
+    The rows are :func:`table_rows`, which the sink is tested to store: the same data, column for column.
     """
     assert settings.database_url
     schema = settings.sinks.pg_schema

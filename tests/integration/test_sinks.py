@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -29,10 +30,12 @@ from pipeline.config import Settings
 from tests.integration.kafka_util import eventually, read_topic
 from tests.unit.test_sinks import make_output
 from topics.admin import create_embedded_topics
-from topics.catalogue import OUTPUTS, SINK_DLQ
-from topics.schemas import DeadLetter, Output
+from topics.catalogue import OUTPUTS, SINK_DLQ, Tier
+from topics.schemas import DeadLetter, Output, ReplyStatus, ServedBy, Sla, TierAttempt
 from workers.sinks import SINKS, build_sink
 from workers.sinks.migrations import migrate
+from workers.sinks.postgres import COLUMNS
+from workers.sinks.postgres_rows import table_rows
 from workers.sinks.runner import SinkRunner
 
 NAMES = tuple(SINKS)
@@ -194,3 +197,51 @@ async def test_records_that_can_never_be_written_are_dead_lettered_with_the_reas
     assert reasons[0].startswith("not a valid output:"), reasons
     assert reasons[1].startswith("postgres sink: DataError: PostgreSQL text fields cannot contain NUL")
     assert {letter.stage for letter in letters} == {"sink"}
+
+
+async def test_the_postgres_sinks_rows_are_the_bare_clients_rows_on_both_paths(settings: Settings) -> None:
+    """The sink's own COPY text (fast path) and its upserts (replay path) store :func:`table_rows`."""
+    s = await isolated(settings)
+    run = s.topic_prefix.rstrip(".")
+    outputs = [
+        make_output(1, run=run, text='a "tale"\twith\nbreaks\\ and é', tools=["rag_search"],
+                    context={"zone": "north\\east", "n": 2.5, "ok": True}, sla=Sla.ASYNC,
+                    latency_budget_ms=900),
+        make_output(2, run=run, tier="silver", served_tier="bronze", status=ReplyStatus.FALLBACK),
+        make_output(3, run=run, tier="gold", status=ReplyStatus.ERROR, served_by=ServedBy.NONE, text=""),
+    ]
+    first = outputs[1]
+    chained = first.reply.model_copy(update={
+        "replied_at_ms": first.reply.replied_at_ms + 5, "status": ReplyStatus.OK, "late": True,
+        "chain": [TierAttempt(tier=Tier.SILVER, outcome="failed", reason="timeout\tafter 2 s")],
+    })
+    newer = Output(request=first.request, reply=chained)
+    sink = build_sink("postgres", s)
+    async with sink:
+        await sink.write(outputs)
+        assert await stored(s) == expected_rows(outputs)
+        await sink.write([*outputs, newer])  # every row exists: the upsert path, the newer reply wins
+        assert sink.upserts == 1  # type: ignore[attr-defined]
+    assert await stored(s) == expected_rows([outputs[0], newer, outputs[2]])
+
+
+def expected_rows(outputs: Sequence[Output]) -> dict[str, list[tuple[object, ...]]]:
+    rows = table_rows(outputs)
+    for table, cols in COLUMNS.items():  # JSON columns come back parsed
+        json_at = [i for i, c in enumerate(cols.split(", ")) if c in ("tools", "context", "chain")]
+        rows[table] = sorted(
+            tuple(json.loads(v) if i in json_at else v for i, v in enumerate(row))  # type: ignore[arg-type]
+            for row in rows[table]
+        )
+    return rows
+
+
+async def stored(settings: Settings) -> dict[str, list[tuple[object, ...]]]:
+    assert settings.database_url
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        await conn.execute(f"SET search_path TO {settings.sinks.pg_schema}")
+        result = {}
+        for table, cols in COLUMNS.items():
+            cur = await conn.execute(f"SELECT {cols} FROM {table} ORDER BY request_id")  # type: ignore[arg-type]
+            result[table] = sorted(await cur.fetchall())
+        return result

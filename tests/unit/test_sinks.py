@@ -21,7 +21,7 @@ from workers.sinks import build_sink
 from workers.sinks.base import Sink, is_story_arc, latest_per_request
 from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
 from workers.sinks.opensearch import OpenSearchSink
-from workers.sinks.postgres import STAGING_COLUMNS, staging_row
+from workers.sinks.postgres import COLUMNS, copy_text
 from workers.sinks.runner import SinkRunner, _Item
 
 
@@ -149,8 +149,17 @@ def test_the_latest_reply_per_request_wins_and_story_arcs_are_bronze_answers() -
     assert not is_story_arc(make_output(4, tier="bronze", status=ReplyStatus.ERROR, text=""))
 
 
-def test_postgres_staging_rows_match_the_staging_columns() -> None:
-    assert len(staging_row(make_output(1))) == len(STAGING_COLUMNS.split(","))
+def test_postgres_copy_text_quotes_free_text_and_writes_nulls_and_story_arcs_only_for_stories() -> None:
+    story = make_output(1, tier="bronze", text='line one\nsaid "hi"\tback\\slash')
+    chat = make_output(2, tier="silver")
+    text = copy_text([story, chat])
+    assert text["story_arcs"].count(b"\n") == 1 and text["replies"].count(b"\n") == 2
+    reply = text["replies"].split(b"\n")[0].split(b"\t")
+    assert len(reply) == len(COLUMNS["replies"].split(", "))
+    assert reply[9] == b'line one\\nsaid "hi"\\tback\\\\slash'
+    assert reply[10] == b"\\N"  # intent: NULL
+    assert all(len(line.split(b"\t")) == len(COLUMNS[table].split(", "))
+               for table, data in text.items() for line in data.splitlines())
 
 
 def test_opensearch_routes_story_arcs_and_dialogue_by_request_id() -> None:
