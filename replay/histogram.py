@@ -13,13 +13,21 @@ from collections import defaultdict
 _GROWTH = math.log(1.05)
 
 
+def bucket_of(value_ms: float) -> int:
+    return int(math.log1p(value_ms if value_ms > 0.0 else 0.0) / _GROWTH)
+
+
 class Histogram:
     def __init__(self) -> None:
         self.buckets: defaultdict[int, float] = defaultdict(float)
         self.count = 0.0
 
     def add(self, value_ms: float, weight: float = 1.0) -> None:
-        self.buckets[int(math.log1p(max(0.0, value_ms)) / _GROWTH)] += weight
+        self.add_to(bucket_of(value_ms), weight)
+
+    def add_to(self, bucket: int, weight: float = 1.0) -> None:
+        """Count a value already put in its bucket (:func:`bucket_of`, once for several histograms)."""
+        self.buckets[bucket] += weight
         self.count += weight
 
     def merge(self, other: Histogram, weight: float = 1.0) -> None:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.router.policy import Route, RoutingPolicy, Unroutable
-from replay.histogram import Histogram
+from replay.histogram import Histogram, bucket_of
 from replay.join import Entry
 from topics.catalogue import Tier
 
@@ -45,25 +45,29 @@ class _TierStats:
 MEMO_SIZE = 65_536
 
 
+class _Row(NamedTuple):
+    """What one row counts as; rows are tallied by it and every counter is derived at the end."""
+
+    recorded: Tier | None
+    predicted: Tier | None
+    contradiction: bool
+    detour: bool
+    demoted: bool
+    invalid: bool
+    reply_tier: Tier | None
+
+
 class WhatIf:
-    """``await what_if.add(entry)`` for every row; :meth:`summary` at the end."""
+    """``what_if.add(entry)`` for every row; :meth:`summary` at the end."""
 
     def __init__(self, policy: RoutingPolicy) -> None:
         self.policy = policy
-        self.requests = 0
-        self.invalid = 0
-        self.recorded: Counter[str] = Counter()
-        self.predicted: Counter[str] = Counter()
-        self.moves: Counter[str] = Counter()
-        self.contradictions = {"recorded": 0, "predicted": 0}
-        self.detours = 0
-        self.unanswered = 0
+        #: One counter per kind of row (a few dozen at most): a row costs one increment, not ten.
+        self._rows: Counter[tuple[Any, ...]] = Counter()
         self.tiers = {tier: _TierStats() for tier in Tier}
         #: tier inputs → (tier, contradiction?) or None (unroutable): recorded traffic repeats a few
         #: shapes (SLA, budget, size, tools), and the policy took a third of a replay's CPU.
         self._memo: dict[tuple[object, ...], tuple[Tier, bool] | None] = {}
-        self._names = {tier: tier.value for tier in Tier} | {None: DEAD}
-        self._move_names: dict[tuple[Tier | None, Tier | None], str] = {}
 
     def predict(self, entry: Entry) -> Route | None:
         """The candidate's route for this recorded request; None: it would be dead-lettered."""
@@ -96,89 +100,100 @@ class WhatIf:
     def add(self, entry: Entry) -> Tier | None:
         """Count one row; returns the predicted tier (None: the candidate would dead-letter it)."""
         decided = self._decide(entry)
-        tier = decided[0] if decided is not None else None
-        names = self._names
-        self.requests += 1
-        self.invalid += entry.invalid is not None
-        decision = entry.decision
-        reply = entry.reply
+        tier, contradiction = decided if decided is not None else (None, False)
+        decision, reply = entry.decision, entry.reply
         if decision is not None:
-            recorded: Tier | None = decision.fallback_from or decision.tier
-            self.detours += decision.fallback_from is not None
-            self.contradictions["recorded"] += "demoted to" in decision.reason
+            fallback = decision.fallback_from
+            recorded: Tier | None = fallback or decision.tier
+            detour, demoted = fallback is not None, "demoted to" in decision.reason
         else:
             recorded = reply.tier if reply is not None else None
-        self.recorded[names[recorded]] += 1
-        self.predicted[names[tier]] += 1
-        if decided is not None and decided[1]:
-            self.contradictions["predicted"] += 1
-        if recorded != tier:
-            move = self._move_names.get((recorded, tier))
-            if move is None:
-                move = self._move_names[recorded, tier] = f"{names[recorded]}->{names[tier]}"
-            self.moves[move] += 1
-        if reply is None:
-            self.unanswered += recorded is not None
-        else:
-            stats = self.tiers[reply.tier]
-            stats.recorded.add(reply.latency.total_ms)
-            stats.recorded_cost += reply.cost_usd
-        if tier is None:
-            return None
-        stats = self.tiers[tier]
-        if recorded == tier and reply is not None and reply.tier == tier:
-            stats.stayed.add(reply.latency.total_ms)
-            stats.stayed_cost += reply.cost_usd
-        elif recorded is not None and recorded != tier:
-            stats.moved_in += 1
-            self.tiers[recorded].moved_out += 1
-        else:
-            stats.unpriced += 1
+            detour = demoted = False
+        reply_tier = None
+        if reply is not None:
+            reply_tier = reply.tier
+            bucket, cost = bucket_of(reply.latency.total_ms), reply.cost_usd
+            stats = self.tiers[reply_tier]
+            stats.recorded.add_to(bucket)
+            stats.recorded_cost += cost
+            if tier is not None and recorded == tier == reply_tier:  # stays: its own reply prices it
+                stats.stayed.add_to(bucket)
+                stats.stayed_cost += cost
+        # A plain tuple in _Row's order (NamedTuple's constructor is Python code); read as _Row later.
+        invalid = entry.invalid is not None
+        self._rows[(recorded, tier, contradiction, detour, demoted, invalid, reply_tier)] += 1
         return tier
 
-    @property
-    def moved(self) -> int:
-        """Requests routed in both that the candidate sends to another tier."""
-        return sum(n for move, n in self.moves.items() if DEAD not in move)
+    def _tally(self) -> None:
+        """Move and price counts per tier, from the row kinds."""
+        for key, n in self._rows.items():
+            row = _Row(*key)
+            if row.predicted is None:
+                continue
+            if row.recorded is not None and row.recorded != row.predicted:
+                self.tiers[row.predicted].moved_in += n
+                self.tiers[row.recorded].moved_out += n
+            elif not (row.recorded == row.predicted and row.reply_tier == row.predicted):
+                self.tiers[row.predicted].unpriced += n
 
     def summary(self) -> dict[str, Any]:
+        for stats in self.tiers.values():
+            stats.moved_in = stats.moved_out = stats.unpriced = 0
+        self._tally()
+        rows = {_Row(*key): n for key, n in self._rows.items()}
+        recorded: Counter[str] = Counter()
+        predicted: Counter[str] = Counter()
+        moves: Counter[str] = Counter()
+        for row, n in rows.items():
+            was, now = _name(row.recorded), _name(row.predicted)
+            recorded[was] += n
+            predicted[now] += n
+            if was != now:
+                moves[f"{was}->{now}"] += n
         tiers: dict[str, Any] = {}
         for tier, stats in self.tiers.items():
-            predicted = Histogram()
-            predicted.merge(stats.stayed)
+            predicted_ms = Histogram()
+            predicted_ms.merge(stats.stayed)
             cost: float | None = stats.stayed_cost
             if stats.moved_in:
                 if stats.recorded.count:
-                    predicted.merge(stats.recorded, stats.moved_in / stats.recorded.count)
+                    predicted_ms.merge(stats.recorded, stats.moved_in / stats.recorded.count)
                     cost = stats.stayed_cost + stats.moved_in * stats.recorded_cost / stats.recorded.count
                 else:
                     cost = None  # nothing recorded on this tier to price the newcomers with
             tiers[tier.value] = {
-                "recorded_requests": self.recorded[tier.value],
-                "predicted_requests": self.predicted[tier.value],
+                "recorded_requests": recorded[tier.value],
+                "predicted_requests": predicted[tier.value],
                 "moved_in": stats.moved_in,
                 "moved_out": stats.moved_out,
                 "recorded_replies": int(stats.recorded.count),
                 "recorded_p50_ms": stats.recorded.percentile(0.5),
                 "recorded_p95_ms": stats.recorded.percentile(0.95),
-                "predicted_p50_ms": predicted.percentile(0.5),
-                "predicted_p95_ms": predicted.percentile(0.95),
+                "predicted_p50_ms": predicted_ms.percentile(0.5),
+                "predicted_p95_ms": predicted_ms.percentile(0.95),
                 "recorded_cost_usd": round(stats.recorded_cost, 9),
                 "predicted_cost_usd": None if cost is None else round(cost, 9),
             }
         return {
-            "requests": self.requests,
-            "invalid": self.invalid,
-            "moved": self.moved,
-            "moves": dict(sorted(self.moves.items())),
-            "newly_dead_lettered": sum(n for m, n in self.moves.items() if m.endswith(f"->{DEAD}")),
-            "no_longer_dead_lettered": sum(n for m, n in self.moves.items() if m.startswith(f"{DEAD}->")),
-            "dead_letters": {"recorded": self.recorded[DEAD], "predicted": self.predicted[DEAD]},
-            "contradictions": dict(self.contradictions),
-            "recorded_detours": self.detours,
-            "unanswered": self.unanswered,
+            "requests": sum(rows.values()),
+            "invalid": sum(n for row, n in rows.items() if row.invalid),
+            "moved": sum(n for move, n in moves.items() if DEAD not in move),
+            "moves": dict(sorted(moves.items())),
+            "newly_dead_lettered": sum(n for m, n in moves.items() if m.endswith(f"->{DEAD}")),
+            "no_longer_dead_lettered": sum(n for m, n in moves.items() if m.startswith(f"{DEAD}->")),
+            "dead_letters": {"recorded": recorded[DEAD], "predicted": predicted[DEAD]},
+            "contradictions": {
+                "recorded": sum(n for row, n in rows.items() if row.demoted),
+                "predicted": sum(n for row, n in rows.items() if row.contradiction),
+            },
+            "recorded_detours": sum(n for row, n in rows.items() if row.detour),
+            "unanswered": sum(n for row, n in rows.items() if row.recorded and row.reply_tier is None),
             "tiers": tiers,
         }
+
+
+def _name(tier: Tier | None) -> str:
+    return DEAD if tier is None else tier.value
 
 
 def render_table(summary: dict[str, Any]) -> str:

@@ -167,7 +167,8 @@ def test_what_if_decides_once_per_request_shape_exactly_as_the_policy_routes() -
             route = None
         assert what_if.add(entry) == (route.tier if route else None)
     assert len(what_if._memo) == len(shapes)
-    assert what_if.contradictions["predicted"] > 0 and what_if.predicted["dead_lettered"] > 0
+    summary = what_if.summary()
+    assert summary["contradictions"]["predicted"] > 0 and summary["dead_letters"]["predicted"] > 0
 
 
 def test_join_views_count_undecodable_decisions_and_outputs_as_unreadable() -> None:
