@@ -16,8 +16,25 @@ from pathlib import Path
 
 from pipeline.engine_settings import OpenAISettings, SageMakerSettings
 from pipeline.errors import UserFacingError
-from pipeline.kafka_security import KafkaSecurity, read_kafka_security
+from pipeline.kafka_security import read_kafka_security
 from pipeline.observability.settings import ObservabilitySettings
+from pipeline.settings_data import (  # re-exported: importers name them from pipeline.config
+    DEFAULT_ENGINE,
+    DEFAULT_ENGINE_GRACE_S,
+    DEFAULT_FETCH_MAX_WAIT_MS,
+    DEFAULT_GIL_SWITCH_S,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_SESSION_TIMEOUT_S,
+    ClientSettings,
+    EngineSettings,
+    IntentSettings,
+    KafkaOptions,
+    ProcessSettings,
+    ReplaySettings,
+    ResilienceSettings,
+    SinkSettings,
+    WorkerSettings,
+)
 from pipeline.tool_settings import (
     McpServerSettings,
     ResultCacheSettings,
@@ -101,20 +118,6 @@ ENV_METRICS_TARGETS = "NPCFLOW_METRICS_TARGETS"
 ENV_METRICS_HOST = "NPCFLOW_METRICS_HOST"
 ENV_VALIDATE_MAX_LAG = "NPCFLOW_VALIDATE_MAX_LAG"
 
-#: Consumer fetch wait on latency paths: the embedded broker answers a waiting fetch late
-#: (docs/architecture.md, "The embedded broker").
-DEFAULT_FETCH_MAX_WAIT_MS = 5
-#: Consumer-group session timeout; a new member joins in about half of it on the embedded broker.
-DEFAULT_SESSION_TIMEOUT_S = 6.0
-DEFAULT_ENGINE = "embedded"
-#: Engine calls at once per worker, by tier: Gold's calls are short, Bronze's long.
-DEFAULT_MAX_IN_FLIGHT = {"gold": 16, "silver": 8, "bronze": 4}
-DEFAULT_MAX_PENDING = 1024
-DEFAULT_ENGINE_GRACE_S = 30.0
-#: faust runs its consumer in a second thread; with the default 5 ms GIL switch interval a record
-#: fetched there can wait a whole interval for the agent's thread.
-DEFAULT_GIL_SWITCH_S = 0.0005
-
 #: The Kafka-protocol broker the embedded stack starts when no NPCFLOW_KAFKA_BOOTSTRAP is given.
 #: Tansu stays the default until noida-db passes the group-rebalance tests and the faust router
 #: hop on it is as fast as on Tansu (docs/architecture.md, "The embedded broker").
@@ -183,87 +186,6 @@ class _Reader:
             raise ConfigError(f"{name}={value!r} is not a number") from None
 
 
-@dataclass(frozen=True)
-class KafkaOptions:
-    """What every Kafka client of the product is built with (see :mod:`pipeline.kafka`)."""
-
-    fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS
-    session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
-    #: TLS and SASL (``NPCFLOW_KAFKA_SECURITY_PROTOCOL`` …; :mod:`pipeline.kafka_security`).
-    security: KafkaSecurity = field(default_factory=KafkaSecurity)
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    """The tier workers' knobs; ``max_in_flight`` None means the tier's default."""
-
-    max_in_flight: int | None = None
-    max_pending: int = DEFAULT_MAX_PENDING
-    engine_grace_s: float = DEFAULT_ENGINE_GRACE_S
-    #: Gold refreshes arriving within this window go to a batching engine as one batch (0: off).
-    gold_batch_window_ms: float = 10.0
-    gold_max_batch: int = 8
-
-    def in_flight_for(self, tier: str) -> int:
-        return self.max_in_flight or DEFAULT_MAX_IN_FLIGHT.get(tier, 8)
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """Which engine serves each tier, and the embedded engine's own knobs."""
-
-    default: str = DEFAULT_ENGINE
-    per_tier: Mapping[str, str] = field(default_factory=dict)
-    #: llama.cpp threads; 0 means min(2, cores).
-    embedded_threads: int = 0
-    embedded_model_path: str | None = None
-    #: ``openai``: an OpenAI-compatible server (vllm serve, trtllm-serve, llama.cpp's server).
-    openai: OpenAISettings = field(default_factory=lambda: OpenAISettings())
-    #: ``sagemaker``: Bronze as SageMaker Async Inference jobs.
-    sagemaker: SageMakerSettings = field(default_factory=lambda: SageMakerSettings())
-    #: ``vllm`` / ``tensorrt-llm`` in process: the model (HF id or local path) when the spec names none.
-    gpu_model: str | None = None
-
-    def spec_for(self, tier: str) -> str:
-        """``NPCFLOW_ENGINE_GOLD`` etc. first, then ``NPCFLOW_ENGINE``, then ``embedded``."""
-        return self.per_tier.get(tier) or self.default
-
-
-@dataclass(frozen=True)
-class ProcessSettings:
-    """How a pipeline process runs: event loop, metrics port, readiness file for a supervisor."""
-
-    event_loop: str = "uvloop"
-    metrics_port: int | None = None
-    gil_switch_s: float = DEFAULT_GIL_SWITCH_S
-    #: Written once the process's consumer group has given it partitions (demo, tests, benchmarks).
-    ready_file: str | None = None
-
-
-@dataclass(frozen=True)
-class ResilienceSettings:
-    """Fallback, breakers, load shedding and tenant fair share (docs/architecture.md, "Resilience")."""
-
-    #: Consecutive failures that open a breaker.
-    breaker_failures: int = 5
-    #: How long an open breaker stays open before it admits probes (half-open).
-    breaker_cooldown_s: float = 60.0
-    #: Calls a half-open breaker admits at once; one success closes it, one failure reopens it.
-    breaker_probes: int = 1
-    #: A tier whose windowed p95 engine latency exceeds its budget times this factor opens (0: off).
-    breaker_latency_factor: float = 4.0
-    breaker_latency_window_s: float = 10.0
-    breaker_latency_min_samples: int = 20
-    #: How long a process trusts its copy of a breaker's shared state (no Redis trip per request).
-    breaker_cache_s: float = 0.25
-    #: Gold → Silver (refresh) and Silver → Bronze (re-publish) when a tier cannot answer in time.
-    fallback: bool = True
-    #: Degrade a request now when the queue predicts it would miss its deadline.
-    shedding: bool = True
-    #: Engine-slot shares per tenant (``NPCFLOW_TENANT_WEIGHTS=gs-a=2,gs-b=1``); others weigh 1.
-    tenant_weights: Mapping[str, float] = field(default_factory=dict)
-
-
 def _parse_weights(raw: str | None) -> dict[str, float]:
     weights: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in (raw or "").split(","))):
@@ -330,64 +252,6 @@ def _tool_settings(r: _Reader) -> dict[str, object]:
         ),
         "result_cache": ResultCacheSettings(tiers=cache_tiers),
     }
-
-
-@dataclass(frozen=True)
-class IntentSettings:
-    """Gold's intent cache (docs/architecture.md, "Gold's two paths")."""
-
-    #: An intent older than this is not served: Redis expires it, near caches fall back to the default.
-    ttl_ms: int = 1000
-    #: No model refresh for an NPC whose intent is younger than this (2 Hz per active NPC).
-    refresh_interval_ms: int = 500
-    #: A refresh not answered by a new intent within this is given up (and may be sent again).
-    refresh_timeout_ms: int = 2000
-    #: Default intents per archetype; None: the packaged ``pipeline/default_intents.yaml``.
-    defaults_file: str | None = None
-    #: The router answers realtime Gold requests from its near cache and sends only refreshes on.
-    fast_path: bool = True
-
-
-@dataclass(frozen=True)
-class ReplaySettings:
-    """``npcflow replay`` (docs/architecture.md, "Replay for analysts")."""
-
-    #: Requests the replay's join holds at once waiting for their decision and reply: its memory
-    #: bound, whatever the window's length (a few KB each).
-    max_open: int = 100_000
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    """The game-server SDK (:class:`pipeline.client.NPCClient`)."""
-
-    #: A request whose reply is this overdue (past its deadline) is sent again under the same id;
-    #: 0 turns resends off. Workers answer every request by its deadline, so silence this long
-    #: after it means the request or its reply was lost (docs/architecture.md, "Resilience").
-    resend_after_s: float = 10.0
-    #: How many times one request is sent again at most.
-    max_resends: int = 3
-
-
-@dataclass(frozen=True)
-class SinkSettings:
-    """The sinks on ``npc.outputs`` (docs/architecture.md, "Sinks")."""
-
-    #: A batch is written when it holds this many outputs ...
-    batch_size: int = 500
-    #: ... or when its first output has waited this long.
-    batch_ms: int = 200
-    #: Backoff between retries doubles from 0.1 s up to this.
-    retry_max_s: float = 10.0
-    #: Tries of a batch that fails with a non-connection error before its records are tried one by one
-    #: and the ones that still fail go to ``npc.outputs.dlq``.
-    attempts: int = 3
-    #: The S3 bucket of story arcs (``story-arcs/<prefix><request id>.json``).
-    bucket: str = "npcflow-story-arcs"
-    #: The PostgreSQL schema the tables live in (``npcflow db migrate`` creates it).
-    pg_schema: str = "public"
-    #: Objects larger than this are uploaded in parts (S3 multipart).
-    multipart_mb: int = 8
 
 
 @dataclass(frozen=True)
