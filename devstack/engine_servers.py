@@ -1,9 +1,9 @@
 """The inference servers the dev stack starts when a tier's engine needs one that is not given.
 
 - ``openai`` with no ``NPCFLOW_OPENAI_URL``: llama.cpp's OpenAI-compatible server on the
-  embedded model (:class:`~devstack.launchers.LlamaServerLauncher`);
+  embedded model (:class:`LlamaServerLauncher`);
 - ``sagemaker`` with no ``NPCFLOW_SAGEMAKER_URL``: the local SageMaker-Async-compatible endpoint
-  (:class:`~devstack.launchers.SageMakerLocalLauncher`) on the stack's S3.
+  (:class:`SageMakerLocalLauncher`) on the stack's S3.
 
 Each is started, probed on its own protocol and handed back with the ``NPCFLOW_*`` variables
 that point the engines at it.
@@ -11,14 +11,92 @@ that point the engines at it.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from devstack.errors import StackError
-from devstack.launchers import Launcher, LlamaServerLauncher, SageMakerLocalLauncher, free_ports
+from devstack.launchers import Launcher, free_ports, package_dir
 from devstack.probes import port_open, wait_until
 from devstack.supervise import ManagedProcess, stop_processes
 from pipeline.config import ENV_OPENAI_URL, ENV_SAGEMAKER_URL, TIERS, Settings, environ
+
+
+class LlamaServerLauncher(Launcher):
+    """llama.cpp's OpenAI-compatible server (``llama-cpp-python[server]``) on the embedded model.
+
+    It speaks the protocol of ``vllm serve`` and ``trtllm-serve``, so the ``openai`` engine is
+    exercised for real on a laptop. Started only when a tier's engine is ``openai`` with no URL.
+    """
+
+    name = "llama"
+    threads: int = 1
+
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def argv(self) -> list[str]:
+        from workers.engines.embedded import bundled_model_path
+
+        package_dir("fastapi", "llama-cpp-python[server]")
+        return [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(bundled_model_path()),
+            "--model_alias",
+            "smollm2-135m",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_threads",
+            str(self.threads),
+            "--verbose",
+            "False",
+            # Its default answers a new request by cutting off the one being streamed: queue instead.
+            "--interrupt_requests",
+            "False",
+        ]
+
+    def ready(self, timeout: float) -> None:
+        _http_ok(self.endpoint() + "/models", timeout)
+
+
+class SageMakerLocalLauncher(Launcher):
+    """The SageMaker-Async-compatible endpoint of :mod:`devstack.sagemaker_local` (S3 = moto)."""
+
+    name = "sagemaker"
+    s3_endpoint: str = ""
+    threads: int = 1
+
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "devstack.sagemaker_local",
+            "--port",
+            str(self.port),
+            "--s3",
+            self.s3_endpoint,
+            "--threads",
+            str(self.threads),
+        ]
+
+    def ready(self, timeout: float) -> None:
+        _http_ok(self.endpoint() + "/ping", timeout)
+
+
+def _http_ok(url: str, timeout: float) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        if response.status != 200:
+            raise StackError(f"{url} answered HTTP {response.status}")
 
 
 def needed(settings: Settings) -> list[str]:

