@@ -54,8 +54,12 @@ from topics.schemas import (
 )
 
 TARGET = 0.5
-_MIX = ((Sla.REALTIME, 8, Tier.GOLD), (Sla.INTERACTIVE, 64, Tier.SILVER), (Sla.ASYNC, 400, Tier.BRONZE),
-        (Sla.REALTIME, 64, Tier.SILVER))
+_MIX = (
+    (Sla.REALTIME, 8, Tier.GOLD),
+    (Sla.INTERACTIVE, 64, Tier.SILVER),
+    (Sla.ASYNC, 400, Tier.BRONZE),
+    (Sla.REALTIME, 64, Tier.SILVER),
+)
 
 
 def recorded(n: int, now_ms: int) -> tuple[bytes, bytes | None, bytes | None]:
@@ -65,14 +69,34 @@ def recorded(n: int, now_ms: int) -> tuple[bytes, bytes | None, bytes | None]:
     sla, tokens, tier = _MIX[n % len(_MIX)]
     rid = f"b{n:08d}-{uuid.uuid4().hex[:6]}"
     ids = {"request_id": rid, "npc_id": f"npc-{n % 500}", "tenant_id": "gs-bench"}
-    request = Request(**ids, prompt="The player asks about the old mill by the river.", max_tokens=tokens,
-                      sla=sla, latency_budget_ms=600_000, created_at_ms=now_ms)
-    decision = RoutingDecision(**ids, tier=tier, sla=sla, reason=f"sla={sla.value} → {tier.value}",
-                               deadline_ms=now_ms + 600_000, decided_at_ms=now_ms)
-    reply = Reply(**ids, tier=tier, served_by=ServedBy.ENGINE, engine="scripted", status=ReplyStatus.OK,
-                  text="The mill lies north, past the bridge.", tokens=TokenUsage(prompt=12, completion=9),
-                  latency=Latency(queue_ms=1.0, engine_ms=5.0 + n % 40, total_ms=8.0 + n % 40),
-                  cost_usd=0.00001, replied_at_ms=now_ms + 8)
+    request = Request(
+        **ids,
+        prompt="The player asks about the old mill by the river.",
+        max_tokens=tokens,
+        sla=sla,
+        latency_budget_ms=600_000,
+        created_at_ms=now_ms,
+    )
+    decision = RoutingDecision(
+        **ids,
+        tier=tier,
+        sla=sla,
+        reason=f"sla={sla.value} → {tier.value}",
+        deadline_ms=now_ms + 600_000,
+        decided_at_ms=now_ms,
+    )
+    reply = Reply(
+        **ids,
+        tier=tier,
+        served_by=ServedBy.ENGINE,
+        engine="scripted",
+        status=ReplyStatus.OK,
+        text="The mill lies north, past the bridge.",
+        tokens=TokenUsage(prompt=12, completion=9),
+        latency=Latency(queue_ms=1.0, engine_ms=5.0 + n % 40, total_ms=8.0 + n % 40),
+        cost_usd=0.00001,
+        replied_at_ms=now_ms + 8,
+    )
     return request.to_bytes(), decision.to_bytes(), Output(request=request, reply=reply).to_bytes()
 
 
@@ -116,8 +140,11 @@ async def bare_read(settings: Settings, prefix: str) -> tuple[int, float]:
     await consumer.start()
     try:
         await consumer.topics()
-        tps = [TopicPartition(spec.name(prefix), p) for spec in (REQUESTS, ROUTING, OUTPUTS)
-               for p in sorted(consumer.partitions_for_topic(spec.name(prefix)) or [])]
+        tps = [
+            TopicPartition(spec.name(prefix), p)
+            for spec in (REQUESTS, ROUTING, OUTPUTS)
+            for p in sorted(consumer.partitions_for_topic(spec.name(prefix)) or [])
+        ]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         count, done = 0, set()
@@ -135,8 +162,9 @@ async def bare_read(settings: Settings, prefix: str) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-async def replay_report(settings: Settings, prefix: str, since: int, until: int, policy: RoutingPolicy
-                        ) -> tuple[dict, float]:
+async def replay_report(
+    settings: Settings, prefix: str, since: int, until: int, policy: RoutingPolicy
+) -> tuple[dict, float]:
     started = time.perf_counter()
     options = ReplayOptions(
         source_prefix=prefix, since_ms=since, until_ms=until, grace_ms=1000, policy=policy
@@ -180,8 +208,10 @@ def main() -> None:
             summary, seconds = asyncio.run(replay_report(settings, prefix, since - 1, until, policy))
             replay_rates.append(summary["read"]["events"] / seconds)
             if not args.json:
-                line = (f"bare {bare_rates[-1]:,.0f}/s ({count} events), replay {replay_rates[-1]:,.0f}/s "
-                        f"({summary['read']['events']} events, moved {summary['report']['moved']})")
+                line = (
+                    f"bare {bare_rates[-1]:,.0f}/s ({count} events), replay {replay_rates[-1]:,.0f}/s "
+                    f"({summary['read']['events']} events, moved {summary['report']['moved']})"
+                )
                 print(line, file=sys.stderr)
     rate, baseline = max(replay_rates), max(bare_rates)
     report = summary["report"]

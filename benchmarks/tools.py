@@ -89,13 +89,21 @@ async def seed_state(settings: Settings, prefix: str) -> None:
         now = int(time.time() * 1000)
         for i in range(NPCS):
             update = GameStateUpdate(
-                entity_id=f"npc-{i}", world_id="w1", kind="npc", version=1, updated_at_ms=now,
+                entity_id=f"npc-{i}",
+                world_id="w1",
+                kind="npc",
+                version=1,
+                updated_at_ms=now,
                 state={"mood": ["calm", "wary", "angry"][i % 3], "hp": 10 + i, "zone": f"z{i % 5}"},
             )
             await producer.send(GAME_STATE.name(prefix), update.to_bytes(), key=update.entity_id.encode())
         for r in range(5):
             region = GameStateUpdate(
-                entity_id=f"z{r}", world_id="w1", kind="region", version=1, updated_at_ms=now,
+                entity_id=f"z{r}",
+                world_id="w1",
+                kind="region",
+                version=1,
+                updated_at_ms=now,
                 state={"weather": "rain" if r % 2 else "clear"},
             )
             await producer.send(GAME_STATE.name(prefix), region.to_bytes(), key=region.entity_id.encode())

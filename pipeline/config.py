@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.engine_settings import OpenAISettings, SageMakerSettings
-from pipeline.errors import UserFacingError
+from pipeline.env_reader import ConfigError, EnvReader, load_env_file
 from pipeline.kafka_security import read_kafka_security
 from pipeline.observability.settings import ObservabilitySettings
 from pipeline.settings_data import (  # re-exported: importers name them from pipeline.config
@@ -119,8 +119,8 @@ ENV_METRICS_HOST = "NPCFLOW_METRICS_HOST"
 ENV_VALIDATE_MAX_LAG = "NPCFLOW_VALIDATE_MAX_LAG"
 
 #: The Kafka-protocol broker the embedded stack starts when no NPCFLOW_KAFKA_BOOTSTRAP is given.
-#: Tansu stays the default until noida-db passes the group-rebalance tests and the faust router
-#: hop on it is as fast as on Tansu (docs/architecture.md, "The embedded broker").
+#: Tansu: noida-db answers every fetch at once (idle consumers spin), forgets acknowledged records
+#: on SIGKILL and never expires a killed group member (docs/architecture.md, "The embedded broker").
 EMBEDDED_BROKERS = ("noida", "tansu")
 DEFAULT_EMBEDDED_BROKER = "tansu"
 
@@ -136,54 +136,9 @@ ENDPOINT_VARS: tuple[str, ...] = (
 TIERS = ("gold", "silver", "bronze")
 
 
-class ConfigError(UserFacingError, RuntimeError):
-    """A setting is missing or malformed; the message says which and how to fix it."""
-
-
-def load_env_file(path: Path) -> dict[str, str]:
-    """Read a ``KEY=VALUE`` file such as ``.npcflow/stack.env``; skips blanks and ``#`` comments."""
-    values: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip()] = value.strip()
-    return values
-
-
 def environ() -> dict[str, str]:
     """A copy of the process environment, for launchers that must pass it on to a child process."""
     return dict(os.environ)
-
-
-class _Reader:
-    """Typed reads of one environment mapping; a malformed value is a :class:`ConfigError`."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-
-    def str(self, name: str, default: str | None = None) -> str | None:
-        value = self.env.get(name, "").strip()
-        return value or default
-
-    def int(self, name: str, default: int | None) -> int | None:
-        value = self.str(name)
-        if value is None:
-            return default
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{name}={value!r} is not an integer") from None
-
-    def float(self, name: str, default: float) -> float:
-        value = self.str(name)
-        if value is None:
-            return default
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{name}={value!r} is not a number") from None
 
 
 def _parse_weights(raw: str | None) -> dict[str, float]:
@@ -203,7 +158,7 @@ def _parse_weights(raw: str | None) -> dict[str, float]:
     return weights
 
 
-def _flag(r: _Reader, name: str, default: bool) -> bool:
+def _flag(r: EnvReader, name: str, default: bool) -> bool:
     value = (r.str(name) or "").lower()
     if not value:
         return default
@@ -214,7 +169,7 @@ def _flag(r: _Reader, name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={value!r}: use 1 or 0")
 
 
-def _openai_settings(r: _Reader) -> OpenAISettings:
+def _openai_settings(r: EnvReader) -> OpenAISettings:
     api = (r.str(ENV_OPENAI_API, "chat") or "chat").lower()
     if api not in ("chat", "completions"):
         raise ConfigError(f"{ENV_OPENAI_API}={api!r}: use chat or completions")
@@ -228,7 +183,7 @@ def _openai_settings(r: _Reader) -> OpenAISettings:
     )
 
 
-def _tool_settings(r: _Reader) -> dict[str, object]:
+def _tool_settings(r: EnvReader) -> dict[str, object]:
     """``tools``, ``mcp_server`` and ``result_cache`` of :class:`Settings`."""
     try:
         allowlist = parse_allowlist(r.str(ENV_TOOL_ALLOWLIST))
@@ -289,7 +244,7 @@ class Settings:
 
         ``stack.env`` is the file ``npcflow stack up --detach`` leaves in the state directory.
         """
-        r = _Reader(os.environ if env is None else env)
+        r = EnvReader(os.environ if env is None else env)
         state = Path(r.str(ENV_STATE_DIR, ".npcflow") or ".npcflow").resolve()
         file_values: dict[str, str] = {}
         env_file = state / "stack.env"

@@ -13,10 +13,10 @@ from aiokafka.errors import KafkaError
 
 from pipeline.config import Settings
 from pipeline.router.policy import RoutingPolicy
+from replay.bounds import WindowError, parse_time
 from replay.progress import ProgressBar
 from replay.report import render_table
 from replay.run import ReplayOptions, run_replay
-from replay.window import WindowError, parse_time
 
 
 def parse_offsets(specs: tuple[str, ...]) -> dict[int, tuple[int, int | None]] | None:
@@ -40,27 +40,65 @@ def parse_offsets(specs: tuple[str, ...]) -> dict[int, tuple[int, int | None]] |
 
 
 @click.command("replay")
-@click.option("--since", default=None, help="Window start: epoch ms, ISO-8601 (UTC unless zoned) or an age "
-              "(15m, 2h, 1d). Default: the topics' first records.")
+@click.option(
+    "--since",
+    default=None,
+    help="Window start: epoch ms, ISO-8601 (UTC unless zoned) or an age "
+    "(15m, 2h, 1d). Default: the topics' first records.",
+)
 @click.option("--until", default=None, help="Window end (exclusive), same forms. Default: now.")
-@click.option("--offsets", "offset_specs", multiple=True, metavar="P:START-END",
-              help="Instead of --since/--until: offsets of npc.requests partition P (repeatable; END "
-              "exclusive, may be left out). Decisions and replies are read over the same time span.")
+@click.option(
+    "--offsets",
+    "offset_specs",
+    multiple=True,
+    metavar="P:START-END",
+    help="Instead of --since/--until: offsets of npc.requests partition P (repeatable; END "
+    "exclusive, may be left out). Decisions and replies are read over the same time span.",
+)
 @click.option("--prefix", default=None, help="Recorded topic prefix (default: NPCFLOW_TOPIC_PREFIX).")
-@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Candidate routing policy (YAML) to re-route every request through; "
-              "default: the current one (NPCFLOW_POLICY_FILE or the packaged policy).")
-@click.option("--report", is_flag=True, help="Report tier changes, contradictions, dead letters, and "
-              "predicted latency and cost per tier (implied by --policy).")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Candidate routing policy (YAML) to re-route every request through; "
+    "default: the current one (NPCFLOW_POLICY_FILE or the packaged policy).",
+)
+@click.option(
+    "--report",
+    is_flag=True,
+    help="Report tier changes, contradictions, dead letters, and "
+    "predicted latency and cost per tier (implied by --policy).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line, not a table.")
-@click.option("--into", default=None, metavar="PREFIX", help="Re-publish the requests into a sandbox "
-              "pipeline under this topic prefix (new request ids; context replay_of = original id).")
-@click.option("--speed", type=float, default=1.0, show_default=True,
-              help="With --into: recorded pace times this; 0 sends as fast as possible.")
-@click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write one row per request (joined with decision and reply) to FILE.parquet or FILE.csv.")
-@click.option("--grace", type=float, default=60.0, show_default=True,
-              help="Seconds past --until to read decisions and replies (a reply comes after its request).")
+@click.option(
+    "--into",
+    default=None,
+    metavar="PREFIX",
+    help="Re-publish the requests into a sandbox "
+    "pipeline under this topic prefix (new request ids; context replay_of = original id).",
+)
+@click.option(
+    "--speed",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="With --into: recorded pace times this; 0 sends as fast as possible.",
+)
+@click.option(
+    "--export",
+    "export_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write one row per request (joined with decision and reply) to FILE.parquet or FILE.csv.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds past --until to read decisions and replies (a reply comes after its request).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 @click.pass_obj
 def replay_cmd(

@@ -29,20 +29,50 @@ class ExportError(UserFacingError, ValueError):
 
 def _schema() -> Any:
     string, i64, f64, boolean = pa.string(), pa.int64(), pa.float64(), pa.bool_()
-    return pa.schema([
-        ("request_id", string), ("npc_id", string), ("tenant_id", string),
-        ("received_ms", i64), ("partition", i64), ("offset", i64), ("created_at_ms", i64),
-        ("sla", string), ("max_tokens", i64), ("latency_budget_ms", i64), ("tools", string),
-        ("context", string), ("reply_topic", string), ("prompt", string),
-        ("invalid_reason", string), ("recorded_outcome", string),
-        ("routed_tier", string), ("routed_sla", string), ("fallback_from", string),
-        ("routing_reason", string), ("deadline_ms", i64), ("decided_at_ms", i64), ("worker_reroutes", i64),
-        ("status", string), ("served_by", string), ("served_tier", string), ("engine", string),
-        ("late", boolean), ("text", string), ("intent", string), ("error", string),
-        ("prompt_tokens", i64), ("completion_tokens", i64), ("queue_ms", f64), ("engine_ms", f64),
-        ("total_ms", f64), ("cost_usd", f64), ("replied_at_ms", i64), ("outputs", i64),
-        ("predicted_tier", string),
-    ])
+    return pa.schema(
+        [
+            ("request_id", string),
+            ("npc_id", string),
+            ("tenant_id", string),
+            ("received_ms", i64),
+            ("partition", i64),
+            ("offset", i64),
+            ("created_at_ms", i64),
+            ("sla", string),
+            ("max_tokens", i64),
+            ("latency_budget_ms", i64),
+            ("tools", string),
+            ("context", string),
+            ("reply_topic", string),
+            ("prompt", string),
+            ("invalid_reason", string),
+            ("recorded_outcome", string),
+            ("routed_tier", string),
+            ("routed_sla", string),
+            ("fallback_from", string),
+            ("routing_reason", string),
+            ("deadline_ms", i64),
+            ("decided_at_ms", i64),
+            ("worker_reroutes", i64),
+            ("status", string),
+            ("served_by", string),
+            ("served_tier", string),
+            ("engine", string),
+            ("late", boolean),
+            ("text", string),
+            ("intent", string),
+            ("error", string),
+            ("prompt_tokens", i64),
+            ("completion_tokens", i64),
+            ("queue_ms", f64),
+            ("engine_ms", f64),
+            ("total_ms", f64),
+            ("cost_usd", f64),
+            ("replied_at_ms", i64),
+            ("outputs", i64),
+            ("predicted_tier", string),
+        ]
+    )
 
 
 def row(entry: Entry, predicted: Tier | str | None = "") -> dict[str, Any]:

@@ -211,15 +211,36 @@ def render_table(summary: dict[str, Any]) -> str:
     ]
     if report["moves"]:
         lines.append("moves: " + ", ".join(f"{m} {n}" for m, n in report["moves"].items()))
-    header = ("tier", "recorded", "predicted", "in", "out", "p50 ms", "p95 ms", "pred p50", "pred p95",
-              "cost $", "pred cost $")
+    header = (
+        "tier",
+        "recorded",
+        "predicted",
+        "in",
+        "out",
+        "p50 ms",
+        "p95 ms",
+        "pred p50",
+        "pred p95",
+        "cost $",
+        "pred cost $",
+    )
     rows = [header]
     for tier, t in report["tiers"].items():
-        rows.append((
-            tier, t["recorded_requests"], t["predicted_requests"], t["moved_in"], t["moved_out"],
-            _fmt(t["recorded_p50_ms"]), _fmt(t["recorded_p95_ms"]), _fmt(t["predicted_p50_ms"]),
-            _fmt(t["predicted_p95_ms"]), _fmt(t["recorded_cost_usd"], 6), _fmt(t["predicted_cost_usd"], 6),
-        ))
+        rows.append(
+            (
+                tier,
+                t["recorded_requests"],
+                t["predicted_requests"],
+                t["moved_in"],
+                t["moved_out"],
+                _fmt(t["recorded_p50_ms"]),
+                _fmt(t["recorded_p95_ms"]),
+                _fmt(t["predicted_p50_ms"]),
+                _fmt(t["predicted_p95_ms"]),
+                _fmt(t["recorded_cost_usd"], 6),
+                _fmt(t["predicted_cost_usd"], 6),
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     lines += ["  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)

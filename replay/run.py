@@ -15,11 +15,12 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.router.policy import RoutingPolicy
+from replay.bounds import Bounds
 from replay.export import Exporter
 from replay.join import Entry, Join
 from replay.report import WhatIf
 from replay.sandbox import Sandbox
-from replay.window import Bounds, WindowReader, offsets_window
+from replay.window import WindowReader, offsets_window
 from topics.catalogue import OUTPUTS, REQUESTS, ROUTING, Tier
 
 #: Progress: (fraction of the window read or None, events read).
@@ -133,8 +134,13 @@ async def run_replay(
             await sandbox.stop()
     seconds = time.monotonic() - started
     summary: dict[str, Any] = {
-        "window": {"since": _iso(since), "until": _iso(until), "since_ms": since, "until_ms": until,
-                   "prefix": options.source_prefix},
+        "window": {
+            "since": _iso(since),
+            "until": _iso(until),
+            "since_ms": since,
+            "until_ms": until,
+            "prefix": options.source_prefix,
+        },
         "read": {
             "events": reader.stats.kept,
             "fetched": reader.stats.fetched,
@@ -151,6 +157,11 @@ async def run_replay(
     if exporter is not None:
         summary["export"] = {"path": str(exporter.path), "rows": exporter.rows}
     if sandbox is not None:
-        summary["sandbox"] = {"prefix": sandbox.prefix, "run": sandbox.run, "sent": sandbox.sent,
-                              "invalid": sandbox.invalid, "speed": sandbox.speed}
+        summary["sandbox"] = {
+            "prefix": sandbox.prefix,
+            "run": sandbox.run,
+            "sent": sandbox.sent,
+            "invalid": sandbox.invalid,
+            "speed": sandbox.speed,
+        }
     return summary

@@ -30,17 +30,16 @@ from pipeline.readiness import mark_ready
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
 from workers.cache.intents import IntentRefresh, Refreshed
+from workers.engine_stack import tier_engine
 from workers.engines.base import Engine, EngineResult
-from workers.engines.batching import MicroBatcher
 from workers.hooks import standard_hooks
 from workers.offsets import OffsetTracker
 from workers.reply_topics import ReplyTopics
-from workers.resilience import TierResilience, wrap_engine
+from workers.resilience import TierResilience
 from workers.resilience.fair_share import FairShare
 from workers.resilience.fallback import FallbackStep, Forwarded, watch_late
 from workers.resilience.shedding import LoadShedder
 from workers.serving import DeadLettered, Hooks, Outcome, Serving, ServingStats
-from workers.tools import wrap_answer_steps
 from workers.worker_config import WorkerConfig
 
 log = logging.getLogger("npcflow.worker")
@@ -92,16 +91,7 @@ class TierWorker(Lifecycle):
         #: Breakers, fallback and shedding (docs/architecture.md, "Resilience"); ``substitute``: the
         #: next tier's engine, which serves Gold's refreshes while Gold's own engine is down.
         self.resilience = TierResilience.from_settings(config.settings, config.tier, policy, substitute)
-        grace_s, cap_s = config.engine_grace_s, config.engine_timeout_cap_s
-        batching = config.settings.worker
-        if self.tier is Tier.GOLD and batching.gold_batch_window_ms > 0:
-            # Refreshes of many NPCs at once: one batch where the engine runs batches.
-            engine = MicroBatcher(
-                engine, window_ms=batching.gold_batch_window_ms, max_batch=batching.gold_max_batch
-            )
-        inner = wrap_engine(engine, grace_s=grace_s, cap_s=cap_s, resilience=self.resilience)
-        #: Result cache and MCP tools before the engine (docs/architecture.md, "Game state over MCP").
-        self.engine = wrap_answer_steps(inner, config.settings, config.tier, policy)
+        self.engine = tier_engine(engine, config, policy, self.resilience)
         #: Gold keeps each NPC's intent (Redis + npc.intents) from its model results and refreshes.
         self.intents = IntentRefresh.from_settings(config.settings) if self.tier is Tier.GOLD else None
         #: Replies' cost and the caches' savings, both at NPCFLOW_PRICING_FILE's prices.

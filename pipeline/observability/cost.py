@@ -1,6 +1,6 @@
 """What a reply costs, from a pricing file: GPU-seconds for Gold/Silver, instance-seconds for Bronze.
 
-Every reply carries its cost (``Reply.cost_usd``, set by :func:`workers.serving.build_reply`);
+Every reply carries its cost (``Reply.cost_usd``, set by :func:`workers.replies.build_reply`);
 answers from a cache cost 0 and count what the engine would have charged as saved. The prices
 are in ``pricing.yaml`` next to this module (``NPCFLOW_PRICING_FILE`` replaces it); the
 formulas are in that file's header.

@@ -22,8 +22,8 @@ from pipeline.config import Settings
 from pipeline.errors import UserFacingError
 from pipeline.observability.scrape import scrape
 from pipeline.observability.validate import TierReport, Validator, as_json, metrics_report
-from topics.admin import create_topics
-from topics.catalogue import EMBEDDED_TOPIC_CONFIG, Tier
+from topics.admin import create_embedded_topics
+from topics.catalogue import Tier
 
 
 def validate_embedded(
@@ -53,12 +53,16 @@ def validate_embedded(
             endpoints = stack.endpoints
             assert endpoints is not None
             settings = endpoints.apply_to(settings).with_(topic_prefix=prefix)
-            asyncio.run(create_topics(settings, prefix, overrides=EMBEDDED_TOPIC_CONFIG))
-            env = endpoints.as_env() | stack.engine_env | {
-                config.ENV_TOPIC_PREFIX: prefix,
-                config.ENV_METRICS_PORT: "0",
-                config.ENV_EMBEDDED_THREADS: "1",
-            }
+            asyncio.run(create_embedded_topics(settings, prefix))
+            env = (
+                endpoints.as_env()
+                | stack.engine_env
+                | {
+                    config.ENV_TOPIC_PREFIX: prefix,
+                    config.ENV_METRICS_PORT: "0",
+                    config.ENV_EMBEDDED_THREADS: "1",
+                }
+            )
             progress(f"starting the router and workers (engines: {', '.join(specs.values())})")
             with PipelineProcesses(env, work, engines=specs) as procs:
                 _cpu_engines_yield(procs, specs)  # CPU models yield the cores to the router
@@ -76,4 +80,3 @@ def report_json(
     out = as_json(reports, metrics)
     out["engines"] = {t.value: spec for t, spec in specs.items()}
     return out
-

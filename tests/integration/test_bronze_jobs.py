@@ -54,12 +54,18 @@ def _bronze(i: int, max_tokens: int = 24) -> Request:
     )
 
 
-async def _send(producer: AIOKafkaProducer, settings: Settings, request: Request, budget_ms: int) -> None:
+async def _send(
+    producer: AIOKafkaProducer,
+    settings: Settings,
+    request: Request,
+    budget_ms: int,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
     await producer.send_and_wait(
         TIER_TOPICS[Tier.BRONZE].name(settings.topic_prefix),
         request.to_bytes(),
         key=request.npc_id.encode(),
-        headers=deadline_headers(now_ms() + budget_ms, "bronze"),
+        headers=headers or deadline_headers(now_ms() + budget_ms, "bronze"),
     )
 
 
@@ -127,8 +133,10 @@ async def test_a_job_is_accepted_now_and_answered_by_a_collector_started_later(
     assert await JobStore.from_settings(s).pending() == []
 
 
-async def test_a_job_that_times_out_on_the_endpoint_ends_in_an_error_reply(jobs_settings: Settings) -> None:
-    s = jobs_settings
+async def _served_as_job(
+    s: Settings, request: Request, budget_ms: int, headers: list[tuple[str, bytes]] | None = None
+) -> tuple[Reply, JobCollector]:
+    """``request`` sent to a Bronze worker on SageMaker with a collector running: its final reply."""
     producer = kafka_clients.producer(s, "npcflow-test-jobs")
     await producer.start()
     try:
@@ -137,14 +145,18 @@ async def test_a_job_that_times_out_on_the_endpoint_ends_in_an_error_reply(jobs_
             NPCClient(s, "gs-test", prefix=s.topic_prefix) as client,
             _Running(s) as collector,
         ):
-            # 1 s of budget → InvocationTimeoutSeconds=1, far too little for 400 tokens on a CPU.
-            request = _bronze(2, max_tokens=400)
             waiter = asyncio.create_task(client.request(request, timeout_s=60))
             await asyncio.sleep(0.2)
-            await _send(producer, s, request, budget_ms=1_000)
-            reply = await asyncio.wait_for(waiter, 60)
+            await _send(producer, s, request, budget_ms, headers)
+            return await asyncio.wait_for(waiter, 60), collector
     finally:
         await producer.stop()
+
+
+async def test_a_job_that_times_out_on_the_endpoint_ends_in_an_error_reply(jobs_settings: Settings) -> None:
+    # 1 s of budget → InvocationTimeoutSeconds=1, far too little for 400 tokens on a CPU.
+    request = _bronze(2, max_tokens=400)
+    reply, collector = await _served_as_job(jobs_settings, request, budget_ms=1_000)
     assert reply.status is ReplyStatus.ERROR and reply.job_id == request.request_id
     assert reply.error and "timed out" in reply.error and collector.stats.failed == 1
 
@@ -190,23 +202,7 @@ async def test_a_silver_request_that_fell_back_to_a_bronze_job_keeps_its_chain(
         chain=[silver_failed],
         original_deadline_ms=now_ms() + 250,
     )
-    producer = kafka_clients.producer(s, "npcflow-test-jobs")
-    await producer.start()
-    try:
-        async with (
-            running_worker(s, s.topic_prefix, Tier.BRONZE, SageMakerAsyncEngine(s)),  # type: ignore[arg-type]
-            NPCClient(s, "gs-test", prefix=s.topic_prefix) as client,
-            _Running(s),
-        ):
-            waiter = asyncio.create_task(client.request(request, timeout_s=90))
-            await asyncio.sleep(0.2)
-            topic = TIER_TOPICS[Tier.BRONZE].name(s.topic_prefix)
-            await producer.send_and_wait(
-                topic, request.to_bytes(), key=request.npc_id.encode(), headers=headers
-            )
-            reply: Reply = await asyncio.wait_for(waiter, 60)
-    finally:
-        await producer.stop()
+    reply, _ = await _served_as_job(s, request, 60_000, headers)
     # The final reply comes from the collector, long after the worker built the notice: it still
     # says the request fell back, from where and why.
     assert reply.status is ReplyStatus.FALLBACK and reply.served_tier is Tier.BRONZE, reply

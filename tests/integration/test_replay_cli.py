@@ -38,8 +38,11 @@ from topics.admin import create_embedded_topics
 from topics.catalogue import OUTPUTS, REPLIES, REQUESTS, Tier
 from topics.schemas import Output, Reply, Request, Sla
 
-ENGINES = {Tier.GOLD: "scripted:latency_ms=1", Tier.SILVER: "scripted:latency_ms=2",
-           Tier.BRONZE: "scripted:latency_ms=3"}
+ENGINES = {
+    Tier.GOLD: "scripted:latency_ms=1",
+    Tier.SILVER: "scripted:latency_ms=2",
+    Tier.BRONZE: "scripted:latency_ms=3",
+}
 #: The recorded traffic: (how many, sla, max_tokens, tier the default policy picks).
 TRAFFIC = [
     (12, Sla.REALTIME, 8, Tier.GOLD),
@@ -100,7 +103,10 @@ def recorded(stack: StackEndpoints, settings: Settings, prefix: str, work_dir: P
 
 def options(prefix: str, recorded: dict, **changes: object) -> ReplayOptions:
     return ReplayOptions(
-        source_prefix=prefix, since_ms=recorded["since"], until_ms=recorded["until"], grace_ms=5_000,
+        source_prefix=prefix,
+        since_ms=recorded["since"],
+        until_ms=recorded["until"],
+        grace_ms=5_000,
         **changes,  # type: ignore[arg-type]
     )
 
@@ -143,9 +149,26 @@ def test_export_has_one_row_per_request_through_the_cli(
     rows: dict[str, list[dict]] = {}
     for name in ("rows.parquet", "rows.csv"):
         out = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "replay", "--since", str(recorded["since"]),
-             "--until", str(recorded["until"]), "--grace", "5", "--export", str(tmp_path / name), "--json"],
-            env=env, capture_output=True, text=True, timeout=120, check=False,
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "replay",
+                "--since",
+                str(recorded["since"]),
+                "--until",
+                str(recorded["until"]),
+                "--grace",
+                "5",
+                "--export",
+                str(tmp_path / name),
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert out.returncode == 0, out.stderr
         summary = json.loads(out.stdout)
@@ -184,8 +207,10 @@ def test_into_replays_into_a_sandbox_where_every_request_is_answered(
     answered = Counter(Reply.from_bytes(r.value).request_id for r in replies)
     assert set(answered) == set(sandbox.links) and set(answered.values()) == {1}
     originals = {reply.request_id for reply in recorded["replies"]}
-    links = {o.request.request_id: o.request.context[REPLAY_OF_CONTEXT] for o in map(Output.from_bytes,
-             (r.value for r in outputs))}
+    links = {
+        o.request.request_id: o.request.context[REPLAY_OF_CONTEXT]
+        for o in map(Output.from_bytes, (r.value for r in outputs))
+    }
     assert links == sandbox.links and set(links.values()) == originals
 
 
@@ -214,16 +239,22 @@ def window_inside_a_batch(settings: Settings) -> tuple[dict, list[str]]:
             ids = await _two_bursts(producer, REQUESTS.name(prefix), base := int(time.time() * 1000) - 5000)
         finally:
             await producer.stop()
-        opts = ReplayOptions(source_prefix=prefix, since_ms=base + 20, until_ms=base + 35, grace_ms=1000,
-                             policy=RoutingPolicy.load())
+        opts = ReplayOptions(
+            source_prefix=prefix,
+            since_ms=base + 20,
+            until_ms=base + 35,
+            grace_ms=1000,
+            policy=RoutingPolicy.load(),
+        )
         return await run_replay(settings, opts), ids[60:75]
 
     return asyncio.run(go())
 
 
 @pytest.fixture(scope="module", params=["tansu", "noida"])
-def broker(request: pytest.FixtureRequest, settings: Settings, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[tuple[str, Settings]]:
+def broker(
+    request: pytest.FixtureRequest, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Settings]]:
     """A broker of its own (the rest of the stack is the session's), one per kind."""
     stack = broker_only(settings, request.param, tmp_path_factory.mktemp(f"replay-{request.param}"))
     endpoints = stack.start()

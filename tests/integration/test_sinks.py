@@ -188,9 +188,10 @@ async def test_records_that_can_never_be_written_are_dead_lettered_with_the_reas
     async with running(SinkRunner(build_sink("postgres", s), s)) as runner:
         assert await wait_counts(s, 20, ["postgres"], timeout_s=30) == {"postgres": 20}
     assert runner.stats.dead_lettered == 2
-    letters = [DeadLetter.from_bytes(r.value) for r in await read_topic(
-        s.require_kafka(), SINK_DLQ.name(s.topic_prefix), expect=2, timeout_s=15
-    )]
+    letters = [
+        DeadLetter.from_bytes(r.value)
+        for r in await read_topic(s.require_kafka(), SINK_DLQ.name(s.topic_prefix), expect=2, timeout_s=15)
+    ]
     assert {letter.original() for letter in letters} == {b"{not json", nul.to_bytes()}
     assert {letter.source_topic for letter in letters} == {OUTPUTS.name(s.topic_prefix)}
     reasons = sorted(letter.reason for letter in letters)
@@ -204,17 +205,27 @@ async def test_the_postgres_sinks_rows_are_the_bare_clients_rows_on_both_paths(s
     s = await isolated(settings)
     run = s.topic_prefix.rstrip(".")
     outputs = [
-        make_output(1, run=run, text='a "tale"\twith\nbreaks\\ and é', tools=["rag_search"],
-                    context={"zone": "north\\east", "n": 2.5, "ok": True}, sla=Sla.ASYNC,
-                    latency_budget_ms=900),
+        make_output(
+            1,
+            run=run,
+            text='a "tale"\twith\nbreaks\\ and é',
+            tools=["rag_search"],
+            context={"zone": "north\\east", "n": 2.5, "ok": True},
+            sla=Sla.ASYNC,
+            latency_budget_ms=900,
+        ),
         make_output(2, run=run, tier="silver", served_tier="bronze", status=ReplyStatus.FALLBACK),
         make_output(3, run=run, tier="gold", status=ReplyStatus.ERROR, served_by=ServedBy.NONE, text=""),
     ]
     first = outputs[1]
-    chained = first.reply.model_copy(update={
-        "replied_at_ms": first.reply.replied_at_ms + 5, "status": ReplyStatus.OK, "late": True,
-        "chain": [TierAttempt(tier=Tier.SILVER, outcome="failed", reason="timeout\tafter 2 s")],
-    })
+    chained = first.reply.model_copy(
+        update={
+            "replied_at_ms": first.reply.replied_at_ms + 5,
+            "status": ReplyStatus.OK,
+            "late": True,
+            "chain": [TierAttempt(tier=Tier.SILVER, outcome="failed", reason="timeout\tafter 2 s")],
+        }
+    )
     newer = Output(request=first.request, reply=chained)
     sink = build_sink("postgres", s)
     async with sink:

@@ -72,6 +72,7 @@ def test_validate_all_passes_and_metrics_move_with_traffic(
     assert reports["silver"].within_sla  # a 20 ms scripted engine is inside Silver's 250 ms
     after = scrape(targets.values())
     assert metrics_report(after)["ok"], metrics_report(after)
+
     # Traffic moved the processes' own counters: replies per tier, Gold's cache, cost, hops.
     def grew(name: str, **labels: str) -> float:
         return after.total(name, **labels) - before.total(name, **labels)

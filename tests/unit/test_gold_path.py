@@ -35,8 +35,6 @@ POLICY = RoutingPolicy.load()
 SETTINGS = IntentSettings(ttl_ms=1000, refresh_interval_ms=500, refresh_timeout_ms=2000)
 
 
-
-
 class Clock:
     def __init__(self) -> None:
         self.ms = NOW_MS

@@ -12,13 +12,13 @@ from aiokafka.structs import ConsumerRecord
 
 from pipeline.config import Settings
 from pipeline.router.policy import RoutingPolicy, Unroutable
+from replay.bounds import WindowError, parse_time
 from replay.cli import parse_offsets
 from replay.export import Exporter, ExportError
 from replay.histogram import Histogram
 from replay.join import Entry, Join
 from replay.report import WhatIf, render_table
 from replay.sandbox import REPLAY_OF_CONTEXT, Sandbox, SandboxError
-from replay.window import WindowError, parse_time
 from topics.catalogue import Tier
 from topics.schemas import (
     Latency,
@@ -40,19 +40,44 @@ def record(topic: str, value: bytes, ts: int, offset: int = 0) -> ConsumerRecord
 
 
 def req(n: int, sla: Sla = Sla.REALTIME, max_tokens: int = 8) -> Request:
-    return Request(request_id=f"r{n}", npc_id="npc-1", tenant_id="gs", prompt="hi", max_tokens=max_tokens,
-                   sla=sla, created_at_ms=1_000 + n)
+    return Request(
+        request_id=f"r{n}",
+        npc_id="npc-1",
+        tenant_id="gs",
+        prompt="hi",
+        max_tokens=max_tokens,
+        sla=sla,
+        created_at_ms=1_000 + n,
+    )
 
 
 def decision(r: Request, tier: Tier, reason: str = "sla") -> bytes:
-    return RoutingDecision(request_id=r.request_id, npc_id=r.npc_id, tenant_id=r.tenant_id, tier=tier,
-                           sla=Sla.REALTIME, reason=reason, deadline_ms=1, decided_at_ms=1).to_bytes()
+    return RoutingDecision(
+        request_id=r.request_id,
+        npc_id=r.npc_id,
+        tenant_id=r.tenant_id,
+        tier=tier,
+        sla=Sla.REALTIME,
+        reason=reason,
+        deadline_ms=1,
+        decided_at_ms=1,
+    ).to_bytes()
 
 
 def output(r: Request, tier: Tier, total_ms: float = 10.0, cost: float = 0.001) -> bytes:
-    reply = Reply(request_id=r.request_id, npc_id=r.npc_id, tenant_id=r.tenant_id, tier=tier,
-                  served_by=ServedBy.ENGINE, status=ReplyStatus.OK, text="ok", replied_at_ms=5,
-                  latency=Latency(total_ms=total_ms), cost_usd=cost, tokens=TokenUsage(completion=4))
+    reply = Reply(
+        request_id=r.request_id,
+        npc_id=r.npc_id,
+        tenant_id=r.tenant_id,
+        tier=tier,
+        served_by=ServedBy.ENGINE,
+        status=ReplyStatus.OK,
+        text="ok",
+        replied_at_ms=5,
+        latency=Latency(total_ms=total_ms),
+        cost_usd=cost,
+        tokens=TokenUsage(completion=4),
+    )
     return Output(request=r, reply=reply).to_bytes()
 
 
@@ -112,12 +137,16 @@ def test_what_if_counts_moves_dead_letters_and_prices_newcomers() -> None:
     rows = list(join.ready())
     policy = RoutingPolicy.load().from_dict(
         {
-            "slas": {"realtime": {"tier": "silver", "max_budget_ms": 16},
-                     "interactive": {"tier": "silver", "max_budget_ms": 250},
-                     "async": {"tier": "bronze", "max_budget_ms": 3600000}},
-            "tiers": {"gold": {"max_tokens": 8, "tools": False, "default_budget_ms": 16},
-                      "silver": {"max_tokens": 200, "tools": True, "default_budget_ms": 250},
-                      "bronze": {"max_tokens": 1000, "tools": True, "default_budget_ms": 60000}},
+            "slas": {
+                "realtime": {"tier": "silver", "max_budget_ms": 16},
+                "interactive": {"tier": "silver", "max_budget_ms": 250},
+                "async": {"tier": "bronze", "max_budget_ms": 3600000},
+            },
+            "tiers": {
+                "gold": {"max_tokens": 8, "tools": False, "default_budget_ms": 16},
+                "silver": {"max_tokens": 200, "tools": True, "default_budget_ms": 250},
+                "bronze": {"max_tokens": 1000, "tools": True, "default_budget_ms": 60000},
+            },
         }
     )
     what_if = WhatIf(policy)
@@ -132,8 +161,13 @@ def test_what_if_counts_moves_dead_letters_and_prices_newcomers() -> None:
     # The newcomer is priced like Silver's recorded replies (100 ms, $0.001 each).
     assert silver["predicted_cost_usd"] == pytest.approx(0.002)
     assert 95 <= silver["predicted_p50_ms"] <= 105
-    table = render_table({"report": summary, "window": {"since": "a", "until": "b"},
-                          "read": {"events": 10, "method": "scan", "seconds": 0.1}})
+    table = render_table(
+        {
+            "report": summary,
+            "window": {"since": "a", "until": "b"},
+            "read": {"events": 10, "method": "scan", "seconds": 0.1},
+        }
+    )
     assert "would move 1" in table and "silver" in table
 
 
@@ -141,12 +175,16 @@ def test_what_if_decides_once_per_request_shape_exactly_as_the_policy_routes() -
     """The memo is keyed by RoutingPolicy.tier_inputs: every other field varied, the same tier."""
     policy = RoutingPolicy.from_dict(
         {
-            "slas": {"realtime": {"tier": "gold", "max_budget_ms": 16},
-                     "interactive": {"tier": "silver", "max_budget_ms": 250},
-                     "async": {"tier": "bronze", "max_budget_ms": 3600000}},
-            "tiers": {"gold": {"max_tokens": 8, "tools": False, "default_budget_ms": 16},
-                      "silver": {"max_tokens": 200, "tools": True, "default_budget_ms": 250},
-                      "bronze": {"max_tokens": 1000, "tools": True, "default_budget_ms": 60000}},
+            "slas": {
+                "realtime": {"tier": "gold", "max_budget_ms": 16},
+                "interactive": {"tier": "silver", "max_budget_ms": 250},
+                "async": {"tier": "bronze", "max_budget_ms": 3600000},
+            },
+            "tiers": {
+                "gold": {"max_tokens": 8, "tools": False, "default_budget_ms": 16},
+                "silver": {"max_tokens": 200, "tools": True, "default_budget_ms": 250},
+                "bronze": {"max_tokens": 1000, "tools": True, "default_budget_ms": 60000},
+            },
         }
     )
     what_if = WhatIf(policy)
@@ -158,8 +196,15 @@ def test_what_if_decides_once_per_request_shape_exactly_as_the_policy_routes() -
         for tools in ([], ["rag_search"])
     ]
     for n, shape in enumerate(shapes * 3):  # each shape three times, with other fields changed
-        request = Request(request_id=f"s{n}", npc_id=f"npc-{n}", tenant_id=f"gs-{n % 3}",
-                          prompt="x" * (n % 7 + 1), created_at_ms=1_000 + 37 * n, context={"k": n}, **shape)
+        request = Request(
+            request_id=f"s{n}",
+            npc_id=f"npc-{n}",
+            tenant_id=f"gs-{n % 3}",
+            prompt="x" * (n % 7 + 1),
+            created_at_ms=1_000 + 37 * n,
+            context={"k": n},
+            **shape,
+        )
         entry = Entry(request.request_id, raw=b"", request=request, received_ms=900 + 41 * n)
         try:
             route = policy.route(request, received_ms=entry.received_ms)

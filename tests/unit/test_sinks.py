@@ -66,6 +66,7 @@ def make_output(
 
 # -- the runner's write path (retries, split, dead letters), with an in-memory sink ----------------
 
+
 class MemorySink(Sink):
     """Refuses outputs whose prompt says "poison"; is unreachable for its first ``down`` writes."""
 
@@ -158,8 +159,11 @@ def test_postgres_copy_text_quotes_free_text_and_writes_nulls_and_story_arcs_onl
     assert len(reply) == len(COLUMNS["replies"].split(", "))
     assert reply[9] == b'line one\\nsaid "hi"\\tback\\\\slash'
     assert reply[10] == b"\\N"  # intent: NULL
-    assert all(len(line.split(b"\t")) == len(COLUMNS[table].split(", "))
-               for table, data in text.items() for line in data.splitlines())
+    assert all(
+        len(line.split(b"\t")) == len(COLUMNS[table].split(", "))
+        for table, data in text.items()
+        for line in data.splitlines()
+    )
 
 
 def test_opensearch_routes_story_arcs_and_dialogue_by_request_id() -> None:

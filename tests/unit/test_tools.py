@@ -20,7 +20,8 @@ from topics.schemas import Latency, Reply, ReplyStatus, Request, ServedBy, ToolC
 from workers.cache.result_step import ResultCacheStep
 from workers.engines.base import REFRESHING
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
-from workers.serving import Job, build_reply
+from workers.replies import build_reply
+from workers.serving import Job
 from workers.tools import wrap_answer_steps
 from workers.tools.client import McpToolClient
 from workers.tools.context import CONTEXT_HEADER, ToolContext, plan_calls
@@ -222,7 +223,9 @@ def test_steps_are_composed_only_where_configured() -> None:
     bare = Settings()
     engine = echo_engine()
     assert wrap_answer_steps(engine, bare, Tier.SILVER, policy) is engine
-    full = Settings(redis_url="redis://127.0.0.1:6379/0", tools=ToolSettings(mcp_url="http://127.0.0.1:1/mcp"))
+    full = Settings(
+        redis_url="redis://127.0.0.1:6379/0", tools=ToolSettings(mcp_url="http://127.0.0.1:1/mcp")
+    )
     silver = wrap_answer_steps(engine, full, Tier.SILVER, policy)
     assert isinstance(silver, ResultCacheStep) and isinstance(silver.inner, ToolContext)
     assert silver.lookup_tier is None

@@ -104,7 +104,10 @@ class GameStateFollower(Lifecycle):
             except (InvalidEvent, ValueError) as exc:
                 log.warning(
                     "skipping invalid game state record %s[%d]@%d: %s",
-                    record.topic, record.partition, record.offset, str(exc)[:300],
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    str(exc)[:300],
                 )
                 result = "invalid"
         metrics.GAME_STATE_RECORDS.labels(result).inc()

@@ -37,8 +37,9 @@ from topics.catalogue import OUTPUTS, REPLIES, Tier
 from topics.schemas import Output, Reply, ReplyStatus, Request, TierAttempt
 from workers.engines.base import EngineResult
 from workers.jobs.store import COMPLETED, FAILED, JobRecord, JobStore
+from workers.replies import build_reply
 from workers.resilience.fallback import attempt
-from workers.serving import Job, build_reply
+from workers.serving import Job
 
 log = logging.getLogger("npcflow.jobs")
 

@@ -99,4 +99,3 @@ def search_cmd(
         click.echo(f"{hit['score'] or 0:6.2f}  {who}: {text_out[:160]}")
     if text and not hits:
         click.echo("no hits")
-

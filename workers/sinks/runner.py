@@ -236,8 +236,14 @@ class SinkRunner(Lifecycle):
                     failure = exc
                     break
                 reason = "unavailable" if transient else "error"
-                log.warning("%s sink: write of %d failed (%s: %s); retrying in %.1f s",
-                            self.sink.name, len(items), reason, exc, delay)
+                log.warning(
+                    "%s sink: write of %d failed (%s: %s); retrying in %.1f s",
+                    self.sink.name,
+                    len(items),
+                    reason,
+                    exc,
+                    delay,
+                )
                 metrics.SINK_RETRIES.labels(self.sink.name, reason).inc()
                 self.stats.retries += 1
                 if not await self._backoff(delay, generation):
@@ -278,8 +284,14 @@ class SinkRunner(Lifecycle):
             await (await self._producer.send(self.dlq_topic, letter.to_bytes(), key=self.sink.name.encode()))
         except Exception as exc:
             raise SinkFailed(f"{self.sink.name} sink: dead-letter topic refused a record: {exc}") from exc
-        log.warning("%s sink: dead-lettered %s/%d@%d: %s",
-                    self.sink.name, record.topic, record.partition, record.offset, reason)
+        log.warning(
+            "%s sink: dead-lettered %s/%d@%d: %s",
+            self.sink.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+        )
         metrics.DEAD_LETTERS.labels("sink").inc()
         self.stats.dead_lettered += 1
 

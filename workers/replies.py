@@ -1,0 +1,70 @@
+"""The one reply a request gets: who served it, where the time went, what it cost, whether late.
+
+Built in one place for every path that answers (a worker serving a request, the job collector
+publishing a SageMaker job's final reply), so a reply means the same whoever sent it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pipeline.observability.cost import Pricing
+from pipeline.router.policy import RoutingPolicy
+from topics.catalogue import Tier
+from topics.schemas import Latency, Reply, ReplyStatus, ServedBy, TierAttempt, TokenUsage
+from workers.engines.base import EngineResult
+
+if TYPE_CHECKING:
+    from workers.serving import Job
+
+
+def build_reply(
+    job: Job,
+    tier: Tier,
+    status: ReplyStatus,
+    picked_ms: float,
+    *,
+    engine: str,
+    policy: RoutingPolicy,
+    result: EngineResult | None = None,
+    error: str | None = None,
+    done_ms: float | None = None,
+    chain: Sequence[TierAttempt] = (),
+    pricing: Pricing | None = None,
+) -> Reply:
+    """The one reply for ``job``: who served it, where the time went, what it cost, whether late."""
+    request = job.request
+    done_ms = time.time() * 1000 if done_ms is None else done_ms
+    served_by = ServedBy.ENGINE if result is not None else ServedBy.NONE
+    served_by = ServedBy.RESULT_CACHE if result is not None and result.cached else served_by
+    served_tier = next((a.tier for a in chain if a.outcome == "served"), tier if result else None)
+    tokens = TokenUsage(
+        prompt=result.prompt_tokens if result else 0, completion=result.completion_tokens if result else 0
+    )
+    return Reply(
+        request_id=request.request_id,
+        npc_id=request.npc_id,
+        tenant_id=request.tenant_id,
+        tier=tier,
+        served_by=served_by,
+        engine=engine if served_by is ServedBy.ENGINE else "",
+        status=status,
+        late=status in (ReplyStatus.OK, ReplyStatus.FALLBACK) and done_ms > job.deadline_ms,
+        text=result.text if result else "",
+        tokens=tokens,
+        latency=Latency(
+            queue_ms=max(0.0, picked_ms - request.created_at_ms),
+            engine_ms=max(0.0, done_ms - picked_ms) if result else 0.0,
+            total_ms=max(0.0, done_ms - request.created_at_ms),
+        ),
+        cost_usd=(pricing or Pricing.load()).reply_cost(
+            (served_tier or tier).value, served_by.value, max(0.0, done_ms - picked_ms) if result else 0.0
+        ),
+        error=error[:2000] if error else error,
+        served_tier=served_tier,
+        chain=list(chain),
+        replied_at_ms=int(done_ms),
+        tools=list(result.tool_calls) if result is not None and result.tool_calls else None,
+    )
