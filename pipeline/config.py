@@ -22,6 +22,7 @@ from pipeline.settings_data import (  # re-exported: importers name them from pi
     DEFAULT_ENGINE,
     DEFAULT_ENGINE_GRACE_S,
     DEFAULT_FETCH_MAX_WAIT_MS,
+    DEFAULT_GC_GEN0,
     DEFAULT_GIL_SWITCH_S,
     DEFAULT_MAX_PENDING,
     DEFAULT_SESSION_TIMEOUT_S,
@@ -68,6 +69,7 @@ ENV_ENGINE_GRACE_S = "NPCFLOW_ENGINE_GRACE_S"
 ENV_METRICS_PORT = "NPCFLOW_METRICS_PORT"
 ENV_EVENT_LOOP = "NPCFLOW_EVENT_LOOP"
 ENV_GIL_SWITCH_S = "NPCFLOW_GIL_SWITCH_S"
+ENV_GC_GEN0 = "NPCFLOW_GC_GEN0"
 ENV_READY_FILE = "NPCFLOW_READY_FILE"
 ENV_INTENT_TTL_MS = "NPCFLOW_INTENT_TTL_MS"
 ENV_INTENT_REFRESH_INTERVAL_MS = "NPCFLOW_INTENT_REFRESH_INTERVAL_MS"
@@ -300,6 +302,7 @@ class Settings:
                 event_loop=(r.str(ENV_EVENT_LOOP, "uvloop") or "uvloop").lower(),
                 metrics_port=r.int(ENV_METRICS_PORT, None),
                 gil_switch_s=r.float(ENV_GIL_SWITCH_S, DEFAULT_GIL_SWITCH_S),
+                gc_gen0=r.int(ENV_GC_GEN0, DEFAULT_GC_GEN0) or 0,
                 ready_file=r.str(ENV_READY_FILE),
             ),
             embedded_broker=broker,

@@ -25,6 +25,8 @@ DEFAULT_ENGINE_GRACE_S = 30.0
 #: faust runs its consumer in a second thread; with the default 5 ms GIL switch interval a record
 #: fetched there can wait a whole interval for the agent's thread.
 DEFAULT_GIL_SWITCH_S = 0.0005
+#: Net new container objects between two young-generation collections (CPython's default: 700).
+DEFAULT_GC_GEN0 = 20_000
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class ProcessSettings:
     event_loop: str = "uvloop"
     metrics_port: int | None = None
     gil_switch_s: float = DEFAULT_GIL_SWITCH_S
+    #: 0 leaves CPython's collector as it is (see :func:`pipeline.eventloop.settle_heap`).
+    gc_gen0: int = DEFAULT_GC_GEN0
     #: Written once the process's consumer group has given it partitions (demo, tests, benchmarks).
     ready_file: str | None = None
 
