@@ -156,8 +156,8 @@ class IntentCache(Lifecycle):
         self.ttl_ms = settings.intents.ttl_ms if ttl_ms is None else ttl_ms
         self.client_id = client_id
         self.catch_up_timeout_s = catch_up_timeout_s
-        #: None: the settings' (latency-path) fetch wait; a router can poll less often.
-        self.fetch_max_wait_ms = fetch_max_wait_ms
+        #: None: the intent path's wait (``NPCFLOW_INTENT_FETCH_WAIT_MS``); intents are on no reply's path.
+        self.fetch_max_wait_ms = fetch_max_wait_ms or settings.intents.fetch_wait_ms
         self.idle_pause_ms = idle_pause_ms
         self.stats = IntentCacheStats()
         self.caught_up = threading.Event()
@@ -244,8 +244,8 @@ class IntentCache(Lifecycle):
         self._loop = asyncio.get_running_loop()
         self._producer = kafka.producer(self.settings, f"{self.client_id}-updates")
         await self._producer.start()
-        overrides = {} if self.fetch_max_wait_ms is None else {"fetch_max_wait_ms": self.fetch_max_wait_ms}
-        self._consumer = kafka.consumer(self.settings, self.client_id, **overrides)
+        wait_ms = self.fetch_max_wait_ms
+        self._consumer = kafka.consumer(self.settings, self.client_id, fetch_max_wait_ms=wait_ms)
         await self._consumer.start()
         partitions = await self._partitions()
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]

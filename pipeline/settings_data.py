@@ -126,6 +126,10 @@ class IntentSettings:
     defaults_file: str | None = None
     #: The router answers realtime Gold requests from its near cache and sends only refreshes on.
     fast_path: bool = True
+    #: How long one fetch may wait on the intent path: the Gold worker's consumer while the fast
+    #: path is on (it then only serves refreshes) and every near cache of ``npc.intents``. Neither
+    #: is on a reply's path, and every poll costs the broker (docs/architecture.md, "Gold's two paths").
+    fetch_wait_ms: int = 100
 
 
 @dataclass(frozen=True)

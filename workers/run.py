@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 
+from pipeline import eventloop
 from workers.engines.base import Engine
 from workers.tier_worker import TierWorker
 from workers.worker_config import WorkerConfig, WorkerFailed
@@ -24,6 +25,7 @@ async def run_worker(config: WorkerConfig, engine: Engine, substitute: Engine | 
     """
     worker = TierWorker(config, engine, substitute=substitute)
     await worker.start()
+    eventloop.settle_heap(config.settings.process.gc_gen0)
     loop = asyncio.get_running_loop()
     run_task = asyncio.create_task(worker.run())
     stopped = asyncio.create_task(worker.stopped())

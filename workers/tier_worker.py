@@ -150,6 +150,7 @@ class TierWorker(Lifecycle):
             f"npcflow-{tier}",
             group_id=self.config.group,
             rebalance_timeout_ms=self.config.rebalance_timeout_ms,
+            fetch_max_wait_ms=self.config.fetch_max_wait_ms or settings.kafka.fetch_max_wait_ms,
         )
         self._consumer.subscribe([self._topic], listener=_Rebalance(self))
         await self._consumer.start()
@@ -326,9 +327,9 @@ class TierWorker(Lifecycle):
         """Produce the outcome's records and wait for their acks (replies linger 0, outputs batch)."""
         assert self._producer is not None and self._outputs_producer is not None
         if isinstance(outcome, Refreshed):  # the router answered already: only the intent goes out
-            if outcome.update is not None:
+            if outcome.update is not None:  # off every reply's path: batched with the outputs
                 update = outcome.update
-                await (await self._producer.send(update.topic, update.value, key=update.key))
+                await (await self._outputs_producer.send(update.topic, update.value, key=update.key))
             return
         if isinstance(outcome, Forwarded):  # the next tier answers: the request and its routing record
             sent = await self._producer.send(

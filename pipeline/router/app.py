@@ -19,14 +19,14 @@ import faust
 import mode
 from aiokafka import AIOKafkaProducer
 
-from pipeline import kafka
+from pipeline import eventloop, kafka
 from pipeline.config import Settings
 from pipeline.intents import IntentCache
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import families, metrics
 from pipeline.observability.cost import Pricing
 from pipeline.readiness import mark_ready
-from pipeline.router.gold import GoldPath, Produce, Record
+from pipeline.router.gold import GoldPath, Produce
 from pipeline.router.logic import Headers, Router, RouterStats, Source
 from pipeline.router.monitor import LeanMonitor
 from pipeline.router.policy import RoutingPolicy
@@ -40,12 +40,10 @@ log = logging.getLogger("npcflow.router")
 
 #: Routing decisions are an audit trail, off the latency path: batch them instead of one request each.
 DECISION_LINGER_MS = 50
-#: The router's near cache of intents polls at this wait: a new intent seen ≤ 20 ms later is fine.
-INTENTS_FETCH_WAIT_MS = 20
 
 
 class DecisionLog(Lifecycle):
-    """A lingering producer for routing decisions; faust starts and stops it with the app."""
+    """A lingering producer for what is off the replies' path (decisions, Gold's outputs and refreshes)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -63,11 +61,11 @@ class DecisionLog(Lifecycle):
         if self._producer is not None:
             await self._producer.stop()  # flushes what is still lingering
 
-    async def send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Queue one decision; waits only for the producer to exist, never for the broker."""
+    async def send(self, topic: str, key: bytes, value: bytes, headers: Headers | None = None) -> None:
+        """Queue one record; waits only for the producer to exist, never for the broker."""
         await self._ready.wait()
         assert self._producer is not None
-        ack = await self._producer.send(topic, value, key=key)
+        ack = await self._producer.send(topic, value, key=key, headers=headers)
         ack.add_done_callback(_log_send_failure)
 
     def service(self) -> type[mode.Service]:
@@ -84,22 +82,22 @@ class DecisionLog(Lifecycle):
         return DecisionLogService
 
 
-def _gold_path(app: faust.App, settings: Settings, produce: Produce, record: Record) -> GoldPath:
+def _gold_path(app: faust.App, settings: Settings, produce: Produce, decisions: DecisionLog) -> GoldPath:
     """Gold's fast path with its near cache of ``npc.intents``, started and stopped with the app."""
     # Intents are not on the reply's path: poll for them less often than the intake (router CPU).
-    intents = IntentCache(
-        settings, client_id="npcflow-router-intents", fetch_max_wait_ms=INTENTS_FETCH_WAIT_MS
-    )
+    intents = IntentCache(settings, client_id="npcflow-router-intents")
     app.service(_lifecycle_service(intents))
     reply_topics = ReplyTopics(intents.topics)
     return GoldPath(
         intents,
         produce,
-        record,
+        decisions.send,
         settings=settings.intents,
         prefix=settings.topic_prefix,
         topic_exists=reply_topics.exists,
         pricing=Pricing.from_settings(settings.observability),
+        # Refreshes are not on the reply's path either: batched, they cost the broker less (§7).
+        refresh=decisions.send,
     )
 
 
@@ -186,7 +184,7 @@ def create_app(
 
     decisions = DecisionLog(settings)
     app.service(decisions.service())
-    gold = _gold_path(app, settings, produce, decisions.send) if settings.intents.fast_path else None
+    gold = _gold_path(app, settings, produce, decisions) if settings.intents.fast_path else None
     breakers = _breaker_detour(app, settings, policy)
     router = Router(policy, produce, decisions.send, prefix=prefix, gold=gold, breakers=breakers)
     intake = app.topic(REQUESTS.name(prefix), key_type=bytes, value_type=bytes)
@@ -226,6 +224,7 @@ def run_router(settings: Settings, loglevel: str = "info") -> None:
     with tempfile.TemporaryDirectory(prefix="npcflow-router-") as datadir:
         app, _ = create_app(settings, datadir=Path(datadir))
         worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        eventloop.settle_heap(settings.process.gc_gen0)  # faust, the app and the policy are built
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:

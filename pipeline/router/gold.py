@@ -74,7 +74,9 @@ class GoldPath:
         topic_exists: TopicExists | None = None,
         clock: Callable[[], int] = now_ms,
         pricing: Pricing | None = None,
+        refresh: Produce | None = None,
     ) -> None:
+        """``refresh`` sends refreshes (default ``produce``): the router gives its lingering producer."""
         settings = settings or IntentSettings()
         self.pricing = pricing or Pricing.load()
         self.intents = intents
@@ -84,6 +86,7 @@ class GoldPath:
         self.stats = GoldStats()
         self._produce = produce
         self._record = record
+        self._refresh = refresh or produce
         self._topic_exists = topic_exists
         self._clock = clock
         self._gold_topic = TIER_TOPICS[Tier.GOLD].name(prefix)
@@ -128,7 +131,7 @@ class GoldPath:
             await self._record(self._outputs, key, Output(request=request, reply=reply).to_bytes())
             if self.should_refresh(request.npc_id, seen, now):
                 headers = refresh_headers(now + self.refresh_timeout_ms)
-                await self._produce(self._gold_topic, request.npc_id.encode(), raw, headers)
+                await self._refresh(self._gold_topic, request.npc_id.encode(), raw, headers)
         except Exception:
             # The reply is out: the request must not also be dead-lettered. A lost refresh is
             # retried after the timeout; a lost output is logged.
