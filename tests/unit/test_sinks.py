@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -184,3 +185,17 @@ def test_build_sink_names_what_is_missing(name: str) -> None:
         return
     with pytest.raises(SinkSetupError):
         build_sink(name, settings)
+
+
+def test_postgres_timestamps_are_exact_to_the_millisecond_and_json_columns_parse_back() -> None:
+    from datetime import UTC, datetime
+
+    from workers.sinks.postgres import _at, _jsonb
+
+    for ms in (0, 999, 1_000, 1_795_842_636_248, 1_795_842_636_001, 4_102_444_800_000):
+        assert datetime.fromisoformat(_at(ms) + ":00") == datetime.fromtimestamp(ms / 1000, UTC)
+    value = {"zone": "north\\east\tx", "n": 2.5, "big": 2**70, "ok": True, "é": "ü"}
+    copy_escapes = {"t": "\t", "n": "\n", "r": "\r"}
+    unquoted = re.sub(r"\\(.)", lambda m: copy_escapes.get(m[1], m[1]), _jsonb(value, "{}"))
+    assert json.loads(unquoted) == value
+    assert _jsonb({}, "{}") == "{}" and _jsonb([], "[]") == "[]"
