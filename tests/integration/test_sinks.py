@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import psycopg
+import redis.asyncio as aioredis
 
 from devstack.endpoints import StackEndpoints
 from devstack.launchers import free_ports
@@ -256,3 +257,32 @@ async def stored(settings: Settings) -> dict[str, list[tuple[object, ...]]]:
             cur = await conn.execute(f"SELECT {cols} FROM {table} ORDER BY request_id")  # type: ignore[arg-type]
             result[table] = sorted(await cur.fetchall())
         return result
+
+
+async def test_the_redis_sinks_script_stores_the_pipelines_keys_values_and_ttl(settings: Settings) -> None:
+    """One EVALSHA per batch leaves what a pipeline of SET … EX of :meth:`entries` leaves, in order."""
+    s = await isolated(settings)
+    run = s.topic_prefix.rstrip(".")
+    story = make_output(1, run=run)
+    error = make_output(2, run=run, tier="gold", status=ReplyStatus.ERROR, served_by=ServedBy.NONE, text="")
+    late = Output(request=story.request, reply=story.reply.model_copy(update={"text": "later", "late": True}))
+    sink = build_sink("redis", s)
+    assert s.redis_url
+    r = aioredis.from_url(s.redis_url)
+    try:
+        async with sink:
+            await r.script_flush()  # the first write loads the script again (NOSCRIPT)
+            await sink.write([sink.encode(story), error])
+            await sink.write([story, error, late])  # a replay, then a later reply to the same request
+            cache = sink.cache  # type: ignore[attr-defined]
+            expected = dict(pair for o in (story, error, late) for pair in cache.entries(o))
+            assert len(expected) == 4
+            assert expected[cache.id_key(story.reply.request_id)] == late.reply.to_bytes()
+            keys = [k async for k in r.scan_iter(match=f"{s.topic_prefix}npcflow:result:*")]
+            stored = {k.decode(): await r.get(k) for k in keys}
+            assert stored == expected
+            for key in expected:
+                assert 3590 <= await r.ttl(key) <= 3600
+            assert await sink.count() == 2
+    finally:
+        await r.aclose()

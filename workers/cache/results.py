@@ -22,6 +22,13 @@ is fine) are stored by prompt: an error, an expiry or a default intent is no ans
 Every reply is stored by id, so a client that lost a reply can still find it for an hour.
 Writes are ``SET ... EX``: writing the same output twice (a replay, a retried batch) leaves the
 same value, so the sink is idempotent.
+
+A batch is stored by one ``EVALSHA`` of :data:`PUT_SCRIPT` (a Lua loop of those SET commands),
+not a pipeline of ``SET`` commands: redis-py packs each command and parses each reply in Python,
+which made the pipeline the sink's largest cost; one script call packs its keys and values once
+and gets one reply. A script that touches many keys must run where all of them
+live: this needs a **standalone Redis** (what ``redis.asyncio.from_url`` connects to), not
+Redis Cluster, whose slots would refuse the keys of one batch (CROSSSLOT).
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ import hashlib
 import logging
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from pipeline.lifecycle import Lifecycle
@@ -46,6 +54,26 @@ RESULT_TTL_S = 3600
 ANY_TIER = "any"
 
 _SPACE = re.compile(r"\s+")
+
+#: ``KEYS``: every output's keys in order; ``ARGV[1]``: the TTL in seconds; ``ARGV[2]``: one byte
+#: per output, its number of keys ("1" or "3"); ``ARGV[3…]``: each output's value. The SETs run in
+#: the batch's order, so a request's later reply is still written last.
+PUT_SCRIPT = """
+local ttl = ARGV[1]
+local layout = ARGV[2]
+local k = 1
+for i = 1, #layout do
+  local value = ARGV[i + 2]
+  for _ = 1, string.byte(layout, i) - 48 do
+    redis.call('SET', KEYS[k], value, 'EX', ttl)
+    k = k + 1
+  end
+end
+return k - 1
+"""
+
+#: One output as the Redis sink stores it: the keys it goes under and the reply's JSON.
+Entry = tuple[tuple[str, ...], bytes]
 
 
 def normalise_prompt(prompt: str) -> str:
@@ -79,6 +107,7 @@ class ResultCache(Lifecycle):
         self.prefix = prefix
         self.ttl_s = ttl_s
         self._redis: aioredis.Redis | None = None
+        self._put: AsyncScript | None = None
 
     # -- keys ---------------------------------------------------------------------------------
     def id_key(self, request_id: str) -> str:
@@ -91,6 +120,8 @@ class ResultCache(Lifecycle):
     # -- lifecycle ----------------------------------------------------------------------------
     async def _start(self) -> None:
         self._redis = aioredis.from_url(self.url)
+        # EVALSHA, loading the script on NOSCRIPT (first use, a restarted or flushed Redis).
+        self._put = self._redis.register_script(PUT_SCRIPT)
 
     async def _stop(self) -> None:
         if self._redis is not None:
@@ -125,31 +156,39 @@ class ResultCache(Lifecycle):
             return None
 
     # -- store (the Redis sink) -----------------------------------------------------------------
+    def entry(self, output: Output) -> Entry:
+        """The keys one output is stored under (by id, then by prompt if cacheable) and its value."""
+        reply = output.reply
+        id_key = self.id_key(reply.request_id)
+        if not cacheable_by_prompt(reply):
+            return (id_key,), reply.to_bytes()
+        hashed = prompt_hash(output.request.prompt)
+        tier = str(reply.served_tier or reply.tier)
+        by_tier = self.prompt_key(tier, output.request.prompt, hashed=hashed)
+        by_any = self.prompt_key(None, output.request.prompt, hashed=hashed)
+        return (id_key, by_tier, by_any), reply.to_bytes()
+
     def entries(self, output: Output) -> list[tuple[str, bytes]]:
         """The (key, value) pairs one output is stored under."""
-        value = output.reply.to_bytes()
-        pairs = [(self.id_key(output.reply.request_id), value)]
-        if cacheable_by_prompt(output.reply):
-            tier = str(output.reply.served_tier or output.reply.tier)
-            hashed = prompt_hash(output.request.prompt)
-            pairs.append((self.prompt_key(tier, output.request.prompt, hashed=hashed), value))
-            pairs.append((self.prompt_key(None, output.request.prompt, hashed=hashed), value))
-        return pairs
+        keys, value = self.entry(output)
+        return [(key, value) for key in keys]
 
     async def put_many(self, outputs: Iterable[Output]) -> int:
-        """Store a batch in one pipelined round trip; returns how many outputs were stored.
+        """Store a batch of outputs; returns how many were stored (see :meth:`put_entries`)."""
+        return await self.put_entries([self.entry(output) for output in outputs])
+
+    async def put_entries(self, entries: Sequence[Entry]) -> int:
+        """Store a batch of :meth:`entry` results in one round trip (one ``EVALSHA``), in order.
 
         Raises :class:`redis.exceptions.RedisError` when Redis refuses, so the caller retries.
         """
-        pipe = self.redis.pipeline(transaction=False)
-        count = 0
-        for output in outputs:
-            for key, value in self.entries(output):
-                pipe.set(key, value, ex=self.ttl_s)
-            count += 1
-        if count:
-            await pipe.execute()
-        return count
+        if not entries:
+            return 0
+        assert self._put is not None, "start() first"
+        keys = [key for output_keys, _ in entries for key in output_keys]
+        layout = "".join([str(len(output_keys)) for output_keys, _ in entries])
+        await self._put(keys=keys, args=[self.ttl_s, layout, *[value for _, value in entries]])
+        return len(entries)
 
     async def count(self) -> int:
         """How many results are stored by id under this prefix (the demo's summary, tests)."""
