@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from benchkit import start_broker
 from psycopg import sql
 
-from pipeline import kafka
+from pipeline import eventloop, kafka
 from pipeline.config import Settings
 from topics.admin import create_embedded_topics
 from topics.catalogue import OUTPUTS, Tier
@@ -267,6 +267,9 @@ async def measure(name: str, settings: Settings, n: int, batch: int, repeat: int
     side it lands on, never both.
     """
     outputs = story_outputs(n, f"{name}-{uuid.uuid4().hex[:6]}")
+    # As a sink process does once started (run_sink): freeze what is built, collect young objects
+    # less often. One process measures both sides, so both get it.
+    eventloop.settle_heap(settings.process.gc_gen0)
     bare_s, sink_s, rows = [], [], []
     for _ in range(repeat):
         bare_ns = namespace(settings, "bare", batch)
