@@ -199,3 +199,28 @@ def test_postgres_timestamps_are_exact_to_the_millisecond_and_json_columns_parse
     unquoted = re.sub(r"\\(.)", lambda m: copy_escapes.get(m[1], m[1]), _jsonb(value, "{}"))
     assert json.loads(unquoted) == value
     assert _jsonb({}, "{}") == "{}" and _jsonb([], "[]") == "[]"
+
+
+async def test_offsets_are_committed_behind_the_next_write_and_in_order() -> None:
+    from aiokafka import TopicPartition
+
+    runner, _ = runner_for(MemorySink())
+    tp = TopicPartition("npc.outputs", 0)
+    committed: list[dict[TopicPartition, int]] = []
+
+    class SlowFirstCommit:
+        def assignment(self) -> set[TopicPartition]:
+            return {tp}
+
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            await asyncio.sleep(0.05 if offsets[tp] == 3 else 0)  # the first batch's commit is slow
+            committed.append(dict(offsets))
+
+    runner._consumer = SlowFirstCommit()  # type: ignore[assignment]
+    outputs = [make_output(i) for i in range(6)]
+    batch = items(outputs)
+    await runner._flush(batch[:3])
+    await runner._flush(batch[3:])  # written while the first batch's commit is still under way
+    assert committed == [] and runner.stats.written == 6
+    await runner._commits()
+    assert committed == [{tp: 3}, {tp: 6}]

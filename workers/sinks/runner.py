@@ -46,7 +46,8 @@ log = logging.getLogger("npcflow.sinks")
 
 #: First backoff between two tries of a batch; it doubles up to ``NPCFLOW_SINK_RETRY_MAX_S``.
 FIRST_BACKOFF_S = 0.1
-#: Records parsed between two yields to the event loop (≈ 1 ms of work).
+#: Records parsed between two yields to the event loop (≈ 0.5 ms of work): the batch being written
+#: waits for the loop between its round trips (six per PostgreSQL batch).
 PARSE_CHUNK = 16
 
 
@@ -115,8 +116,9 @@ class _Rebalance(ConsumerRebalanceListener):
 class SinkRunner(Lifecycle):
     """``start()``, ``run()`` until :meth:`request_stop`, ``stop()`` (which writes what is buffered).
 
-    One batch is written while the next is fetched and parsed (at most one in flight, so batches
-    commit in order): the store's time overlaps the runner's own work.
+    One batch is written while the next is fetched, parsed and encoded (at most one in flight, so
+    batches commit in order), and its offsets are committed while the next one is written: the
+    store's and the broker's time overlap the runner's own work.
     """
 
     def __init__(self, sink: Sink, settings: Settings, *, group_id: str | None = None) -> None:
@@ -133,6 +135,8 @@ class SinkRunner(Lifecycle):
         self._first_at: float | None = None
         #: The batch being written (at most one).
         self._flushing: asyncio.Task[None] | None = None
+        #: The latest offset commit; each waits for the one before, so commits stay in order.
+        self._committing: asyncio.Task[None] | None = None
         #: Bumped on every revoke: a batch retrying under an older generation gives up.
         self._generation = 0
         self._wake = asyncio.Event()
@@ -157,6 +161,7 @@ class SinkRunner(Lifecycle):
             with contextlib.suppress(Exception):
                 await self._settle()
                 await self._flush(self._take())
+            await self._commits()
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
@@ -231,7 +236,15 @@ class SinkRunner(Lifecycle):
             # This batch and all fetched after it are read again from the batch's first offsets.
             self._seek_back([item.record for item in (*batch, *self._take())])
             return
-        await self._commit([item.record for item in batch])
+        # The commit runs on while the next batch is written (a broker round trip less between
+        # two writes); it waits for the commit before it, so offsets only move forward.
+        records = [item.record for item in batch]
+        self._committing = asyncio.create_task(self._commit(records, after=self._committing))
+
+    async def _commits(self) -> None:
+        """Wait for the commits under way (a stop, a revoke: offsets are committed before we let go)."""
+        if self._committing is not None:
+            await self._committing  # never raises: a failed commit is logged, the batch read again
 
     async def _write(self, items: list[_Item], generation: int, attempts: int) -> bool:
         """Write ``items`` (retrying, splitting, dead-lettering); False if abandoned by a revoke or stop."""
@@ -307,7 +320,10 @@ class SinkRunner(Lifecycle):
         metrics.DEAD_LETTERS.labels("sink").inc()
         self.stats.dead_lettered += 1
 
-    async def _commit(self, records: Sequence[ConsumerRecord]) -> None:
+    async def _commit(self, records: Sequence[ConsumerRecord], after: asyncio.Task | None = None) -> None:
+        """Commit past ``records`` once the commit ``after`` (the batch before) is done."""
+        if after is not None:
+            await after
         assert self._consumer is not None
         owned = self._consumer.assignment()
         offsets: dict[TopicPartition, int] = {}
@@ -345,6 +361,7 @@ class SinkRunner(Lifecycle):
             await self._settle()
         except Exception as exc:  # run() sees the same failure and stops the process
             log.warning("%s sink: the batch in flight failed during a rebalance: %s", self.sink.name, exc)
+        await self._commits()
         kept = [i for i in self._buffer if TopicPartition(i.record.topic, i.record.partition) not in revoked]
         self._buffer = kept
         if not kept:
