@@ -19,6 +19,7 @@ from pipeline.env_reader import ConfigError, EnvReader, load_env_file
 from pipeline.kafka_security import read_kafka_security
 from pipeline.observability.settings import ObservabilitySettings
 from pipeline.settings_data import (  # re-exported: importers name them from pipeline.config
+    DEFAULT_BACKGROUND_FETCH_WAIT_MS,
     DEFAULT_ENGINE,
     DEFAULT_ENGINE_GRACE_S,
     DEFAULT_FETCH_MAX_WAIT_MS,
@@ -55,6 +56,7 @@ ENV_STATE_DIR = "NPCFLOW_STATE_DIR"
 ENV_POLICY_FILE = "NPCFLOW_POLICY_FILE"
 ENV_REPLAY_MAX_OPEN = "NPCFLOW_REPLAY_MAX_OPEN"
 ENV_FETCH_MAX_WAIT_MS = "NPCFLOW_FETCH_MAX_WAIT_MS"
+ENV_BACKGROUND_FETCH_WAIT_MS = "NPCFLOW_BACKGROUND_FETCH_WAIT_MS"
 ENV_SESSION_TIMEOUT_S = "NPCFLOW_SESSION_TIMEOUT_S"
 ENV_CLIENT_RESEND_AFTER_S = "NPCFLOW_CLIENT_RESEND_AFTER_S"
 ENV_GOLD_BATCH_WINDOW_MS = "NPCFLOW_GOLD_BATCH_WINDOW_MS"
@@ -75,7 +77,6 @@ ENV_INTENT_TTL_MS = "NPCFLOW_INTENT_TTL_MS"
 ENV_INTENT_REFRESH_INTERVAL_MS = "NPCFLOW_INTENT_REFRESH_INTERVAL_MS"
 ENV_INTENT_REFRESH_TIMEOUT_MS = "NPCFLOW_INTENT_REFRESH_TIMEOUT_MS"
 ENV_DEFAULT_INTENTS_FILE = "NPCFLOW_DEFAULT_INTENTS_FILE"
-ENV_INTENT_FETCH_WAIT_MS = "NPCFLOW_INTENT_FETCH_WAIT_MS"
 ENV_GOLD_FAST_PATH = "NPCFLOW_GOLD_FAST_PATH"
 ENV_EMBEDDED_BROKER = "NPCFLOW_EMBEDDED_BROKER"
 ENV_BREAKER_FAILURES = "NPCFLOW_BREAKER_FAILURES"
@@ -274,6 +275,8 @@ class Settings:
             kafka=KafkaOptions(
                 fetch_max_wait_ms=r.int(ENV_FETCH_MAX_WAIT_MS, DEFAULT_FETCH_MAX_WAIT_MS)
                 or DEFAULT_FETCH_MAX_WAIT_MS,
+                background_fetch_wait_ms=r.int(ENV_BACKGROUND_FETCH_WAIT_MS, DEFAULT_BACKGROUND_FETCH_WAIT_MS)
+                or DEFAULT_BACKGROUND_FETCH_WAIT_MS,
                 session_timeout_s=r.float(ENV_SESSION_TIMEOUT_S, DEFAULT_SESSION_TIMEOUT_S),
                 security=read_kafka_security(r.env),
             ),
@@ -324,7 +327,6 @@ class Settings:
                 ttl_ms=r.int(ENV_INTENT_TTL_MS, 1000) or 1000,
                 refresh_interval_ms=r.int(ENV_INTENT_REFRESH_INTERVAL_MS, 500) or 0,
                 refresh_timeout_ms=r.int(ENV_INTENT_REFRESH_TIMEOUT_MS, 2000) or 2000,
-                fetch_wait_ms=r.int(ENV_INTENT_FETCH_WAIT_MS, 100) or 100,
                 defaults_file=r.str(ENV_DEFAULT_INTENTS_FILE),
                 fast_path=_flag(r, ENV_GOLD_FAST_PATH, True),
             ),

@@ -156,8 +156,8 @@ class IntentCache(Lifecycle):
         self.ttl_ms = settings.intents.ttl_ms if ttl_ms is None else ttl_ms
         self.client_id = client_id
         self.catch_up_timeout_s = catch_up_timeout_s
-        #: None: the intent path's wait (``NPCFLOW_INTENT_FETCH_WAIT_MS``); intents are on no reply's path.
-        self.fetch_max_wait_ms = fetch_max_wait_ms or settings.intents.fetch_wait_ms
+        #: None: ``NPCFLOW_BACKGROUND_FETCH_WAIT_MS``; intents are on no reply's path.
+        self.fetch_max_wait_ms = fetch_max_wait_ms or settings.kafka.background_fetch_wait_ms
         self.idle_pause_ms = idle_pause_ms
         self.stats = IntentCacheStats()
         self.caught_up = threading.Event()

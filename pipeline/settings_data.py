@@ -15,6 +15,7 @@ from pipeline.kafka_security import KafkaSecurity
 #: Consumer fetch wait on latency paths: the embedded broker answers a waiting fetch late
 #: (docs/architecture.md, "The embedded broker").
 DEFAULT_FETCH_MAX_WAIT_MS = 5
+DEFAULT_BACKGROUND_FETCH_WAIT_MS = 100
 #: Consumer-group session timeout; a new member joins in about half of it on the embedded broker.
 DEFAULT_SESSION_TIMEOUT_S = 6.0
 DEFAULT_ENGINE = "embedded"
@@ -34,6 +35,10 @@ class KafkaOptions:
     """What every Kafka client of the product is built with (see :mod:`pipeline.kafka`)."""
 
     fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS
+    #: The fetch wait of consumers on no reply's path: near caches of ``npc.intents``, the Gold
+    #: worker while the router answers Gold (it then serves only refreshes), the sinks. Every poll
+    #: costs the broker (docs/architecture.md, "Gold's two paths").
+    background_fetch_wait_ms: int = DEFAULT_BACKGROUND_FETCH_WAIT_MS
     session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
     #: TLS and SASL (``NPCFLOW_KAFKA_SECURITY_PROTOCOL`` …; :mod:`pipeline.kafka_security`).
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
@@ -126,10 +131,6 @@ class IntentSettings:
     defaults_file: str | None = None
     #: The router answers realtime Gold requests from its near cache and sends only refreshes on.
     fast_path: bool = True
-    #: How long one fetch may wait on the intent path: the Gold worker's consumer while the fast
-    #: path is on (it then only serves refreshes) and every near cache of ``npc.intents``. Neither
-    #: is on a reply's path, and every poll costs the broker (docs/architecture.md, "Gold's two paths").
-    fetch_wait_ms: int = 100
 
 
 @dataclass(frozen=True)

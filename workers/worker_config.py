@@ -49,7 +49,7 @@ class WorkerConfig:
             max_in_flight=settings.worker.in_flight_for(tier.value),
             max_pending=settings.worker.max_pending,
             engine_grace_s=settings.worker.engine_grace_s,
-            fetch_max_wait_ms=settings.intents.fetch_wait_ms
+            fetch_max_wait_ms=settings.kafka.background_fetch_wait_ms
             if tier is Tier.GOLD and settings.intents.fast_path
             else None,
         )
