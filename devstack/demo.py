@@ -298,19 +298,24 @@ async def settled_sink_counts(settings: Settings, timeout_s: float = 20.0) -> di
     return last
 
 
-def _cpu_engines_yield(procs: PipelineProcesses, engines: dict[Tier, str]) -> None:
-    """On a laptop the CPU models share the cores with the router: their threads yield (nice 10).
+def _yield_cpu(pid: int) -> None:
+    """Every thread of ``pid`` at nice 10: it runs when the router does not need the core."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            os.setpriority(os.PRIO_PROCESS, int(task.name), 10)
 
-    Otherwise Gold's two-hop answers wait behind a second-long decode for a core
-    (docs/architecture.md, "Gold's two paths"); on GPU hosts the question does not arise.
+
+def _background_yields(procs: PipelineProcesses, engines: dict[Tier, str]) -> None:
+    """On a laptop the CPU models and the sinks share the cores with the router: they yield.
+
+    Otherwise Gold's two-hop answers wait behind a second-long decode or a sink's batch for a core
+    (docs/architecture.md, "Gold's two paths"); on GPU hosts and separate sink hosts the question
+    does not arise.
     """
     for proc, _ in procs.procs:
         tier = next((t for t in Tier if proc.name.startswith(f"worker-{t.value}-")), None)
-        if tier is None or engines.get(tier) != "embedded":
-            continue
-        for task in Path(f"/proc/{proc.pid}/task").glob("*"):
-            with contextlib.suppress(OSError, ValueError):
-                os.setpriority(os.PRIO_PROCESS, int(task.name), 10)
+        if proc.name.startswith("sink-") or (tier is not None and engines.get(tier) == "embedded"):
+            _yield_cpu(proc.pid)
 
 
 def with_engines(settings: Settings, spec: str | None) -> Settings:
@@ -358,16 +363,14 @@ def _run_demo(
         env = endpoints.as_env() | stack.engine_env | {ENV_EMBEDDED_THREADS: "1"}
         for proc in stack.processes:  # CPU model servers yield to the router, like the embedded workers
             if proc.name in ("llama", "sagemaker"):
-                for task in Path(f"/proc/{proc.pid}/task").glob("*"):
-                    with contextlib.suppress(OSError, ValueError):
-                        os.setpriority(os.PRIO_PROCESS, int(task.name), 10)
+                _yield_cpu(proc.pid)
         if not as_json:
             print(
                 f"stack up; starting router and workers (engines: {json.dumps(engines)})",
                 flush=True,
             )
         with PipelineProcesses(env, work, engines=engines, sinks=tuple(SINKS)) as procs:
-            _cpu_engines_yield(procs, engines)
+            _background_yields(procs, engines)
             summary = asyncio.run(drive(settings, prefix, duration, rate, npcs, as_json, engines))
             summary["sinks"] = asyncio.run(settled_sink_counts(settings))
     if not as_json:
