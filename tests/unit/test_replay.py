@@ -81,6 +81,24 @@ def output(r: Request, tier: Tier, total_ms: float = 10.0, cost: float = 0.001) 
     return Output(request=r, reply=reply).to_bytes()
 
 
+def policy_with_realtime_on(tier: str) -> RoutingPolicy:
+    """The packaged policy's shape, with realtime requests sent to ``tier``."""
+    return RoutingPolicy.from_dict(
+        {
+            "slas": {
+                "realtime": {"tier": tier, "max_budget_ms": 16},
+                "interactive": {"tier": "silver", "max_budget_ms": 250},
+                "async": {"tier": "bronze", "max_budget_ms": 3600000},
+            },
+            "tiers": {
+                "gold": {"max_tokens": 8, "tools": False, "default_budget_ms": 16},
+                "silver": {"max_tokens": 200, "tools": True, "default_budget_ms": 250},
+                "bronze": {"max_tokens": 1000, "tools": True, "default_budget_ms": 60000},
+            },
+        }
+    )
+
+
 def test_times_parse_as_epoch_ms_iso_or_age() -> None:
     assert parse_time("1717000000000") == 1717000000000
     assert parse_time("2024-05-29T16:26:40Z") == 1717000000000
@@ -135,20 +153,7 @@ def test_what_if_counts_moves_dead_letters_and_prices_newcomers() -> None:
         join.add(T[2], record(T[2], output(r, tier, ms), 1))
     join.add(T[0], record(T[0], b"nope", 1))
     rows = list(join.ready())
-    policy = RoutingPolicy.load().from_dict(
-        {
-            "slas": {
-                "realtime": {"tier": "silver", "max_budget_ms": 16},
-                "interactive": {"tier": "silver", "max_budget_ms": 250},
-                "async": {"tier": "bronze", "max_budget_ms": 3600000},
-            },
-            "tiers": {
-                "gold": {"max_tokens": 8, "tools": False, "default_budget_ms": 16},
-                "silver": {"max_tokens": 200, "tools": True, "default_budget_ms": 250},
-                "bronze": {"max_tokens": 1000, "tools": True, "default_budget_ms": 60000},
-            },
-        }
-    )
+    policy = policy_with_realtime_on("silver")
     what_if = WhatIf(policy)
     predicted = [what_if.add(row) for row in rows]
     assert predicted == [Tier.SILVER, Tier.SILVER, None, None]
@@ -173,20 +178,7 @@ def test_what_if_counts_moves_dead_letters_and_prices_newcomers() -> None:
 
 def test_what_if_decides_once_per_request_shape_exactly_as_the_policy_routes() -> None:
     """The memo is keyed by RoutingPolicy.tier_inputs: every other field varied, the same tier."""
-    policy = RoutingPolicy.from_dict(
-        {
-            "slas": {
-                "realtime": {"tier": "gold", "max_budget_ms": 16},
-                "interactive": {"tier": "silver", "max_budget_ms": 250},
-                "async": {"tier": "bronze", "max_budget_ms": 3600000},
-            },
-            "tiers": {
-                "gold": {"max_tokens": 8, "tools": False, "default_budget_ms": 16},
-                "silver": {"max_tokens": 200, "tools": True, "default_budget_ms": 250},
-                "bronze": {"max_tokens": 1000, "tools": True, "default_budget_ms": 60000},
-            },
-        }
-    )
+    policy = policy_with_realtime_on("gold")
     what_if = WhatIf(policy)
     shapes = [
         {"sla": sla, "latency_budget_ms": budget, "max_tokens": tokens, "tools": tools}
