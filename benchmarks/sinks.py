@@ -325,8 +325,12 @@ def main() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    settings = Settings.from_env(stack_file=False)
+    # The loop a sink process runs on (uvloop unless NPCFLOW_EVENT_LOOP says otherwise); one
+    # process measures both sides, so the bare clients get it too.
+    eventloop.install(settings.process.event_loop)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="npcflow-bench-sinks-") as work:
-        broker = start_broker(Settings.from_env(stack_file=False), Path(work), stack)
+        broker = start_broker(settings, Path(work), stack)
         results = asyncio.run(
             run(broker.settings, args.outputs, args.batch, args.sink or list(SINKS), args.repeat)
         )

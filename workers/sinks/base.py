@@ -98,6 +98,10 @@ def latest_per_request(batch: Iterable[Item], output_of: Callable[[Item], Output
     return [item for _, item in latest.values()]
 
 
+_BRONZE = Tier.BRONZE
+_STORY_STATUSES = (ReplyStatus.OK, ReplyStatus.FALLBACK)
+
+
 def is_story_arc(output: Output) -> bool:
     """A Bronze output with text: a story arc (S3 object, ``story_arcs`` row, story-arcs index).
 
@@ -105,8 +109,6 @@ def is_story_arc(output: Output) -> bool:
     still a story; an ``accepted`` notice or an error has no story yet.
     """
     reply = output.reply
-    return (
-        reply.tier == Tier.BRONZE
-        and bool(reply.text)
-        and reply.status in (ReplyStatus.OK, ReplyStatus.FALLBACK)
-    )
+    # Module constants: every sink asks this of every output, and looking the members up on their
+    # enums costs more than the comparisons.
+    return reply.tier == _BRONZE and bool(reply.text) and reply.status in _STORY_STATUSES

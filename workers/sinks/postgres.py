@@ -87,6 +87,8 @@ def _opt(value: str | None) -> str:
 
 #: ``"YYYY-MM-DD HH:MM:SS"`` (UTC) of recent epoch seconds: a batch's outputs share a few seconds.
 _SECONDS: dict[int, str] = {}
+#: ``".mmm+00"`` for each millisecond: a concatenation instead of a formatted field per timestamp.
+_MILLIS = [f".{milli:03d}+00" for milli in range(1000)]
 _json = msgspec.json.Encoder()
 
 
@@ -98,7 +100,7 @@ def _at(ms: int) -> str:
         if len(_SECONDS) >= 4096:
             _SECONDS.clear()
         day_time = _SECONDS[seconds] = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return f"{day_time}.{milli:03d}+00"
+    return day_time + _MILLIS[milli]
 
 
 def _jsonb(value: Any, empty: str) -> str:
@@ -117,28 +119,34 @@ class Rows(NamedTuple):
 
 
 def rows(output: Output) -> Rows:
-    """The output's COPY lines (columns as in :data:`COLUMNS`)."""
+    """The output's COPY lines (columns as in :data:`COLUMNS`).
+
+    The hottest function of the postgres sink (≈ 30 % of its CPU before this shape): each value is
+    read once into a local, enums are written as ``_value_`` (an f-string field calls the enum's
+    Python-level ``__format__``), and timestamps are concatenated.
+    """
     q, p = output.request, output.reply
-    # Identifiers, tiers, statuses and the SLA match patterns without tabs or backslashes; the
-    # enums are StrEnums, formatted as their values.
+    # Identifiers, tiers, statuses and the SLA match patterns without tabs or backslashes.
     ids = f"{p.request_id}\t{p.npc_id}\t{p.tenant_id}"
-    served_tier = p.served_tier or _NULL
-    replied = f"{p.replied_at_ms}\t{_at(p.replied_at_ms)}"
+    tier = p.tier._value_
+    served_tier = _NULL if p.served_tier is None else p.served_tier._value_
+    replied = f"{p.replied_at_ms}\t{_at(p.replied_at_ms)}\n"
     prompt, engine, text = _esc(q.prompt), _esc(p.engine), _esc(p.text)
-    budget = _NULL if q.latency_budget_ms is None else q.latency_budget_ms
+    sla, budget = q.sla, q.latency_budget_ms
+    tools, context = _jsonb(q.tools, "[]"), _jsonb(q.context, "{}")
     chain = _jsonb([a.model_dump(mode="json") for a in p.chain], "[]")
-    lat = p.latency
+    lat, tokens = p.latency, p.tokens
     return Rows(
         output,
-        f"{q.request_id}\t{q.npc_id}\t{q.tenant_id}\t{prompt}\t{q.max_tokens}\t{q.sla or _NULL}\t{budget}"
-        f"\t{_jsonb(q.tools, '[]')}\t{_jsonb(q.context, '{}')}\t{q.reply_topic or _NULL}"
-        f"\t{_at(q.created_at_ms)}\n",
-        f"{ids}\t{p.tier}\t{served_tier}\t{p.served_by}\t{engine}\t{p.status}\t{'t' if p.late else 'f'}"
-        f"\t{text}\t{_opt(p.intent)}\t{_opt(p.error)}\t{p.job_id or _NULL}\t{chain}\t{lat.queue_ms!r}"
-        f"\t{lat.engine_ms!r}\t{lat.total_ms!r}\t{replied}\n",
-        f"{ids}\t{prompt}\t{text}\t{engine}\t{replied}\n" if is_story_arc(output) else None,
-        f"{p.request_id}\t{p.tenant_id}\t{p.tier}\t{served_tier}\t{engine}\t{p.tokens.prompt}"
-        f"\t{p.tokens.completion}\t{p.cost_usd!r}\t{replied}\n",
+        f"{q.request_id}\t{q.npc_id}\t{q.tenant_id}\t{prompt}\t{q.max_tokens}"
+        f"\t{_NULL if sla is None else sla._value_}\t{_NULL if budget is None else budget}\t{tools}"
+        f"\t{context}\t{q.reply_topic or _NULL}\t{_at(q.created_at_ms)}\n",
+        f"{ids}\t{tier}\t{served_tier}\t{p.served_by._value_}\t{engine}\t{p.status._value_}"
+        f"\t{'t' if p.late else 'f'}\t{text}\t{_opt(p.intent)}\t{_opt(p.error)}\t{p.job_id or _NULL}"
+        f"\t{chain}\t{lat.queue_ms!r}\t{lat.engine_ms!r}\t{lat.total_ms!r}\t{replied}",
+        f"{ids}\t{prompt}\t{text}\t{engine}\t{replied}" if is_story_arc(output) else None,
+        f"{p.request_id}\t{p.tenant_id}\t{tier}\t{served_tier}\t{engine}\t{tokens.prompt}"
+        f"\t{tokens.completion}\t{p.cost_usd!r}\t{replied}",
     )
 
 
