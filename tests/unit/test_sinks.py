@@ -22,8 +22,9 @@ from workers.sinks import build_sink
 from workers.sinks.base import Sink, is_story_arc, latest_per_request
 from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
 from workers.sinks.opensearch import OpenSearchSink
+from workers.sinks.parsing import ParsedRecord
 from workers.sinks.postgres import COLUMNS, copy_text
-from workers.sinks.runner import SinkRunner, _Item
+from workers.sinks.runner import SinkRunner
 
 
 def make_output(
@@ -111,8 +112,8 @@ def runner_for(sink: Sink) -> tuple[SinkRunner, list[tuple[int, str]]]:
     return runner, letters
 
 
-def items(outputs: list[Output]) -> list[_Item]:
-    return [_Item(FakeRecord(o.to_bytes(), i), o) for i, o in enumerate(outputs)]  # type: ignore[arg-type]
+def items(outputs: list[Output]) -> list[ParsedRecord]:
+    return [ParsedRecord(FakeRecord(o.to_bytes(), i), o) for i, o in enumerate(outputs)]  # type: ignore[arg-type]
 
 
 async def test_a_store_that_is_down_is_retried_until_it_is_back_and_nothing_is_dead_lettered() -> None:
