@@ -201,6 +201,15 @@ def namespace(settings: Settings, label: str, batch: int) -> Settings:
     return settings.with_(topic_prefix=f"bench.{tag}.", sinks=sinks)
 
 
+async def _poll(
+    done: Callable[[], bool], task: asyncio.Task[None], *, timeout_s: float, step_s: float
+) -> None:
+    """Until ``done()``, the runner's task ends, or ``timeout_s``: the runner has no events for its counts."""
+    deadline = time.perf_counter() + timeout_s
+    while not done() and time.perf_counter() < deadline and not task.done():  # noqa: ASYNC110
+        await asyncio.sleep(step_s)
+
+
 async def through_sink(name: str, settings: Settings, expected: int) -> float:
     """Seconds from the runner's first fetched records until it wrote ``expected`` outputs.
 
@@ -213,13 +222,10 @@ async def through_sink(name: str, settings: Settings, expected: int) -> float:
     task = asyncio.create_task(runner.run())
     try:
         await asyncio.wait_for(runner.assigned.wait(), 60)
-        deadline = time.perf_counter() + 60
-        while runner.stats.consumed == 0 and time.perf_counter() < deadline and not task.done():  # noqa: ASYNC110
-            await asyncio.sleep(0.0005)  # the first fetch: fine-grained, the clock starts here
+        # Fine-grained for the first fetch: the clock starts there.
+        await _poll(lambda: runner.stats.consumed > 0, task, timeout_s=60, step_s=0.0005)
         began = time.perf_counter()
-        deadline = began + 300
-        while runner.stats.written < expected and time.perf_counter() < deadline and not task.done():  # noqa: ASYNC110
-            await asyncio.sleep(0.002)  # polling: the runner has no "written N" event, and 2 ms is noise
+        await _poll(lambda: runner.stats.written >= expected, task, timeout_s=300, step_s=0.002)
         return time.perf_counter() - began
     finally:
         runner.request_stop()
