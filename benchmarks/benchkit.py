@@ -1,9 +1,9 @@
 """What every benchmark shares: the broker it ran on, fresh topics, and what the broker holds.
 
-A benchmark must measure npcflow, not the broker's state (docs/architecture.md §5): every measured
-segment starts on topics of its own (a new prefix, :func:`fresh_prefix`) created with the
-benchmark retention (:data:`topics.catalogue.BENCHMARK_TOPIC_CONFIG`), and the JSON says which
-broker it was and how many records each partition held at the end of a segment.
+Every measured segment starts on topics of its own (a new prefix, :func:`fresh_prefix`) created
+with the benchmark retention (:data:`topics.catalogue.BENCHMARK_TOPIC_CONFIG`), so segments never
+read each other's traffic, and the JSON says which broker it was and how many records each
+partition held at the end of a segment.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from devstack.broker import broker_identity
+from devstack.kafka_dist import broker_identity
 from devstack.stack import EmbeddedStack
 from pipeline import kafka
 from pipeline.config import Settings
@@ -45,12 +45,12 @@ class Broker:
 def start_broker(settings: Settings, work: Path, stack: ExitStack) -> Broker:
     """The broker ``NPCFLOW_KAFKA_BOOTSTRAP`` names, else the embedded stack's (stopped with ``stack``)."""
     if settings.kafka_bootstrap:
-        return Broker(settings, broker_identity(settings, started=False))
+        return Broker(settings, broker_identity(started=False))
     embedded = EmbeddedStack(work / "stack", settings=settings)
     endpoints = embedded.start()
     stack.callback(embedded.stop)
     pid = next(p.pid for p in embedded.processes if p.name == "kafka")
-    return Broker(endpoints.apply_to(settings), broker_identity(settings, started=True), pid)
+    return Broker(endpoints.apply_to(settings), broker_identity(started=True), pid)
 
 
 def fresh_prefix(label: str) -> str:
@@ -69,11 +69,8 @@ def cpu_seconds(pid: int) -> float:
 async def records_per_partition(
     settings: Settings, prefix: str, specs: tuple[TopicSpec, ...]
 ) -> dict[str, int]:
-    """``{topic: records held in its fullest partition}`` (end offset minus start offset).
-
-    The end comes from a fetch's high-water mark, not ListOffsets(latest), which Tansu gets wrong.
-    """
-    consumer = kafka.consumer(settings, "bench-records", max_partition_fetch_bytes=1024)
+    """``{topic: records held in its fullest partition}`` (end offset minus start offset)."""
+    consumer = kafka.consumer(settings, "bench-records")
     await consumer.start()
     try:
         base = {spec.name(prefix): spec.base for spec in specs}
@@ -82,17 +79,11 @@ async def records_per_partition(
             for spec in specs
             for p in sorted(consumer.partitions_for_topic(spec.name(prefix)) or [])
         ]
-        consumer.assign(tps)
         starts = await consumer.beginning_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, starts[tp])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5.0
-        while any(consumer.highwater(tp) is None for tp in tps) and loop.time() < deadline:
-            await consumer.getmany(timeout_ms=100)
+        ends = await consumer.end_offsets(tps)
         result: dict[str, int] = {}
         for tp in tps:
-            held = max(0, (consumer.highwater(tp) or 0) - starts[tp])
+            held = max(0, ends[tp] - starts[tp])
             result[base[tp.topic]] = max(result.get(base[tp.topic], 0), held)
         return result
     finally:

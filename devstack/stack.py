@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -70,6 +71,8 @@ class EmbeddedStack:
         self.endpoints: StackEndpoints | None = None
         #: "ok" or the error, per service, from the last start().
         self.results: dict[str, str] = {}
+        #: Seconds from the start of start() until each service started here answered its probe.
+        self.ready_s: dict[str, float] = {}
         self.processes: list[ManagedProcess] = []
         #: ``NPCFLOW_OPENAI_URL`` / ``NPCFLOW_SAGEMAKER_URL`` of the engine servers started here.
         self.engine_env: dict[str, str] = {}
@@ -78,7 +81,7 @@ class EmbeddedStack:
     @property
     def started(self) -> list[str]:
         """Names of the services this stack started itself (the rest came from the environment)."""
-        names = {proc.name for proc in self.processes}
+        names = {proc.name.partition("-")[0] for proc in self.processes}
         return [name for name in SERVICES if name in names]
 
     def start(self) -> StackEndpoints:
@@ -106,6 +109,7 @@ class EmbeddedStack:
         urls: dict[str, str] = {}
         errors: dict[str, str] = {}
         launchers: dict[str, Launcher] = {}
+        service_procs: dict[str, list[ManagedProcess]] = {}
         given = given_endpoints(self.settings)
         ports = iter(free_ports(sum(1 for name in SERVICES if not given[name])))
         for name in SPAWN_ORDER:
@@ -113,33 +117,36 @@ class EmbeddedStack:
                 urls[name] = given[name]
                 log.info("%s: using %s from %s", name, given[name], SERVICE_ENV[name])
                 continue
-            launcher = launcher_for(name, self.settings)(state_dir=self.state_dir, port=next(ports))
             try:
+                launcher = launcher_for(name, self.settings, self.state_dir, next(ports))
                 launcher.prepare()
-                proc = launcher.process()
-                # Spawned here, on the caller's thread: PDEATHSIG is tied to the spawning thread.
-                proc.start(die_with_parent=not self.detach)
+                for proc in launcher.processes():
+                    # Spawned here, on the caller's thread: PDEATHSIG is tied to the spawning thread.
+                    proc.start(die_with_parent=not self.detach)
+                    with self._lock:
+                        self.processes.append(proc)
+                    service_procs.setdefault(name, []).append(proc)
             except Exception as exc:
                 text = str(exc) if isinstance(exc, StackError) else describe(exc)
                 errors[name] = text if text.startswith(f"{name}:") else f"{name}: {text}"
                 continue
-            with self._lock:
-                self.processes.append(proc)
             launchers[name] = launcher
             urls[name] = launcher.endpoint()
         self._write_pidfile()
 
         deadline_started = time.monotonic() + self.startup_timeout
         deadline_given = time.monotonic() + self.external_timeout
-        procs = {proc.name: proc for proc in self.processes}
         cancel = threading.Event()
+
+        def exit_problem(name: str) -> Callable[[], str | None]:
+            return lambda: next(filter(None, (p.exit_problem() for p in service_procs[name])), None)
 
         def wait(name: str) -> str:
             if name in errors:
                 return errors[name]
             try:
                 if name in launchers:
-                    launcher, alive = launchers[name], procs[name].exit_problem
+                    launcher, alive = launchers[name], exit_problem(name)
                     wait_until(
                         name, lambda: port_open(launcher.port), deadline_started, alive=alive, cancel=cancel
                     )
@@ -150,6 +157,8 @@ class EmbeddedStack:
                     wait_until(name, lambda: PROBES[name](urls[name], 5.0), deadline_given, cancel=cancel)
             except StackError as exc:
                 return str(exc)
+            if name in launchers:
+                self.ready_s[name] = round(time.monotonic() - began, 2)
             return "ok"
 
         pool = ThreadPoolExecutor(max_workers=len(SERVICES), thread_name_prefix="npcflow-wait")

@@ -47,8 +47,6 @@ class ClientStats:
     duplicates: int = 0
     late: int = 0
     unsolicited: int = 0
-    #: Replies produced before this client started, for nobody here (not counted as unsolicited).
-    older: int = 0
     undecodable: int = 0
     #: ``accepted`` notices of asynchronous jobs (each is followed by the request's final reply).
     notices: int = 0
@@ -87,7 +85,6 @@ class NPCClient(Lifecycle):
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._started_ms = 0
         #: Why the reply reader stopped, if it did; requests then fail at once.
         self.reader_error: Exception | None = None
         #: Request id → job id, from ``accepted`` notices (the latest SEEN_CAPACITY).
@@ -102,9 +99,7 @@ class NPCClient(Lifecycle):
         partitions = await self._wait_for_partitions()
         tps = [TopicPartition(self.reply_topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
-        # On real Kafka this skips the topic's history. The embedded Tansu broker answers
-        # ListOffsets(latest) wrongly, so old replies can still come: _deliver ignores them by timestamp.
-        self._started_ms = now_ms()
+        # Only replies produced from now on: ListOffsets(latest) skips the topic's history.
         await self._consumer.seek_to_end(*tps)
         for tp in tps:  # resolve the end offsets now, so no reply produced after start() is missed
             await self._consumer.position(tp)
@@ -181,9 +176,10 @@ class NPCClient(Lifecycle):
         A request that names a latency budget and is still unanswered ``client.resend_after_s``
         past its deadline is sent again under the same id (at most ``client.max_resends`` times):
         workers answer every request by its deadline (a fallback or ``expired`` at worst), so such
-        silence means the request or its reply was lost, e.g. by a broker that forgot records it
-        had acknowledged. The pipeline then answers the copy (``expired`` once the deadline has
-        passed); whichever reply comes first is returned, later ones are dropped as duplicates.
+        silence means the request or its reply was lost on the way (a request is at-least-once: a
+        producer that never got its acknowledgement, a cluster that lost an unreplicated write).
+        The pipeline then answers the copy (``expired`` once the deadline has passed); whichever
+        reply comes first is returned, later ones are dropped as duplicates.
         """
         if self.reader_error is not None:
             raise ConnectionError(f"reply reader stopped: {self.reader_error}")
@@ -259,7 +255,7 @@ class NPCClient(Lifecycle):
                 batches = await self._consumer.getmany(timeout_ms=200)
                 for records in batches.values():
                     for record in records:
-                        self._deliver(record.value or b"", record.timestamp)
+                        self._deliver(record.value or b"")
         except Exception as exc:
             # Without a reader no reply can arrive: fail every waiting request now, not at its timeout.
             log.error("reply reader for %s stopped: %s", self.reply_topic, exc)
@@ -268,7 +264,7 @@ class NPCClient(Lifecycle):
                 if not fut.done():
                     fut.set_exception(ConnectionError(f"reply reader stopped: {exc}"))
 
-    def _deliver(self, raw: bytes, timestamp_ms: int) -> None:
+    def _deliver(self, raw: bytes) -> None:
         try:
             reply = Reply.from_bytes(raw)
         except ValueError:
@@ -291,7 +287,5 @@ class NPCClient(Lifecycle):
             self.stats.duplicates += 1
         elif rid in self._given_up:
             self.stats.late += 1
-        elif timestamp_ms < self._started_ms:
-            self.stats.older += 1
         else:
             self.stats.unsolicited += 1

@@ -19,7 +19,6 @@ from pipeline.env_reader import ConfigError, EnvReader, load_env_file
 from pipeline.kafka_security import read_kafka_security
 from pipeline.observability.settings import ObservabilitySettings
 from pipeline.settings_data import (  # re-exported: importers name them from pipeline.config
-    DEFAULT_BACKGROUND_FETCH_WAIT_MS,
     DEFAULT_ENGINE,
     DEFAULT_ENGINE_GRACE_S,
     DEFAULT_FETCH_MAX_WAIT_MS,
@@ -56,7 +55,6 @@ ENV_STATE_DIR = "NPCFLOW_STATE_DIR"
 ENV_POLICY_FILE = "NPCFLOW_POLICY_FILE"
 ENV_REPLAY_MAX_OPEN = "NPCFLOW_REPLAY_MAX_OPEN"
 ENV_FETCH_MAX_WAIT_MS = "NPCFLOW_FETCH_MAX_WAIT_MS"
-ENV_BACKGROUND_FETCH_WAIT_MS = "NPCFLOW_BACKGROUND_FETCH_WAIT_MS"
 ENV_SESSION_TIMEOUT_S = "NPCFLOW_SESSION_TIMEOUT_S"
 ENV_CLIENT_RESEND_AFTER_S = "NPCFLOW_CLIENT_RESEND_AFTER_S"
 ENV_GOLD_BATCH_WINDOW_MS = "NPCFLOW_GOLD_BATCH_WINDOW_MS"
@@ -78,7 +76,7 @@ ENV_INTENT_REFRESH_INTERVAL_MS = "NPCFLOW_INTENT_REFRESH_INTERVAL_MS"
 ENV_INTENT_REFRESH_TIMEOUT_MS = "NPCFLOW_INTENT_REFRESH_TIMEOUT_MS"
 ENV_DEFAULT_INTENTS_FILE = "NPCFLOW_DEFAULT_INTENTS_FILE"
 ENV_GOLD_FAST_PATH = "NPCFLOW_GOLD_FAST_PATH"
-ENV_EMBEDDED_BROKER = "NPCFLOW_EMBEDDED_BROKER"
+ENV_KAFKA_NODES = "NPCFLOW_KAFKA_NODES"
 ENV_BREAKER_FAILURES = "NPCFLOW_BREAKER_FAILURES"
 ENV_BREAKER_COOLDOWN_S = "NPCFLOW_BREAKER_COOLDOWN_S"
 ENV_BREAKER_PROBES = "NPCFLOW_BREAKER_PROBES"
@@ -122,11 +120,9 @@ ENV_METRICS_TARGETS = "NPCFLOW_METRICS_TARGETS"
 ENV_METRICS_HOST = "NPCFLOW_METRICS_HOST"
 ENV_VALIDATE_MAX_LAG = "NPCFLOW_VALIDATE_MAX_LAG"
 
-#: The Kafka-protocol broker the embedded stack starts when no NPCFLOW_KAFKA_BOOTSTRAP is given.
-#: Tansu: noida-db answers every fetch at once (idle consumers spin), forgets acknowledged records
-#: on SIGKILL and never expires a killed group member (docs/architecture.md, "The embedded broker").
-EMBEDDED_BROKERS = ("noida", "tansu")
-DEFAULT_EMBEDDED_BROKER = "tansu"
+#: How many Apache Kafka brokers the embedded stack starts when no NPCFLOW_KAFKA_BOOTSTRAP is given:
+#: one (dev, tests), or three (a replicated cluster for fault tests: ``stack up --brokers 3``).
+KAFKA_NODE_CHOICES = (1, 3)
 
 #: The endpoint variables, in the order ``stack.env`` lists them.
 ENDPOINT_VARS: tuple[str, ...] = (
@@ -230,8 +226,8 @@ class Settings:
     engines: EngineSettings = field(default_factory=EngineSettings)
     process: ProcessSettings = field(default_factory=ProcessSettings)
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
-    #: Which broker ``devstack`` starts (one of :data:`EMBEDDED_BROKERS`); unused with a given bootstrap.
-    embedded_broker: str = DEFAULT_EMBEDDED_BROKER
+    #: How many Kafka brokers ``devstack`` starts (one of :data:`KAFKA_NODE_CHOICES`); unused with a given bootstrap.
+    embedded_kafka_nodes: int = 1
     intents: IntentSettings = field(default_factory=IntentSettings)
     client: ClientSettings = field(default_factory=ClientSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
@@ -258,10 +254,9 @@ class Settings:
         def endpoint(name: str) -> str | None:
             return r.str(name) or file_values.get(name) or None
 
-        broker = (r.str(ENV_EMBEDDED_BROKER, DEFAULT_EMBEDDED_BROKER) or DEFAULT_EMBEDDED_BROKER).lower()
-        if broker not in EMBEDDED_BROKERS:
-            choices = ", ".join(EMBEDDED_BROKERS)
-            raise ConfigError(f"{ENV_EMBEDDED_BROKER}={broker!r}: choose one of {choices}")
+        kafka_nodes = r.int(ENV_KAFKA_NODES, 1)
+        if kafka_nodes not in KAFKA_NODE_CHOICES:
+            raise ConfigError(f"{ENV_KAFKA_NODES}={kafka_nodes}: the embedded stack runs 1 broker, or 3 for fault tests")
         per_tier = {t: spec for t in TIERS if (spec := r.str(f"{ENV_ENGINE}_{t.upper()}"))}
         return cls(
             kafka_bootstrap=endpoint(ENV_KAFKA_BOOTSTRAP),
@@ -275,8 +270,6 @@ class Settings:
             kafka=KafkaOptions(
                 fetch_max_wait_ms=r.int(ENV_FETCH_MAX_WAIT_MS, DEFAULT_FETCH_MAX_WAIT_MS)
                 or DEFAULT_FETCH_MAX_WAIT_MS,
-                background_fetch_wait_ms=r.int(ENV_BACKGROUND_FETCH_WAIT_MS, DEFAULT_BACKGROUND_FETCH_WAIT_MS)
-                or DEFAULT_BACKGROUND_FETCH_WAIT_MS,
                 session_timeout_s=r.float(ENV_SESSION_TIMEOUT_S, DEFAULT_SESSION_TIMEOUT_S),
                 security=read_kafka_security(r.env),
             ),
@@ -309,7 +302,7 @@ class Settings:
                 gc_gen0=r.int(ENV_GC_GEN0, DEFAULT_GC_GEN0) or 0,
                 ready_file=r.str(ENV_READY_FILE),
             ),
-            embedded_broker=broker,
+            embedded_kafka_nodes=kafka_nodes,
             observability=ObservabilitySettings(
                 pricing_file=r.str(ENV_PRICING_FILE),
                 metrics_targets=tuple(

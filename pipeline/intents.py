@@ -36,11 +36,6 @@ log = logging.getLogger("npcflow.intents")
 REFRESH_HEADER = "npcflow-refresh"
 #: The request ``context`` key naming the NPC's archetype.
 ARCHETYPE_KEY = "archetype"
-#: After an empty poll the follower stops fetching this long (0: never): a new intent may be seen
-#: this much later, and an idle follower does not spin on brokers that answer empty fetches at once.
-DEFAULT_IDLE_PAUSE_MS = 20
-#: How long one poll waits for records once the follower has caught up.
-IDLE_FETCH_MS = 10
 #: The intent when neither the file's ``default`` nor an archetype applies.
 BUILTIN_DEFAULT_INTENT = "idle: stay where you are and watch the surroundings"
 
@@ -147,8 +142,6 @@ class IntentCache(Lifecycle):
         ttl_ms: int | None = None,
         client_id: str = "npcflow-intents",
         catch_up_timeout_s: float = 10.0,
-        fetch_max_wait_ms: int | None = None,
-        idle_pause_ms: int = DEFAULT_IDLE_PAUSE_MS,
     ) -> None:
         self.settings = settings
         self.topic = INTENTS.name(settings.topic_prefix if prefix is None else prefix)
@@ -156,9 +149,6 @@ class IntentCache(Lifecycle):
         self.ttl_ms = settings.intents.ttl_ms if ttl_ms is None else ttl_ms
         self.client_id = client_id
         self.catch_up_timeout_s = catch_up_timeout_s
-        #: None: ``NPCFLOW_BACKGROUND_FETCH_WAIT_MS``; intents are on no reply's path.
-        self.fetch_max_wait_ms = fetch_max_wait_ms or settings.kafka.background_fetch_wait_ms
-        self.idle_pause_ms = idle_pause_ms
         self.stats = IntentCacheStats()
         self.caught_up = threading.Event()
         #: Why the follower stopped, if it did (reads go on serving what it had).
@@ -244,8 +234,7 @@ class IntentCache(Lifecycle):
         self._loop = asyncio.get_running_loop()
         self._producer = kafka.producer(self.settings, f"{self.client_id}-updates")
         await self._producer.start()
-        wait_ms = self.fetch_max_wait_ms
-        self._consumer = kafka.consumer(self.settings, self.client_id, fetch_max_wait_ms=wait_ms)
+        self._consumer = kafka.consumer(self.settings, self.client_id)
         await self._consumer.start()
         partitions = await self._partitions()
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
@@ -290,12 +279,10 @@ class IntentCache(Lifecycle):
             self._caught_up()
         try:
             while True:
-                batches = await self._consumer.getmany(timeout_ms=200 if behind else IDLE_FETCH_MS)
+                batches = await self._consumer.getmany(timeout_ms=200)
                 for records in batches.values():
                     for record in records:
                         self._apply_record(record.value, record.key)
-                if not batches and not behind and self.idle_pause_ms:
-                    await self._idle()
                 if behind:
                     for tp in list(behind):
                         if await self._consumer.position(tp) >= ends[tp]:
@@ -308,22 +295,6 @@ class IntentCache(Lifecycle):
             log.error("intent follower on %s stopped: %s", self.topic, exc)
             self.follower_error = exc
             self._settled.set()
-
-    async def _idle(self) -> None:
-        """Nothing new: stop fetching for ``idle_pause_ms``.
-
-        Some brokers answer an empty fetch at once instead of holding it for ``fetch_max_wait_ms``
-        (noida-db: an idle consumer then spins at 0.2-0.7 cores, docs/architecture.md, "Gold's two
-        paths"); intents are not on any reply's path, so a pause between empty polls costs nothing
-        that matters. Paused partitions keep their positions: nothing is skipped.
-        """
-        assert self._consumer is not None
-        partitions = self._consumer.assignment()
-        self._consumer.pause(*partitions)
-        try:
-            await asyncio.sleep(self.idle_pause_ms / 1000)
-        finally:
-            self._consumer.resume(*partitions)
 
     def _caught_up(self) -> None:
         self.caught_up.set()

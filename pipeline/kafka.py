@@ -1,8 +1,8 @@
 """One factory for every Kafka client the product builds.
 
 Producers, consumers and admin clients all take their options from :class:`~pipeline.config.Settings`
-here, so the latency-path choices (``linger_ms`` 0, a small ``fetch_max_wait_ms``, a short session
-timeout; docs/architecture.md, "The embedded broker") are made once, and so is the TLS/SASL
+here, so the latency-path choices (``linger_ms`` 0, ``acks=all``, the fetch wait, a short session
+timeout; docs/architecture.md, "The broker") are made once, and so is the TLS/SASL
 security (:mod:`pipeline.kafka_security`): no client of ours can connect in the clear to a cluster
 that asks for SASL_SSL. faust's own clients get the same security as ``broker_credentials``
 (:func:`pipeline.router.app.create_app`) and their fetch wait from :mod:`pipeline.router.transport`.
@@ -30,14 +30,16 @@ class TopicCreationError(RuntimeError):
 def producer(settings: Settings, client_id: str, *, linger_ms: int = 0, **overrides: Any) -> AIOKafkaProducer:
     """A producer; ``linger_ms`` 0 on latency paths, a few tens of ms for batched side records.
 
-    ``acks=1``: the embedded broker has one replica, and aiokafka's idempotent producer does not
-    work on every broker we support (docs/architecture.md), so ``acks=all`` would buy nothing here.
+    ``acks=all`` with idempotence: a record is acknowledged once every in-sync replica has it (with
+    ``min.insync.replicas=2`` a broker may die without losing an acknowledged record), and a retry
+    after a lost acknowledgement never writes the record twice.
     """
     options: dict[str, Any] = {
         "bootstrap_servers": settings.require_kafka(),
         "client_id": client_id,
         "linger_ms": linger_ms,
-        "acks": 1,
+        "acks": "all",
+        "enable_idempotence": True,
         **settings.kafka.security.aiokafka_options(),
     }
     options.update(overrides)
@@ -53,8 +55,7 @@ def consumer(
 ) -> AIOKafkaConsumer:
     """A consumer with the project's fetch wait and group timings; offsets are committed by hand.
 
-    Auto-commit stays off everywhere: we commit only finished work (at-least-once), and some
-    embedded brokers loop on IllegalGeneration when a second member joins with auto-commit on.
+    Auto-commit stays off everywhere: we commit only finished work (at-least-once).
     """
     session_ms = int(settings.kafka.session_timeout_s * 1000)
     options: dict[str, Any] = {

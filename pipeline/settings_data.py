@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pipeline.engine_settings import OpenAISettings, SageMakerSettings
 from pipeline.kafka_security import KafkaSecurity
 
-#: Consumer fetch wait on latency paths: the embedded broker answers a waiting fetch late
-#: (docs/architecture.md, "The embedded broker").
-DEFAULT_FETCH_MAX_WAIT_MS = 5
-DEFAULT_BACKGROUND_FETCH_WAIT_MS = 100
-#: Consumer-group session timeout; a new member joins in about half of it on the embedded broker.
+#: How long the broker may hold a fetch with nothing to return (Kafka's own default). Kafka answers
+#: a waiting fetch as soon as a record arrives (``fetch_min_bytes`` 1), so this costs no latency:
+#: it only bounds how often an idle consumer asks (docs/architecture.md, "The broker").
+DEFAULT_FETCH_MAX_WAIT_MS = 500
+#: Consumer-group session timeout: how long a dead member keeps its partitions.
 DEFAULT_SESSION_TIMEOUT_S = 6.0
 DEFAULT_ENGINE = "embedded"
 #: Engine calls at once per worker, by tier: Gold's calls are short, Bronze's long.
@@ -35,10 +35,6 @@ class KafkaOptions:
     """What every Kafka client of the product is built with (see :mod:`pipeline.kafka`)."""
 
     fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS
-    #: The fetch wait of consumers on no reply's path: near caches of ``npc.intents``, the Gold
-    #: worker while the router answers Gold (it then serves only refreshes), the sinks. Every poll
-    #: costs the broker (docs/architecture.md, "Gold's two paths").
-    background_fetch_wait_ms: int = DEFAULT_BACKGROUND_FETCH_WAIT_MS
     session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
     #: TLS and SASL (``NPCFLOW_KAFKA_SECURITY_PROTOCOL`` …; :mod:`pipeline.kafka_security`).
     security: KafkaSecurity = field(default_factory=KafkaSecurity)

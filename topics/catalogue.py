@@ -58,19 +58,19 @@ class TopicSpec:
 def short_retention(retention_ms: int, segment_ms: int) -> dict[str, str]:
     """Overrides for a short-lived broker (dev stack, tests, benchmarks): keep little, roll often.
 
-    Production retention is the catalogue's (and then the operator's); these exist because an
-    embedded broker's cost grows with what it stores (docs/architecture.md, "The embedded broker").
+    Production retention is the catalogue's (and then the operator's); a dev stack keeps only what
+    a test or a demo may read back, so its disk stays bounded however long it runs.
     """
     return {"retention.ms": str(retention_ms), "segment.ms": str(segment_ms)}
 
 
 #: The embedded stack's topics (demo, tests): ten minutes of history is plenty for a test to read
-#: a topic back, and small enough that noida-db's state stays flat at test and demo rates.
-EMBEDDED_TOPIC_CONFIG = short_retention(retention_ms=10 * 60 * 1000, segment_ms=10 * 1000)
-#: Benchmarks: half a minute of history, so long runs leave the broker as it started. Not less: a
-#: consumer that falls further behind than retention.ms loses the records deleted under it (seen
-#: with 5 s on a loaded machine: the router fell 5 s behind and 27,000 requests were gone).
-BENCHMARK_TOPIC_CONFIG = short_retention(retention_ms=30_000, segment_ms=1000)
+#: a topic back; a segment a minute keeps the file count low with a catalogue per test module.
+EMBEDDED_TOPIC_CONFIG = short_retention(retention_ms=10 * 60 * 1000, segment_ms=60 * 1000)
+#: Benchmarks: five minutes of history, so long runs leave the disk as it started. Not much less:
+#: a consumer that falls further behind than retention.ms loses the records deleted under it
+#: (seen with 5 s on a loaded machine: the router fell 5 s behind and 27,000 requests were gone).
+BENCHMARK_TOPIC_CONFIG = short_retention(retention_ms=5 * 60 * 1000, segment_ms=30 * 1000)
 
 
 REQUESTS = TopicSpec(

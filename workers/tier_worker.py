@@ -179,18 +179,14 @@ class TierWorker(Lifecycle):
         return {tp.partition for tp in self._consumer.assignment()} if self._consumer else set()
 
     async def lag(self) -> int:
-        """Records in owned partitions past the group's committed offsets: 0 when fully committed.
-
-        Uses the high-water marks of fetch responses, not ListOffsets: the embedded Tansu broker
-        answers ListOffsets(latest) wrongly (docs/architecture.md, "The embedded broker").
-        """
+        """Records in owned partitions past the group's committed offsets: 0 when fully committed."""
         if self._consumer is None:
             return 0
-        total = 0
-        for tp in self._consumer.assignment():
-            end = self._consumer.highwater(tp) or 0
-            total += max(0, end - (await self._consumer.committed(tp) or 0))
-        return total
+        owned = list(self._consumer.assignment())
+        if not owned:
+            return 0
+        ends = await self._consumer.end_offsets(owned)
+        return sum(max(0, ends[tp] - (await self._consumer.committed(tp) or 0)) for tp in owned)
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to finish; safe from a signal handler."""

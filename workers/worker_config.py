@@ -36,8 +36,7 @@ class WorkerConfig:
     #: The longest any engine call may take, whatever deadline the request claims.
     engine_timeout_cap_s: float = 600.0
     commit_interval_s: float = 0.2
-    #: The consumer's fetch wait; None: the settings' (latency path). Gold's worker polls less
-    #: often while the router answers Gold (it then serves only intent refreshes).
+    #: The consumer's fetch wait; None: the settings'.
     fetch_max_wait_ms: int | None = None
 
     @classmethod
@@ -49,9 +48,6 @@ class WorkerConfig:
             max_in_flight=settings.worker.in_flight_for(tier.value),
             max_pending=settings.worker.max_pending,
             engine_grace_s=settings.worker.engine_grace_s,
-            fetch_max_wait_ms=settings.kafka.background_fetch_wait_ms
-            if tier is Tier.GOLD and settings.intents.fast_path
-            else None,
         )
         return replace(config, **overrides)
 

@@ -217,9 +217,7 @@ async def group_lag(settings: Settings, group: str, topic: str) -> int | None:
     """Sum over the topic's partitions of end offset - committed offset; None if nothing is committed.
 
     Committed offsets are read as the group's own members read them (OffsetFetch through a consumer
-    that never joins the group: the embedded Tansu broker drops the admin client's request). End
-    offsets come from ListOffsets, which Tansu answers low (docs/architecture.md, "The embedded
-    broker"): there the lag can only be underestimated.
+    that never joins the group); end offsets come from ListOffsets(latest).
     """
     consumer = kafka.consumer(settings, "npcflow-validate-lag", group_id=group)
     await consumer.start()

@@ -1,12 +1,12 @@
 """A faust transport whose worker consumer honours the configured ``fetch_max_wait_ms``.
 
-faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Real Kafka
-answers a waiting fetch as soon as data arrives, so the value rarely matters there; the embedded
-broker answers late, which turns every faust hop into 0.5-1 s (docs/architecture.md, "The
-embedded broker"). Faust loads transports from the ``faust.transports`` entry point by URL
-scheme, so the router uses ``npcflow://host:port`` and gets this transport: the stock aiokafka
-driver with only the fetch wait changed, read from the app (set by :func:`create_app` from
-``Settings.kafka.fetch_max_wait_ms``).
+faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer, so the router
+would be the one consumer of ours that ``NPCFLOW_FETCH_MAX_WAIT_MS`` does not reach (Kafka answers
+a waiting fetch as soon as a record arrives, so this is about one setting meaning one thing, and
+an idle router's poll rate, not latency). Faust loads transports from the ``faust.transports``
+entry point by URL scheme, so the router uses ``npcflow://host:port`` and gets this transport:
+the stock aiokafka driver with only the fetch wait changed, read from the app (set by
+:func:`create_app` from ``Settings.kafka.fetch_max_wait_ms``).
 """
 
 from __future__ import annotations

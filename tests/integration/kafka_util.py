@@ -24,7 +24,7 @@ async def read_topic(
     The extra second is how a duplicate would show up: tests assert the exact count afterwards.
     """
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=5
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=500
     )
     await consumer.start()
     records: list[ConsumerRecord] = []

@@ -120,10 +120,7 @@ class SinkRunner(Lifecycle):
         name = self.sink.name
         self._producer = kafka.producer(self.settings, f"npcflow-sink-{name}-dlq", linger_ms=5)
         await self._producer.start()
-        wait_ms = self.settings.kafka.background_fetch_wait_ms  # no reply waits on a sink
-        self._consumer = kafka.consumer(
-            self.settings, f"npcflow-sink-{name}", group_id=self.group, fetch_max_wait_ms=wait_ms
-        )
+        self._consumer = kafka.consumer(self.settings, f"npcflow-sink-{name}", group_id=self.group)
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         await self._consumer.start()
         log.info("%s sink started on %s (group %s)", name, self.topic, self.group)
