@@ -23,9 +23,9 @@ from types import FrameType
 
 import click
 
-from devstack.kafka_dist import broker_identity
 from devstack.endpoints import SERVICES, STACK_ENV_FILE, StackEndpoints
 from devstack.errors import StackError
+from devstack.kafka_dist import broker_identity
 from devstack.probes import probe_all
 from devstack.stack import EmbeddedStack
 from devstack.supervise import LOG_DIR, stop_from_pidfile
@@ -103,7 +103,8 @@ def stack(ctx: click.Context) -> None:
     "--brokers",
     type=click.Choice(["1", "3"]),
     default=None,
-    help="Kafka brokers to start: 1, or 3 for a replicated cluster (fault tests) [default: NPCFLOW_KAFKA_NODES or 1].",
+    help="Kafka brokers to start: 1, or 3 for a replicated cluster (fault tests) "
+    "[default: NPCFLOW_KAFKA_NODES or 1].",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging on stderr.")
 @click.pass_obj

@@ -42,11 +42,14 @@ def java() -> str:
     """The ``java`` to run the broker with (``$JAVA_HOME/bin/java``, else the one on PATH), checked ≥ 17."""
     home = os.environ.get("JAVA_HOME")
     candidate = str(Path(home) / "bin" / "java") if home else shutil.which("java")
-    hint = f"install a JDK >= {MIN_JAVA} (Debian/Ubuntu: `apt-get install openjdk-17-jdk-headless`) or set JAVA_HOME"
+    hint = f"install a JDK >= {MIN_JAVA} (Debian/Ubuntu: `apt-get install openjdk-17-jdk-headless`) "
+    hint += "or set JAVA_HOME"
     if not candidate or not Path(candidate).is_file():
         raise StackError(f"kafka: Apache Kafka needs Java >= {MIN_JAVA} and no `java` was found: {hint}")
     try:
-        result = subprocess.run([candidate, "-version"], capture_output=True, text=True, timeout=30, check=False)
+        result = subprocess.run(
+            [candidate, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise StackError(f"kafka: cannot run {candidate} -version ({exc}): {hint}") from exc
     found = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
@@ -56,7 +59,9 @@ def java() -> str:
     if major == 1:  # "1.8.0_x": Java 8 spells its version the old way
         major = int(found.group(2) or 0)
     if major < MIN_JAVA:
-        raise StackError(f"kafka: Apache Kafka {KAFKA_VERSION} needs Java >= {MIN_JAVA}, {candidate} is {major}: {hint}")
+        raise StackError(
+            f"kafka: Apache Kafka {KAFKA_VERSION} needs Java >= {MIN_JAVA}, {candidate} is {major}: {hint}"
+        )
     return candidate
 
 
@@ -122,7 +127,10 @@ def main() -> int:
     try:
         java()
         if not (cache_dir() / _COMPLETE).is_file():
-            print(f"fetching Apache Kafka {KAFKA_VERSION} from Maven Central into {cache_dir()} (once)", flush=True)
+            print(
+                f"fetching Apache Kafka {KAFKA_VERSION} from Maven Central into {cache_dir()} (once)",
+                flush=True,
+            )
         print(jars())
     except StackError as exc:
         print(f"Error: {exc}", file=sys.stderr)

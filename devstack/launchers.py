@@ -9,6 +9,7 @@ flags and which URL; :class:`devstack.stack.EmbeddedStack` runs them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib.util
 import logging
@@ -28,6 +29,7 @@ from devstack import kafka_dist
 from devstack.errors import StackError
 from devstack.probes import PROBES, probe_postgres
 from devstack.supervise import LOG_DIR, ManagedProcess, as_user
+from pipeline import kafka
 from pipeline.config import Settings
 
 log = logging.getLogger("npcflow.stack")
@@ -161,7 +163,7 @@ class KafkaLauncher(Launcher):
         }
 
     def prepare(self) -> None:
-        java, classpath = kafka_dist.java(), kafka_dist.classpath()
+        java = kafka_dist.java()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir.mkdir(parents=True)
         (self.data_dir / "log4j2.properties").write_text(_KAFKA_LOG4J.format(level="WARN"))
@@ -170,12 +172,25 @@ class KafkaLauncher(Launcher):
         for node_id in range(1, self.nodes + 1):
             config = self.data_dir / f"server-{node_id}.properties"
             config.write_text("".join(f"{k}={v}\n" for k, v in self.properties(node_id).items()))
-            argv = [java, *self._jvm_args(), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)]
-            formats.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            argv = [
+                java,
+                *self._jvm_args(),
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(config),
+            ]
+            formats.append(
+                subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            )
         for proc in formats:
             out, _ = proc.communicate(timeout=120)
             if proc.returncode != 0:
-                raise StackError(f"kafka: formatting the storage failed ({proc.returncode}): {out.strip()[-500:]}")
+                raise StackError(
+                    f"kafka: formatting the storage failed ({proc.returncode}): {out.strip()[-500:]}"
+                )
 
     def _jvm_args(self) -> list[str]:
         return [
@@ -190,9 +205,17 @@ class KafkaLauncher(Launcher):
         ]
 
     def argv(self, node_id: int = 1) -> list[str]:
-        return [kafka_dist.java(), *self._jvm_args(), "kafka.Kafka", str(self.data_dir / f"server-{node_id}.properties")]
+        return [
+            kafka_dist.java(),
+            *self._jvm_args(),
+            "kafka.Kafka",
+            str(self.data_dir / f"server-{node_id}.properties"),
+        ]
 
     def processes(self) -> list[ManagedProcess]:
+        # A cluster whose nodes all stop at once waits for a controller quorum that is leaving
+        # (measured: ~9 s); its storage is thrown away on the next start, so it is killed instead.
+        stop_signal = self.stop_signal if self.nodes == 1 else signal.SIGKILL
         procs = []
         for node_id in range(1, self.nodes + 1):
             name = self.node_name(node_id)
@@ -201,14 +224,31 @@ class KafkaLauncher(Launcher):
                     name=name,
                     argv=self.argv(node_id),
                     log_path=self.state_dir / LOG_DIR / f"{name}.log",
-                    stop_signal=self.stop_signal,
+                    stop_signal=stop_signal,
                 )
             )
         return procs
 
+    def ready(self, timeout: float) -> None:
+        """The produce/consume probe, and for a cluster every broker registered (topics get 3 replicas)."""
+        super().ready(timeout)
+        if self.nodes > 1:
+            brokers = asyncio.run(_registered_brokers(self.endpoint(), int(timeout * 1000)))
+            if brokers < self.nodes:
+                raise StackError(f"kafka: {brokers} of {self.nodes} brokers registered so far")
+
     @classmethod
     def version_of(cls) -> str:
         return kafka_dist.version()
+
+
+async def _registered_brokers(bootstrap: str, request_timeout_ms: int) -> int:
+    admin = kafka.admin(Settings(kafka_bootstrap=bootstrap), request_timeout_ms=max(1000, request_timeout_ms))
+    await admin.start()
+    try:
+        return len((await admin.describe_cluster())["brokers"])
+    finally:
+        await admin.close()
 
 
 #: Kafka's own log: warnings only, plus the line that says the server started (and with what id).

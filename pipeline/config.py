@@ -226,7 +226,7 @@ class Settings:
     engines: EngineSettings = field(default_factory=EngineSettings)
     process: ProcessSettings = field(default_factory=ProcessSettings)
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
-    #: How many Kafka brokers ``devstack`` starts (one of :data:`KAFKA_NODE_CHOICES`); unused with a given bootstrap.
+    #: How many Kafka brokers ``devstack`` starts (:data:`KAFKA_NODE_CHOICES`); unused with a given bootstrap.
     embedded_kafka_nodes: int = 1
     intents: IntentSettings = field(default_factory=IntentSettings)
     client: ClientSettings = field(default_factory=ClientSettings)
@@ -256,7 +256,9 @@ class Settings:
 
         kafka_nodes = r.int(ENV_KAFKA_NODES, 1)
         if kafka_nodes not in KAFKA_NODE_CHOICES:
-            raise ConfigError(f"{ENV_KAFKA_NODES}={kafka_nodes}: the embedded stack runs 1 broker, or 3 for fault tests")
+            raise ConfigError(
+                f"{ENV_KAFKA_NODES}={kafka_nodes}: the embedded stack runs 1 broker, or 3 for fault tests"
+            )
         per_tier = {t: spec for t in TIERS if (spec := r.str(f"{ENV_ENGINE}_{t.upper()}"))}
         return cls(
             kafka_bootstrap=endpoint(ENV_KAFKA_BOOTSTRAP),

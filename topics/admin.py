@@ -69,15 +69,26 @@ async def create_reply_topics(
     return await _create(settings, (_new_topic(name, REPLIES, overrides) for name in names))
 
 
-def _new_topic(name: str, spec: TopicSpec, overrides: Mapping[str, str] | None = None) -> NewTopic:
-    return NewTopic(name, spec.partitions, replication_factor=1, topic_configs=spec.config(overrides))
+#: Replicas per topic where the cluster has that many brokers: one broker may die (and another be
+#: restarted) with ``min.insync.replicas=2`` and ``acks=all`` and no acknowledged record is lost.
+REPLICATION_FACTOR = 3
 
 
-async def _create(settings: Settings, topics: Iterable[NewTopic]) -> dict[str, str]:
-    topics = list(topics)
+def _new_topic(name: str, spec: TopicSpec, overrides: Mapping[str, str] | None = None) -> _Planned:
+    return name, spec.partitions, spec.config(overrides)
+
+
+_Planned = tuple[str, int, dict[str, str]]
+
+
+async def _create(settings: Settings, planned: Iterable[_Planned]) -> dict[str, str]:
     admin = kafka.admin(settings)
     await admin.start()
     try:
+        # aiokafka cannot ask for the broker's default.replication.factor (-1): read the cluster size.
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replicas = max(1, min(REPLICATION_FACTOR, brokers))
+        topics = [NewTopic(name, parts, replicas, topic_configs=configs) for name, parts, configs in planned]
         result = await kafka.create_missing_topics(admin, topics)
     finally:
         await admin.close()

@@ -176,7 +176,9 @@ def test_headers_and_timestamps_survive_a_busy_partition(settings: Settings) -> 
             sends = []
             for i in range(2000):
                 headers = [(DEADLINE_HEADER, str(i).encode()), (TIER_HEADER, b"gold")]
-                sends.append(await producer.send(topic, str(i).encode(), key=str(i).encode(), headers=headers))
+                sends.append(
+                    await producer.send(topic, str(i).encode(), key=str(i).encode(), headers=headers)
+                )
                 if i % 100 == 0:
                     await asyncio.sleep(0.005)
             await asyncio.gather(*sends)
@@ -189,7 +191,9 @@ def test_headers_and_timestamps_survive_a_busy_partition(settings: Settings) -> 
                         if dict(r.headers).get(DEADLINE_HEADER) != r.key:
                             problems.append(f"{r.partition}/{r.offset}: headers {r.headers} for key {r.key}")
                         if abs(r.timestamp - sent) > 60_000:
-                            problems.append(f"{r.partition}/{r.offset}: timestamp {r.timestamp}, sent ~{sent:.0f}")
+                            problems.append(
+                                f"{r.partition}/{r.offset}: timestamp {r.timestamp}, sent ~{sent:.0f}"
+                            )
             if seen != 2000:
                 problems.append(f"read {seen} of 2000")
         finally:

@@ -20,7 +20,6 @@ from devstack.processes import PipelineProcesses
 from pipeline.client import NPCClient
 from pipeline.config import ENV_INTENT_TTL_MS, ENV_TOPIC_PREFIX, Settings
 from pipeline.intents import DefaultIntents, IntentCache
-from pipeline.settings_data import DEFAULT_BACKGROUND_FETCH_WAIT_MS
 from tests.integration.kafka_util import eventually
 from topics.admin import create_topics
 from topics.catalogue import Tier
@@ -29,7 +28,6 @@ from workers.cache.intents import IntentStore
 
 ENGINES = {Tier.GOLD: "scripted:latency_ms=5", Tier.SILVER: "scripted:latency_ms=2"}
 TTL_MS = 1000
-BACKGROUND_WAIT_S = DEFAULT_BACKGROUND_FETCH_WAIT_MS / 1000
 REFRESH_INTERVAL_MS = 500
 DEFAULTS = DefaultIntents.load()
 
@@ -90,8 +88,8 @@ async def store(settings: Settings, prefix: str):  # type: ignore[no-untyped-def
 async def from_cache(client: NPCClient, npc_id: str, archetype: str = "guard") -> Reply:
     """The first Gold answer from the router's near cache, asked for every 20 ms for a second.
 
-    The router's near cache follows ``npc.intents`` at the background fetch wait, so it may see an
-    intent after this test's follower did; asks before that find the refresh in flight (no new one).
+    The router's near cache follows ``npc.intents`` on its own, so it may see an intent a little
+    after this test's follower did; asks before that find the refresh in flight (no new one).
     """
     reply = await gold(client, npc_id, archetype)
     for _ in range(50):
@@ -179,9 +177,9 @@ async def test_the_near_cache_follows_updates_from_a_synchronous_game_loop(
             game.update_intent(other, "flee: run to the village gate")
             assert game.get_intent(other).intent == "flee: run to the village gate"
             assert await eventually(lambda: not peer.get_intent(other).is_default, timeout_s=10)
-            # ... the router's included, which answers from it (once its near cache polled: a
-            # miss now would ask the model for a new intent, which would replace this one).
-            await asyncio.sleep(3 * BACKGROUND_WAIT_S)
+            # ... the router's included, which answers from it (once its near cache has it, a few ms
+            # after the peer's: a miss now would ask the model for a new intent, replacing this one).
+            await asyncio.sleep(0.3)
             reply = await gold(client, other)
             assert reply.served_by is ServedBy.CACHE and reply.intent == "flee: run to the village gate"
     finally:
