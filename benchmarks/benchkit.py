@@ -77,7 +77,7 @@ async def records_per_partition(
         tps = [
             TopicPartition(spec.name(prefix), p)
             for spec in specs
-            for p in sorted(consumer.partitions_for_topic(spec.name(prefix)) or [])
+            for p in sorted(await kafka.partitions(consumer, spec.name(prefix)))
         ]
         starts = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
@@ -97,7 +97,7 @@ async def load_clients(
     producer, consumer = kafka.producer(settings, client_id), kafka.consumer(settings, client_id)
     await producer.start()
     await consumer.start()
-    tps = [TopicPartition(replies, p) for p in sorted(consumer.partitions_for_topic(replies) or [])]
+    tps = [TopicPartition(replies, p) for p in sorted(await kafka.partitions(consumer, replies))]
     consumer.assign(tps)
     await consumer.seek_to_end(*tps)
     for tp in tps:

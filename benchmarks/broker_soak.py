@@ -101,7 +101,7 @@ async def load(
     consumer = kafka.consumer(settings, "soak-load")
     await producer.start()
     await consumer.start()
-    tps = [TopicPartition(replies, p) for p in sorted(consumer.partitions_for_topic(replies) or [])]
+    tps = [TopicPartition(replies, p) for p in sorted(await kafka.partitions(consumer, replies))]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)  # fresh topics: every reply on them is ours
     sent_at: dict[str, float] = {}

@@ -5,13 +5,15 @@ Scenarios (devstack/chaos.py says exactly what each does):
   router-kill    SIGKILL one of two routers mid-load
   engine-outage  Silver's engine refuses, then hangs, then recovers (breaker opens, falls back, closes)
   tenant-flood   a quiet tenant alone, then while another floods at 10x its rate
-  broker-kill    SIGKILL the embedded broker and restart it on the same data directory
+  broker-kill    SIGKILL one of three Kafka brokers mid-load, restart it on its data directory
 
 Prints one JSON line: {"scenario", "sent", "replied_once", "duplicates_delivered", "lost",
-"dead_letters", "fallbacks", "breaker_opened", "recovered", ...}; tenant-flood adds
-{"victim_p95_ms", "victim_baseline_p95_ms", "victim_ratio"}. Progress goes to stderr.
+"dead_letters", "fallbacks", "breaker_opened", "recovered", "recovery_s", "broker", ...};
+tenant-flood adds {"victim_p95_ms", "victim_baseline_p95_ms", "victim_ratio"}, broker-kill
+{"broker_kill"} (which node, when it was back). Progress goes to stderr.
 Services given in the environment (NPCFLOW_KAFKA_BOOTSTRAP, NPCFLOW_REDIS_URL, ...) are used;
-the rest are started.
+the rest are started. broker-kill starts a cluster of three brokers (replication factor 3,
+min.insync.replicas 2) unless NPCFLOW_KAFKA_BOOTSTRAP names one, which it cannot kill.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import psutil
 
 from devstack.chaos import SCENARIOS, broker_restarter, run_scenario
 from devstack.chaos_load import stderr_progress
+from devstack.kafka_dist import broker_identity
 from devstack.stack import EmbeddedStack
 from pipeline import eventloop
 from pipeline.config import Settings
@@ -45,18 +48,18 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     args = parser.parse_args()
     settings = Settings.from_env(stack_file=False)
-    embedded_tansu = not settings.kafka_bootstrap and settings.embedded_broker == "tansu"
-    if args.scenario == "broker-kill" and embedded_tansu:
-        # Tansu's memory storage loses everything on a kill: only noida-db's disk can survive one.
-        settings = settings.with_(embedded_broker="noida")
+    if args.scenario == "broker-kill" and not settings.kafka_bootstrap:
+        # Only replicas on other brokers keep an acknowledged record through a broker's death.
+        settings = settings.with_(embedded_kafka_nodes=3)
     eventloop.install(settings.process.event_loop)
     work = Path(tempfile.mkdtemp(prefix="npcflow-chaos-"))
     load_before = psutil.getloadavg()[0]
     started = time.monotonic()
     stack = EmbeddedStack(work / "stack", settings=settings)
     endpoints = stack.start()
+    broker_started = "kafka" in stack.started
     try:
-        restart = broker_restarter(stack) if "kafka" in stack.started else None
+        restart = broker_restarter(stack) if broker_started else None
         result = run_scenario(
             args.scenario,
             endpoints,
@@ -68,7 +71,8 @@ def main() -> None:
         )
     finally:
         stack.stop()
-    result["broker"] = settings.embedded_broker if not settings.kafka_bootstrap else "given"
+    result |= broker_identity(started=broker_started)
+    result["brokers"] = settings.embedded_kafka_nodes if broker_started else None
     result["wall_s"] = round(time.monotonic() - started, 1)
     result["loadavg_1m"] = {"before": round(load_before, 2), "after": round(psutil.getloadavg()[0], 2)}
     if not args.json:

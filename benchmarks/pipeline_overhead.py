@@ -76,7 +76,7 @@ async def segment(settings: Settings, side: Side, prefix: str, rate: float, dura
     consumer = kafka.consumer(settings, "bench-load")
     await producer.start()
     await consumer.start()
-    tps = [TopicPartition(replies, p) for p in sorted(consumer.partitions_for_topic(replies) or [])]
+    tps = [TopicPartition(replies, p) for p in sorted(await kafka.partitions(consumer, replies))]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)  # fresh topics: every reply on them is this segment's
     cpu_before = {name: _cpu(pid) for name, pid in side.pids.items()}

@@ -3,7 +3,7 @@
 Writes a recorded run straight to fresh topics (``--requests`` requests, each with its routing
 decision and its reply's output event, mixed over the three tiers, some contradictory and a few
 invalid), then in the same run, alternating: a bare aiokafka consumer reading the three topics to
-their high-water marks (no parsing), and the replay's what-if report over the same window with a
+their end offsets (no parsing), and the replay's what-if report over the same window with a
 candidate policy that moves Gold to Silver. Rates are events per second, best of ``--rounds``;
 the target is ratio >= 0.5.
 """
@@ -128,7 +128,7 @@ async def write_recording(settings: Settings, prefix: str, requests: int) -> tup
 
 
 async def bare_read(settings: Settings, prefix: str) -> tuple[int, float]:
-    """Read the three topics to their fetch high-water marks with a plain aiokafka consumer."""
+    """Read the three topics to their end offsets (ListOffsets latest) with a plain aiokafka consumer."""
     started = time.perf_counter()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.require_kafka(),
@@ -139,24 +139,22 @@ async def bare_read(settings: Settings, prefix: str) -> tuple[int, float]:
     )
     await consumer.start()
     try:
-        await consumer.topics()
         tps = [
             TopicPartition(spec.name(prefix), p)
             for spec in (REQUESTS, ROUTING, OUTPUTS)
-            for p in sorted(consumer.partitions_for_topic(spec.name(prefix)) or [])
+            for p in sorted(await kafka.partitions(consumer, spec.name(prefix)))
         ]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        count, done = 0, set()
-        positions = {tp: 0 for tp in tps}
-        while len(done) < len(tps):
+        ends = await consumer.end_offsets(tps)
+        begins = await consumer.beginning_offsets(tps)
+        count = 0
+        left = {tp for tp in tps if begins[tp] < ends[tp]}
+        while left:
             for tp, records in (await consumer.getmany(timeout_ms=200, max_records=20_000)).items():
                 count += len(records)
-                positions[tp] = records[-1].offset + 1
-            for tp in tps:
-                hw = consumer.highwater(tp)
-                if hw is not None and positions[tp] >= hw:
-                    done.add(tp)
+                if records[-1].offset + 1 >= ends[tp]:
+                    left.discard(tp)
     finally:
         await consumer.stop()
     return count, time.perf_counter() - started

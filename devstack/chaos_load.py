@@ -3,7 +3,8 @@
 A :class:`Run` takes a :class:`Scenario` (the pipeline's shape, the load, when the fault comes)
 and a running embedded stack; it creates fresh topics, starts router and workers as OS processes,
 drives load through :class:`~pipeline.client.NPCClient` (one per tenant), injects the scenario's
-fault, watches Silver's breaker in Redis, counts dead letters and reports. The named scenarios
+fault, watches Silver's breaker in Redis, counts dead letters and reports, with how long after the
+fault every tier answered within budget again (``recovery_s``). The named scenarios
 and their defaults are in :mod:`devstack.chaos` (which says what each does); this module is kept
 apart so the definitions read alone.
 """
@@ -19,7 +20,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,49 @@ from topics.schemas import Reply, ReplyStatus, Sla
 log = logging.getLogger("npcflow.chaos")
 
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BrokerKill:
+    """What one broker kill did, as :func:`devstack.chaos.broker_restarter` measured it.
+
+    Times are ``time.monotonic()`` readings, the clock :class:`Run` measures its load with, so the
+    report can say how long after the kill the pipeline answered within budget again.
+    """
+
+    #: The broker's process name (``kafka-2``; ``kafka`` for a one-node stack) and its node id.
+    node: str
+    node_id: int
+    pid: int
+    #: Partition leaderships it held when it was killed (what had to move to the other brokers).
+    leader_of: int
+    killed_at: float
+    restarted_at: float
+    #: When its port answered again; when it was back in the ISR of every partition it replicates
+    #: (None: not within the restarter's timeout; the broker still runs, it only lags).
+    port_open_at: float
+    in_sync_at: float | None
+
+    def describe(self) -> str:
+        """The report's ``fault`` line."""
+        down = self.restarted_at - self.killed_at
+        return (
+            f"SIGKILL {self.node} (node {self.node_id}, pid {self.pid}, leader of {self.leader_of} "
+            f"partitions), restarted after {down:.1f} s on its data directory"
+        )
+
+    def timings(self) -> dict[str, float | None]:
+        """Seconds from the kill: restarted, its port open again, back in every ISR."""
+        return {
+            "restarted_s": round(self.restarted_at - self.killed_at, 2),
+            "port_open_s": round(self.port_open_at - self.killed_at, 2),
+            "in_sync_s": None if self.in_sync_at is None else round(self.in_sync_at - self.killed_at, 2),
+        }
+
+
+#: Kills one broker and brings it back; runs on the load's event loop (so the load goes on, and the
+#: restarted broker is spawned from the thread that lives as long as the run: PR_SET_PDEATHSIG).
+BrokerRestart = Callable[[], Awaitable[BrokerKill]]
 
 
 def stderr_progress(line: str) -> None:
@@ -80,7 +124,9 @@ class Tally:
     refused: int = 0
     refused_ids: set[str] = field(default_factory=set)
     latencies: dict[str, list[float]] = field(default_factory=dict)
+    #: Request id → seconds from the start of the load until it was sent / until its reply came (ms).
     sent_at: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Run:
@@ -93,7 +139,7 @@ class Run:
         work: Path,
         *,
         progress: Progress | None = stderr_progress,
-        broker_restart: Callable[[], None] | None = None,
+        broker_restart: BrokerRestart | None = None,
     ) -> None:
         self.spec = spec
         self.endpoints = endpoints
@@ -106,7 +152,11 @@ class Run:
         self.breaker_states: list[str] = []
         self.fault = ""
         self.fault_done_at = 0.0
+        #: Seconds from the start of the load until the fault struck (None: not yet, or no one instant).
+        self.fault_t: float | None = None
+        self.broker_kill: BrokerKill | None = None
         self._t0 = 0.0
+        self._t0_wall = 0.0
 
     # --- the pipeline ------------------------------------------------------------------------
 
@@ -149,23 +199,29 @@ class Run:
         for proc, _ in procs.procs:
             if proc.name == name:
                 os.kill(proc.pid, signal.SIGKILL)
+                self.fault_t = time.monotonic() - self._t0
                 self.fault = f"SIGKILL {name} (pid {proc.pid})"
                 return
         raise RuntimeError(f"no process {name}")
 
-    def _inject(self, procs: PipelineProcesses) -> None:
+    async def _inject(self, procs: PipelineProcesses) -> None:
+        """Inject the scenario's fault; runs beside the load (a broker restart takes seconds)."""
         name = self.spec.name
         if name == "worker-kill":
             self._kill(procs, "worker-silver-0")
         elif name == "router-kill":
             self._kill(procs, "router-0")
+        elif name == "engine-outage":
+            self.fault_t = self._outage_at / 1000 - self._t0_wall
         elif name == "tenant-flood":
             self.fault = f"gs-flood sends {self.spec.rate * 10:g} req/s from t={self.spec.duration_s / 2:g} s"
         elif name == "broker-kill":
             if self.broker_restart is None:
                 raise RuntimeError("broker-kill needs a broker it can restart (an embedded stack)")
-            self.broker_restart()
-            self.fault = "SIGKILL broker, restarted on the same data directory"
+            self.fault = "SIGKILL broker"
+            kill = self.broker_kill = await self.broker_restart()
+            self.fault_t = kill.killed_at - self._t0
+            self.fault = kill.describe()
         self.fault_done_at = time.monotonic()
 
     # --- the load ----------------------------------------------------------------------------
@@ -180,7 +236,7 @@ class Run:
             await client.start()
         watcher = asyncio.create_task(self._watch_breaker())
         tasks: list[asyncio.Task[None]] = []
-        self._t0 = time.monotonic()
+        self._t0, self._t0_wall = time.monotonic(), time.time()
         ticker = asyncio.create_task(self._show())
         try:
             await self._load(quiet, loud, procs, tasks)
@@ -216,10 +272,14 @@ class Run:
         owed = {"quiet": 0.0, "flood": 0.0}
         n = 0
         tick = 0.01
+        # The fault runs as a task of its own: the load goes on while a broker is down and restarts.
+        fault: asyncio.Task[None] | None = None
         while (elapsed := time.monotonic() - start) < spec.duration_s:
             if not injected and elapsed >= fault_t:
                 injected = True
-                await asyncio.get_running_loop().run_in_executor(None, self._inject, procs)
+                fault = asyncio.create_task(self._inject(procs))
+            if fault is not None and fault.done():
+                fault.result()  # a fault that could not be injected ends the run now, with its error
             phase = "baseline" if elapsed < spec.duration_s / 2 else "flood"
             owed["quiet"] += spec.rate * tick
             if loud is not None and phase == "flood":
@@ -231,8 +291,7 @@ class Run:
                     label = who if loud is None else f"{who}:{phase}"
                     tasks.append(asyncio.create_task(self._one(client, n, label)))
             await asyncio.sleep(tick)
-        if not injected:
-            await asyncio.get_running_loop().run_in_executor(None, self._inject, procs)
+        await (fault if fault is not None else self._inject(procs))
 
     async def _one(self, client: NPCClient, n: int, label: str) -> None:
         request = client.build_request(
@@ -256,8 +315,10 @@ class Run:
             self.tally.refused += 1
             self.tally.refused_ids.add(request.request_id)
             return
+        latency_ms = (time.monotonic() - started) * 1000
         self.tally.replies[request.request_id] = reply
-        self.tally.latencies.setdefault(label, []).append((time.monotonic() - started) * 1000)
+        self.tally.latency_ms[request.request_id] = latency_ms
+        self.tally.latencies.setdefault(label, []).append(latency_ms)
 
     async def _watch_breaker(self) -> None:
         import redis.asyncio as redis
@@ -289,14 +350,24 @@ class Run:
             )
             await asyncio.sleep(0.5)
 
-    async def _dead_letters(self) -> int:
+    async def _dead_letters(self) -> int | None:
+        """Records on the run's dead-letter topic; None if the topic could not be read."""
         consumer = kafka.consumer(self.settings, "chaos-dlq")
         await consumer.start()
         try:
             topic = DLQ.name(self.prefix)
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-            if not tps:
-                return 0
+            partitions = consumer.partitions_for_topic(topic)
+            deadline = time.monotonic() + 10.0
+            # The first metadata can lack the topic (seen once after a broker-kill, when a broker
+            # had just restarted): ask again rather than report 0.
+            while not partitions and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                await consumer._client.force_metadata_update()  # aiokafka has no public refresh
+                partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                log.warning("dead-letter topic %s not in the metadata: dead letters not counted", topic)
+                return None
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             count, quiet_since = 0, time.monotonic()
@@ -312,7 +383,53 @@ class Run:
 
     # --- the report --------------------------------------------------------------------------
 
-    def _result(self, duplicates: int, dead_letters: int) -> dict[str, Any]:
+    @staticmethod
+    def _routed_tier(reply: Reply) -> Tier:
+        """The tier the router sent the request to: the chain's first (``tier`` is the one that replied)."""
+        return reply.chain[0].tier if reply.chain else reply.tier
+
+    def _within_budget(self, rid: str, reply: Reply) -> bool:
+        """Answered as the game asked: by the tier it was routed to, ``ok``, within the request's budget.
+
+        The latency is the caller's (sent → reply in hand), the one a player waits; a fallback or
+        an ``expired`` reply is an answer, but not the tier answering within budget.
+        """
+        return (
+            reply.status is ReplyStatus.OK
+            and not reply.late
+            and reply.served_tier is self._routed_tier(reply)
+            and self.tally.latency_ms[rid] <= self.spec.budget_ms
+        )
+
+    def _recovery(self) -> tuple[float | None, dict[str, float]] | None:
+        """Seconds from the fault until every loaded tier answers within budget again, and per tier.
+
+        Measured from the replies: a tier has recovered once the last reply it gave outside its
+        budget (or not ``ok``) has arrived; every later one was within. A tier that never answered
+        badly after the fault recovered at once (0). Tiers are those the requests were routed to
+        (the reply's chain), so this covers whichever of gold, silver and bronze the scenario loads.
+        An accepted request with no reply at all is an outage without end: the first figure is then None.
+        None (no figure) where the fault has no one instant (``tenant-flood``: it lasts to the end).
+        """
+        if self.fault_t is None or self.spec.name == "tenant-flood":
+            return None
+        t = self.tally
+        fault_t = self.fault_t
+        last_bad: dict[str, float] = {}
+        for rid, sent in t.sent_at.items():
+            reply = t.replies.get(rid)
+            if reply is None:
+                continue  # refused (never accepted) or unanswered (counted below)
+            tier = self._routed_tier(reply).value
+            last_bad.setdefault(tier, fault_t)
+            arrived = sent + t.latency_ms[rid] / 1000
+            if arrived > fault_t and not self._within_budget(rid, reply):
+                last_bad[tier] = max(last_bad[tier], arrived)
+        by_tier = {tier: round(at - fault_t, 2) for tier, at in sorted(last_bad.items())}
+        unanswered = t.sent - t.refused - len(t.replies)
+        return (None if unanswered or not by_tier else max(by_tier.values())), by_tier
+
+    def _result(self, duplicates: int, dead_letters: int | None) -> dict[str, Any]:
         t = self.tally
         replies = list(t.replies.values())
         statuses = Counter(r.status.value for r in replies)
@@ -338,6 +455,12 @@ class Run:
             )
         else:
             recovered = t.timeouts == 0 and bool(tail) and len(tail_ok) == len(tail)
+        recovery = self._recovery()
+        if self.spec.name == "broker-kill":
+            # The cluster healed too: the restarted broker is back in every ISR, so the next kill
+            # would again find two replicas of each record.
+            recovered = recovered and self.broker_kill is not None and self.broker_kill.in_sync_at is not None
+            recovered = recovered and recovery is not None and recovery[0] is not None
         result: dict[str, Any] = {
             "scenario": self.spec.name,
             "sent": t.sent,
@@ -355,6 +478,14 @@ class Run:
             "fault": self.fault,
             "p95_ms": percentiles([x for v in t.latencies.values() for x in v])["p95"],
         }
+        if recovery is not None:
+            result["recovery_s"], result["recovery_s_by_tier"] = recovery
+        if self.broker_kill is not None:
+            result["broker_kill"] = {
+                "node": self.broker_kill.node,
+                "leader_of": self.broker_kill.leader_of,
+                **self.broker_kill.timings(),
+            }
         if self.spec.name == "tenant-flood":
             victim = percentiles(t.latencies.get("quiet:flood", []))["p95"]
             baseline = percentiles(t.latencies.get("quiet:baseline", []))["p95"]

@@ -167,7 +167,7 @@ class KafkaLauncher(Launcher):
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir.mkdir(parents=True)
         (self.data_dir / "log4j2.properties").write_text(_KAFKA_LOG4J.format(level="WARN"))
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         formats = []
         for node_id in range(1, self.nodes + 1):
             config = self.data_dir / f"server-{node_id}.properties"
@@ -240,6 +240,14 @@ class KafkaLauncher(Launcher):
     @classmethod
     def version_of(cls) -> str:
         return kafka_dist.version()
+
+
+def _cluster_id() -> str:
+    """A Kafka cluster id (a UUID in URL-safe base64), never starting with ``-`` as Kafka's own are not."""
+    while True:
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not value.startswith("-"):
+            return value
 
 
 async def _registered_brokers(bootstrap: str, request_timeout_ms: int) -> int:

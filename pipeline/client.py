@@ -96,7 +96,7 @@ class NPCClient(Lifecycle):
         await self._producer.start()
         self._consumer = kafka.consumer(self.settings, f"npcflow-client-{self.tenant_id}")
         await self._consumer.start()
-        partitions = await self._wait_for_partitions()
+        partitions = await kafka.partitions(self._consumer, self.reply_topic)
         tps = [TopicPartition(self.reply_topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
         # Only replies produced from now on: ListOffsets(latest) skips the topic's history.
@@ -104,22 +104,6 @@ class NPCClient(Lifecycle):
         for tp in tps:  # resolve the end offsets now, so no reply produced after start() is missed
             await self._consumer.position(tp)
         self._reader = asyncio.create_task(self._read_replies(), name="npcflow-client-replies")
-
-    async def _wait_for_partitions(self, timeout_s: float = 10.0) -> set[int]:
-        assert self._consumer is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            partitions = self._consumer.partitions_for_topic(self.reply_topic)
-            if partitions:
-                return set(partitions)
-            if loop.time() > deadline:
-                raise RuntimeError(
-                    f"reply topic {self.reply_topic!r} does not exist on {self.bootstrap}: "
-                    "run `npcflow topics create` first"
-                )
-            await self._consumer._client.force_metadata_update()  # aiokafka has no public refresh
-            await asyncio.sleep(0.1)
 
     async def _stop(self) -> None:
         if self._reader is not None:

@@ -236,7 +236,7 @@ class IntentCache(Lifecycle):
         await self._producer.start()
         self._consumer = kafka.consumer(self.settings, self.client_id)
         await self._consumer.start()
-        partitions = await self._partitions()
+        partitions = await kafka.partitions(self._consumer, self.topic)
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
@@ -247,18 +247,6 @@ class IntentCache(Lifecycle):
         if not self.caught_up.is_set():
             timeout = self.catch_up_timeout_s
             log.warning("intent cache not caught up with %s after %.0f s", self.topic, timeout)
-
-    async def _partitions(self, timeout_s: float = 10.0) -> set[int]:
-        assert self._consumer is not None
-        deadline = time.monotonic() + timeout_s
-        while True:
-            partitions = self._consumer.partitions_for_topic(self.topic)
-            if partitions:
-                return set(partitions)
-            if time.monotonic() > deadline:
-                raise ConfigError(f"topic {self.topic!r} does not exist: run `npcflow topics create` first")
-            await self._consumer._client.force_metadata_update()  # aiokafka has no public refresh
-            await asyncio.sleep(0.1)
 
     async def _stop(self) -> None:
         if self._follower is not None:

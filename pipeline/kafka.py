@@ -10,6 +10,7 @@ that asks for SASL_SSL. faust's own clients get the same security as ``broker_cr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from pipeline.config import Settings
+from pipeline.config import ConfigError, Settings
 
 #: Kafka's CreateTopics error code for a topic that exists already.
 TOPIC_ALREADY_EXISTS = 36
@@ -74,6 +75,25 @@ def consumer(
         )
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
+
+
+async def partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 10.0) -> set[int]:
+    """The partitions of ``topic``, refreshing the consumer's metadata until the broker knows it.
+
+    A topic created a moment ago may not be in a broker's metadata yet, and a consumer only asks
+    for the topics it follows: without the refresh, a process started right after
+    ``npcflow topics create`` would take the topic for missing.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return set(found)
+        if loop.time() > deadline:
+            raise ConfigError(f"topic {topic!r} does not exist: run `npcflow topics create` first")
+        await consumer._client.force_metadata_update()  # aiokafka has no public refresh
+        await asyncio.sleep(0.1)
 
 
 def admin(settings: Settings, client_id: str = "npcflow-admin", **overrides: Any) -> AIOKafkaAdminClient:

@@ -145,7 +145,6 @@ async def run_replay(
             "events": reader.stats.kept,
             "fetched": reader.stats.fetched,
             "method": reader.stats.method,
-            "wrong_answers": reader.stats.wrong_answers,
             "seconds": round(seconds, 3),
             "rate": round(reader.stats.kept / seconds, 1) if seconds > 0 else None,
         },

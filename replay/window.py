@@ -1,13 +1,16 @@
-"""Read a time window of several topics, roughly in time order, on any broker.
+"""Read a time window of several topics, roughly in time order.
 
-Where a partition's window starts comes from ``offsets_for_times`` (real Kafka, noida-db) and is
-*checked* on the records themselves: the record at the answered offset must be at or after the
-asked time and the one before it earlier. Tansu 0.6 answers wrongly (docs/architecture.md §5:
-0 for a time inside the second batch), which fails that check; the partition is then scanned
-from its first record, skipping what is older than the window. Each partition is checked on its
-own, inside the read, so a right answer costs no extra round trip. Where a partition's window
-ends comes from the records (the first one at or past ``until``) or the fetch high-water mark,
-never from ListOffsets(latest), which Tansu also gets wrong.
+A replay reads a bounded slice of a recording, so each partition gets its offsets before the first
+fetch. The start comes from ``offsets_for_times``: the broker's time index finds it without reading
+what lies before the window, which on a topic kept for days is most of the log; "no such offset"
+means the partition has nothing at or after the window's start and is not read at all. The end
+comes from ListOffsets(latest), asked once: the replay reads a fixed snapshot and finishes even
+while the pipeline keeps writing, without waiting on an empty fetch to learn it is at the end.
+Record timestamps are set by producers and need not grow with the offset, so the records still
+have the last word inside those offsets: the first one at or past ``until`` ends the partition's
+window, and those older than ``since`` after the start are skipped. (An earlier version checked
+every ``offsets_for_times`` answer against the records and scanned from the first record when it
+was wrong, because a toy broker it ran on answered wrongly; Kafka answers right.)
 
 Partitions far ahead in time of the slowest one are paused, so the three topics advance together
 and the join downstream holds only what is in flight around the read position.
@@ -18,15 +21,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from pipeline import kafka
-from pipeline.config import Settings
+from pipeline.config import ConfigError, Settings
 from pipeline.lifecycle import Lifecycle
 from replay.bounds import Bounds, WindowError
 
@@ -41,35 +44,31 @@ class ReadStats:
     #: Records fetched, and those inside the window (what the caller got).
     fetched: int = 0
     kept: int = 0
-    #: Partitions positioned by a checked ``offsets_for_times`` answer, by a scan, by given offsets.
+    #: Partitions positioned by ``offsets_for_times``, by given offsets, at their first record.
     by_time: int = 0
-    scanned: int = 0
     by_offset: int = 0
-    #: Partitions with no record at all (by the broker's word; reading them costs nothing if true).
+    from_start: int = 0
+    #: Partitions with no record at all when the read began.
     empty: int = 0
-    #: Partitions whose ``offsets_for_times`` answer failed the check (the broker answered wrongly).
-    wrong_answers: int = 0
 
     @property
     def method(self) -> str:
-        """How the window was found: offsets_for_times, scan (broker answered wrongly), or both."""
-        names = [n for n, c in (("offsets_for_times", self.by_time), ("scan", self.scanned)) if c]
-        if self.by_offset:
-            names.append("offsets")
-        return "+".join(names) or "none"
+        """How the window was found: offsets_for_times, offsets, start (from the first record), or a mix."""
+        counts = (
+            ("offsets_for_times", self.by_time),
+            ("offsets", self.by_offset),
+            ("start", self.from_start),
+        )
+        return "+".join(name for name, count in counts if count) or "none"
 
 
 @dataclass
 class _Part:
     tp: TopicPartition
     bounds: Bounds
-    begin: int
+    #: The next offset to read, and the end offset of the read (exclusive).
     next: int = 0
-    end: int | None = None
-    #: Answered first offset in the window, not yet checked against the records.
-    expect: int | None = None
-    #: offsets_for_times said "nothing at or after from_ms"; the broker's end offset to check.
-    expect_none: int | None = None
+    end: int = 0
     last_ts: int | None = None
     done: bool = False
     paused: bool = False
@@ -99,13 +98,12 @@ class WindowReader(Lifecycle):
 
     async def _partitions(self, topic: str) -> list[int]:
         assert self._consumer is not None
-        found = self._consumer.partitions_for_topic(topic)
-        if not found:
-            await self._consumer.topics()  # refreshes the metadata of every topic
-            found = self._consumer.partitions_for_topic(topic)
-        if not found:
-            raise WindowError(f"topic {topic} does not exist on the broker (is the topic prefix right?)")
-        return sorted(found)
+        try:
+            return sorted(await kafka.partitions(self._consumer, topic, timeout_s=5.0))
+        except ConfigError:
+            raise WindowError(
+                f"topic {topic} does not exist on the broker (is the topic prefix right?)"
+            ) from None
 
     async def _position(self) -> None:
         consumer = self._consumer
@@ -114,137 +112,73 @@ class WindowReader(Lifecycle):
             for p in await self._partitions(topic):
                 if bounds.offsets is None or p in bounds.offsets:
                     tp = TopicPartition(topic, p)
-                    self._parts[tp] = _Part(tp, bounds, begin=0)
+                    self._parts[tp] = _Part(tp, bounds)
         if not self._parts:
             raise WindowError("no partition to read: the given offsets name none of the topic's partitions")
-        consumer.assign(list(self._parts))
-        begins = await consumer.beginning_offsets(list(self._parts))
+        tps = list(self._parts)
+        consumer.assign(tps)
+        begins = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        timed = {  # a start before 1970 (``since`` minus the clock skew allowance) is the log's start
+            tp: max(p.bounds.from_ms, 0)
+            for tp, p in self._parts.items()
+            if p.bounds.offsets is None and p.bounds.from_ms is not None
+        }
+        answers = await consumer.offsets_for_times(timed) if timed else {}
+        finished: list[TopicPartition] = []
         for tp, part in self._parts.items():
-            part.begin = part.next = begins[tp]
-        timed = {tp: p.bounds.from_ms for tp, p in self._parts.items() if p.bounds.offsets is None}
-        answers = await self._offsets_for_times({tp: ms for tp, ms in timed.items() if ms is not None})
-        ends = await self._end_offsets([tp for tp, a in answers.items() if a is None])
-        for tp, part in self._parts.items():
+            begin, part.end = begins[tp], ends[tp]
             if part.bounds.offsets is not None:
-                start, part.end = part.bounds.offsets[tp.partition]
-                part.next = max(start, part.begin)
+                start, stop = part.bounds.offsets[tp.partition]
+                part.next = max(start, begin)
+                part.end = part.end if stop is None else min(stop, part.end)
                 self.stats.by_offset += 1
-            elif tp not in answers:  # no start time, or the broker could not answer: scan
-                self.stats.scanned += 1
-            elif (answer := answers[tp]) is not None:
-                part.expect = max(answer, part.begin)
-                part.next = max(part.expect - 1, part.begin)
-            elif (end := ends.get(tp)) is not None and end > part.begin:
-                part.expect_none = end
-                part.next = end - 1
-            elif end is not None:  # empty by the broker's word: read from the start, costs nothing if true
-                self.stats.empty += 1
+            elif tp in timed:
+                hit = answers.get(tp)
+                part.next = part.end if hit is None else max(hit.offset, begin)  # None: nothing that late
+                self.stats.by_time += 1
             else:
-                self.stats.scanned += 1
-            consumer.seek(tp, part.next)
-
-    async def _offsets_for_times(self, asked: dict[TopicPartition, int]) -> dict[TopicPartition, int | None]:
-        """The broker's answers; a broker that cannot answer at all gets every partition scanned."""
-        if not asked:
-            return {}
-        assert self._consumer is not None
-        try:
-            found = await self._consumer.offsets_for_times(asked)
-        except (KafkaError, ValueError) as exc:
-            log.warning("offsets_for_times failed (%s): scanning every partition from its start", exc)
-            return {}
-        return {tp: None if hit is None else hit.offset for tp, hit in found.items()}
-
-    async def _end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        if not tps:
-            return {}
-        assert self._consumer is not None
-        try:
-            return dict(await self._consumer.end_offsets(tps))
-        except KafkaError:
-            return {}
-
-    def _scan(self, part: _Part, why: str) -> None:
-        """The broker's answer was wrong: read this partition from its first record instead."""
-        assert self._consumer is not None
-        self.stats.wrong_answers += 1
-        self.stats.scanned += 1
-        if self.stats.wrong_answers == 1:
-            log.warning("broker answered offsets_for_times wrongly (%s): scanning", why)
-        part.expect = part.expect_none = None
-        part.next = part.begin
-        part.last_ts = None
-        self._consumer.seek(part.tp, part.begin)
+                part.next = begin
+                self.stats.from_start += 1
+            if begin >= ends[tp]:
+                self.stats.empty += 1
+            if part.next >= part.end:
+                part.done = part.paused = True
+                finished.append(tp)
+            else:
+                consumer.seek(tp, part.next)
+        if finished:
+            consumer.pause(*finished)
 
     def _accept(self, part: _Part, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
-        """The records of one fetch inside the window; checks a pending answer on the way."""
-        assert self._consumer is not None
+        """The records of one fetch inside the window (per record only comparisons: this is a
+        replay's read cost)."""
+        if not records:
+            return records
+        if records[-1].offset >= part.end:
+            part.done = True
+            records = records[: bisect_left(records, part.end, key=lambda r: r.offset)]
         bounds = part.bounds
-        since = bounds.from_ms or 0
-        if part.expect is None and part.expect_none is None and part.end is None:
-            # The common case, per record only comparisons (this loop is a replay's read cost).
+        if bounds.offsets is None:
             until = bounds.until_ms
             stop = next((i for i, r in enumerate(records) if r.timestamp >= until), None)
             if stop is not None:
                 part.done = True
                 records = records[:stop]
-            if records:
-                part.next, part.last_ts = records[-1].offset + 1, records[-1].timestamp
-            return [r for r in records if r.timestamp >= since] if since else records
-        kept: list[ConsumerRecord] = []
-        where = f"{part.tp.topic}[{part.tp.partition}]"
-        for record in records:
-            ts = record.timestamp
-            if part.expect_none is not None:
-                end = part.expect_none
-                if record.offset != end - 1 or ts >= since or self._consumer.highwater(part.tp) != end:
-                    self._scan(part, f"{where}: 'nothing at or after {since}', but @{record.offset} ts {ts}")
-                    return kept
-                part.expect_none = None
-                self.stats.by_time += 1
-            elif part.expect is not None:
-                if record.offset < part.expect:
-                    if ts >= since:
-                        self._scan(part, f"{where}@{record.offset} before the answer is in the window")
-                        return kept
-                elif record.offset == part.expect and ts >= since:
-                    part.expect = None
-                    self.stats.by_time += 1
-                else:
-                    self._scan(part, f"{where}@{record.offset} (ts {ts}) is before {since}")
-                    return kept
-            part.next = record.offset + 1
-            part.last_ts = ts
-            if part.end is not None and record.offset >= part.end:
-                part.done = True
-                break
-            if part.bounds.offsets is None and ts >= bounds.until_ms:
-                part.done = True
-                break
-            if bounds.offsets is not None or bounds.from_ms is None or ts >= bounds.from_ms:
-                kept.append(record)
-        if part.end is not None and part.next >= part.end:
-            part.done = True
-        return kept
+        if records:
+            part.next, part.last_ts = records[-1].offset + 1, records[-1].timestamp
+        since = bounds.from_ms if bounds.offsets is None else None
+        return [r for r in records if r.timestamp >= since] if since else records
 
-    def _finish_idle(self, fetched: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
-        """A partition that returned nothing and sits at its high-water mark is finished."""
-        for tp, part in self._parts.items():
-            if not (part.done or tp in fetched or part.paused):
-                self._finish_at_end(part)
-
-    def _finish_at_end(self, part: _Part) -> None:
-        """A partition read up to the high-water mark of its last fetch is finished: waiting for an
-        empty fetch to say so cost a ``getmany`` timeout per replay."""
+    async def _finish_at_end(self) -> None:
+        """Partitions read up to their end offset are finished. Asked of the consumer's position,
+        which also steps over offsets that hold no record (transaction markers)."""
         assert self._consumer is not None
-        if part.done:
-            return
-        hw = self._consumer.highwater(part.tp)
-        if hw is not None and part.next >= hw:
-            if part.expect is not None or part.expect_none is not None:
-                self.stats.by_time += 1  # nothing there to check the answer against: it was the end
-                part.expect = part.expect_none = None
-            part.done = True
+        for tp, part in self._parts.items():
+            if part.done or part.paused:
+                continue
+            if part.next >= part.end or await self._consumer.position(tp) >= part.end:
+                part.done = True
 
     def _align(self) -> None:
         """Pause partitions far ahead in time of the slowest one, resume the others."""
@@ -311,8 +245,7 @@ class WindowReader(Lifecycle):
                 if kept:
                     batch.append((tp.topic, kept))
                     self.stats.kept += len(kept)
-                self._finish_at_end(part)
-            self._finish_idle(fetched)
+            await self._finish_at_end()
             self._align()
             if batch:
                 yield batch
@@ -344,20 +277,17 @@ async def _times_at(
     consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]
 ) -> dict[TopicPartition, int]:
     """The timestamp of the first record at or after each offset (none there: left out)."""
-    consumer.assign(list(offsets))
-    for tp, offset in offsets.items():
+    ends = await consumer.end_offsets(list(offsets))
+    wanted = {tp: offset for tp, offset in offsets.items() if offset < ends[tp]}
+    if not wanted:
+        return {}
+    consumer.assign(list(wanted))
+    for tp, offset in wanted.items():
         consumer.seek(tp, offset)
     found: dict[TopicPartition, int] = {}
     deadline = time.monotonic() + 10.0
-    while len(found) < len(offsets) and time.monotonic() < deadline:
+    while len(found) < len(wanted) and time.monotonic() < deadline:
         for tp, records in (await consumer.getmany(timeout_ms=200)).items():
             if tp not in found and records:
                 found[tp] = records[0].timestamp
-        exhausted = [
-            tp
-            for tp in offsets
-            if tp not in found and (hw := consumer.highwater(tp)) is not None and hw <= offsets[tp]
-        ]
-        if len(found) + len(exhausted) == len(offsets):
-            break
     return found

@@ -186,7 +186,10 @@ class TierWorker(Lifecycle):
         if not owned:
             return 0
         ends = await self._consumer.end_offsets(owned)
-        return sum(max(0, ends[tp] - (await self._consumer.committed(tp) or 0)) for tp in owned)
+        total = 0
+        for tp in owned:
+            total += max(0, ends[tp] - (await self._consumer.committed(tp) or 0))
+        return total
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to finish; safe from a signal handler."""

@@ -222,8 +222,7 @@ async def group_lag(settings: Settings, group: str, topic: str) -> int | None:
     consumer = kafka.consumer(settings, "npcflow-validate-lag", group_id=group)
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()  # aiokafka has no public refresh
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        tps = [TopicPartition(topic, p) for p in sorted(await kafka.partitions(consumer, topic))]
         committed = {tp: offset for tp in tps if (offset := await consumer.committed(tp)) is not None}
         if not committed:
             return None

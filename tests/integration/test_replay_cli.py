@@ -1,9 +1,9 @@
-"""`npcflow replay` on the embedded stack: windows on both brokers, what-if reports, sandbox, export.
+"""`npcflow replay` on the embedded stack: a window found by time, what-if reports, sandbox, export.
 
 A recorded run is made by the real pipeline (router and scripted workers as processes); the
 replays read it back from the broker. The window test writes requests with known timestamps in
-batches, so the start of the window falls inside a batch: Tansu answers ``offsets_for_times``
-wrongly there and the replay must notice and scan; noida-db answers right and must be trusted.
+batches, so the start of the window falls inside a batch: the replay trusts the broker's
+``offsets_for_times`` answer there, and must count exactly the requests inside the window.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -33,7 +32,6 @@ from pipeline.router.policy import RoutingPolicy
 from replay.run import ReplayOptions, run_replay
 from replay.sandbox import REPLAY_OF_CONTEXT, Sandbox
 from tests.integration.kafka_util import read_topic
-from tests.integration.test_resilience import broker_only
 from topics.admin import create_embedded_topics
 from topics.catalogue import OUTPUTS, REPLIES, REQUESTS, Tier
 from topics.schemas import Output, Reply, Request, Sla
@@ -251,25 +249,10 @@ def window_inside_a_batch(settings: Settings) -> tuple[dict, list[str]]:
     return asyncio.run(go())
 
 
-@pytest.fixture(scope="module", params=["tansu", "noida"])
-def broker(
-    request: pytest.FixtureRequest, settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Settings]]:
-    """A broker of its own (the rest of the stack is the session's), one per kind."""
-    stack = broker_only(settings, request.param, tmp_path_factory.mktemp(f"replay-{request.param}"))
-    endpoints = stack.start()
-    try:
-        yield request.param, endpoints.apply_to(settings)
-    finally:
-        stack.stop()
-
-
-def test_a_window_starting_inside_a_batch_is_found_on_either_broker(broker: tuple[str, Settings]) -> None:
-    kind, settings = broker
+def test_a_window_starting_inside_a_batch_is_found_by_time(settings: Settings) -> None:
     summary, expected = window_inside_a_batch(settings)
     assert summary["report"]["requests"] == len(expected) == 15, summary
     read = summary["read"]
-    if kind == "tansu":  # answers offsets_for_times wrongly (docs/architecture.md §5): noticed, scanned
-        assert read["wrong_answers"] >= 1 and "scan" in read["method"], read
-    else:  # answers right: trusted, no scan
-        assert read["wrong_answers"] == 0 and read["method"] == "offsets_for_times", read
+    assert read["method"] == "offsets_for_times", read
+    # Read from the broker's answer on: neither the first burst nor the second's start is fetched.
+    assert read["fetched"] <= 20, read

@@ -1,16 +1,15 @@
-"""Fault tests with real processes: kill -9 a worker, a router, the broker; an engine outage; a flood.
+"""Fault tests with real processes: kill -9 a worker, a router, a broker; an engine outage; a flood.
 
 Each runs a scenario of :mod:`devstack.chaos` (the same code as ``benchmarks/chaos.py``) with a
-shorter load. Killing a group member needs a broker that notices: noida-db 0.2.3 never reassigns
-a SIGKILLed member's partitions (measured: not within 75 s, whatever the session or rebalance
-timeout), so the worker and router kills run on a Tansu broker started beside the session stack,
-which reassigns them after the 6 s session timeout (docs/architecture.md, "Resilience").
+shorter load. The worker and router kills run on the session stack: Kafka reassigns a SIGKILLed
+member's partitions once its session times out (6 s). The broker kill needs brokers to spare, so
+it starts a cluster of three of its own (replication factor 3, ``min.insync.replicas=2``) beside
+the session stack, whose other services it shares (docs/architecture.md, "Resilience").
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,39 +28,24 @@ from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 __all__ = ["producer"]  # the fixture, shared with test_worker
 
 
-def broker_only(settings: Settings, broker: str, path: Path) -> EmbeddedStack:
-    """A stack that starts only a broker of its own; every other service is the session stack's."""
-    return EmbeddedStack(path, settings=settings.with_(kafka_bootstrap=None, embedded_broker=broker))
-
-
-@pytest.fixture(scope="module")
-def tansu(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackEndpoints]:
-    stack = broker_only(settings, "tansu", tmp_path_factory.mktemp("tansu"))
-    endpoints = stack.start()
-    try:
-        yield endpoints
-    finally:
-        stack.stop()
-
-
 def assert_every_request_answered_once(result: dict) -> None:
     assert result["sent"] > 100, result
-    # A request is accepted once the broker acknowledged it; only a broker kill may refuse some
-    # (the game server's produce fails at once, so it knows to retry).
-    assert result["refused"] == 0 or result["scenario"] == "broker-kill", result
-    assert result["refused"] <= 0.05 * result["sent"], result
-    assert result["lost"] == 0 and result["replied_once"] == result["sent"] - result["refused"], result
+    # A request is accepted once the brokers acknowledged it. None is refused, not even while a
+    # broker is down: two of three replicas stay in sync (min.insync.replicas=2), so an acks=all
+    # produce waits out the failover (seconds, well inside the producer's timeout) and succeeds.
+    assert result["refused"] == 0, result
+    assert result["lost"] == 0 and result["replied_once"] == result["sent"], result
     assert result["duplicates_delivered"] == 0 and result["dead_letters"] == 0, result
 
 
-def test_kill_9_a_silver_worker_mid_load_loses_nothing(tansu: StackEndpoints, work_dir: Path) -> None:
-    result = run_scenario("worker-kill", tansu, work_dir, duration_s=12, rate=30, progress=None)
+def test_kill_9_a_silver_worker_mid_load_loses_nothing(stack: StackEndpoints, work_dir: Path) -> None:
+    result = run_scenario("worker-kill", stack, work_dir, duration_s=12, rate=30, progress=None)
     assert_every_request_answered_once(result)
     assert result["recovered"] and result["fault"].startswith("SIGKILL worker-silver-0")
 
 
-def test_kill_9_a_router_mid_load_loses_nothing(tansu: StackEndpoints, work_dir: Path) -> None:
-    result = run_scenario("router-kill", tansu, work_dir, duration_s=12, rate=30, progress=None)
+def test_kill_9_a_router_mid_load_loses_nothing(stack: StackEndpoints, work_dir: Path) -> None:
+    result = run_scenario("router-kill", stack, work_dir, duration_s=12, rate=30, progress=None)
     assert_every_request_answered_once(result)
     assert result["recovered"] and result["fault"].startswith("SIGKILL router-0")
 
@@ -89,27 +73,35 @@ def test_a_flooding_tenant_does_not_make_a_quiet_one_wait(stack: StackEndpoints,
     assert result["flood_statuses"].get("fallback", 0) > 0, result  # the flood is degraded, not the victim
 
 
-def test_broker_kill_9_and_restart_on_durable_storage_loses_no_request(
+def test_kill_9_one_of_three_brokers_mid_load_loses_no_request(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory, work_dir: Path
 ) -> None:
-    stack = broker_only(settings, "noida", tmp_path_factory.mktemp("noida"))
-    endpoints = stack.start()
+    # Only the broker is this stack's own: every other service is given, so it is the session's.
+    cluster = EmbeddedStack(
+        tmp_path_factory.mktemp("kafka3"),
+        settings=settings.with_(kafka_bootstrap=None, embedded_kafka_nodes=3),
+    )
+    endpoints = cluster.start()
     try:
+        assert cluster.started == ["kafka"] and len(endpoints.kafka_bootstrap.split(",")) == 3
         result = run_scenario(
             "broker-kill",
             endpoints,
             work_dir,
-            duration_s=12,
+            duration_s=20,
             rate=30,
             progress=None,
-            broker_restart=broker_restarter(stack),
+            broker_restart=broker_restarter(cluster),
         )
     finally:
-        stack.stop()
-    # noida-db forgets the last acknowledged records on SIGKILL (docs/architecture.md, "Resilience"):
-    # a request the router had forwarded there is answered through the SDK's resend (expired by then).
+        cluster.stop()
+    # acks=all to 3 replicas with min.insync.replicas=2: every acknowledged record survives.
     assert_every_request_answered_once(result)
-    assert result["fault"].startswith("SIGKILL broker")
+    assert result["fault"].startswith("SIGKILL kafka-"), result
+    assert result["recovered"] and result["broker_kill"]["in_sync_s"] is not None, result
+    # How fast (recovery_s) is a timing, measured by `benchmarks/chaos.py --scenario broker-kill`;
+    # here: the tiers did answer within budget again, within the run.
+    assert result["recovery_s"] is not None and result["recovery_s"] < 20, result
 
 
 async def test_a_stalled_silver_engine_falls_back_to_bronze_at_the_deadline(

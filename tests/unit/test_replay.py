@@ -8,17 +8,19 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.config import Settings
 from pipeline.router.policy import RoutingPolicy, Unroutable
-from replay.bounds import WindowError, parse_time
+from replay.bounds import Bounds, WindowError, parse_time
 from replay.cli import parse_offsets
 from replay.export import Exporter, ExportError
 from replay.histogram import Histogram
 from replay.join import Entry, Join
 from replay.report import WhatIf, render_table
 from replay.sandbox import REPLAY_OF_CONTEXT, Sandbox, SandboxError
+from replay.window import ReadStats, WindowReader, _Part
 from topics.catalogue import Tier
 from topics.schemas import (
     Latency,
@@ -116,6 +118,34 @@ def test_offsets_parse_per_partition_and_refuse_nonsense() -> None:
             parse_offsets((bad,))
 
 
+def test_a_fetch_is_cut_at_the_window_end_and_skips_what_precedes_since() -> None:
+    """From the broker's start offset on, records before ``since`` are skipped (timestamps need not
+    grow with the offset); the first at or past ``until``, or the end offset, ends the partition."""
+    reader = WindowReader(Settings(kafka_bootstrap="x"), {})
+    timed = _Part(TopicPartition(T[0], 0), Bounds(until_ms=200, from_ms=100), next=10, end=100)
+    fetch = [
+        record(T[0], b"", ts, offset) for offset, ts in ((10, 100), (11, 99), (12, 150), (13, 200), (14, 120))
+    ]
+    assert [r.offset for r in reader._accept(timed, fetch)] == [10, 12]
+    assert timed.done and timed.next == 13 and timed.last_ts == 150
+
+    by_offset = _Part(TopicPartition(T[0], 1), Bounds(until_ms=0, offsets={1: (5, 7)}), next=5, end=7)
+    fetch = [record(T[0], b"", 10_000 + offset, offset) for offset in range(5, 9)]
+    assert [r.offset for r in reader._accept(by_offset, fetch)] == [5, 6]  # the offsets' bounds only
+    assert by_offset.done and by_offset.next == 7
+
+    open_end = _Part(TopicPartition(T[1], 0), Bounds(until_ms=10**6), next=0, end=3)
+    assert len(reader._accept(open_end, [record(T[1], b"", 1, 0), record(T[1], b"", 2, 1)])) == 2
+    assert not open_end.done and open_end.next == 2  # one more record before the end offset
+
+
+def test_read_stats_name_how_the_window_was_found() -> None:
+    assert ReadStats(by_time=3).method == "offsets_for_times"
+    assert ReadStats(by_time=2, by_offset=1).method == "offsets_for_times+offsets"
+    assert ReadStats(from_start=3).method == "start"
+    assert ReadStats().method == "none"
+
+
 def test_join_matches_parts_in_any_order_and_bounds_what_it_holds() -> None:
     join = Join(*T, max_open=3, patience_ms=1000)
     a, b = req(1), req(2)
@@ -170,7 +200,7 @@ def test_what_if_counts_moves_dead_letters_and_prices_newcomers() -> None:
         {
             "report": summary,
             "window": {"since": "a", "until": "b"},
-            "read": {"events": 10, "method": "scan", "seconds": 0.1},
+            "read": {"events": 10, "method": "offsets_for_times", "seconds": 0.1},
         }
     )
     assert "would move 1" in table and "silver" in table

@@ -49,12 +49,7 @@ class GameStateFollower(Lifecycle):
         consumer = kafka.consumer(self.settings, "npcflow-game-state")
         self._consumer = consumer
         await consumer.start()
-        partitions = consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(self.topic) or set()
-        if not partitions:
-            raise RuntimeError(f"topic {self.topic} does not exist: run `npcflow topics create` first")
+        partitions = await kafka.partitions(consumer, self.topic)
         assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
