@@ -65,6 +65,12 @@ class Side:
     def cpu_cores(self) -> dict[str, float]:
         return {name: round(sec / self.wall_s, 2) for name, sec in self.cpu_s.items()} if self.wall_s else {}
 
+    def cpu_ms_per_request(self) -> dict[str, float]:
+        """CPU each process spent per answered request: what the worker's and router's code costs."""
+        if not self.received:
+            return {}
+        return {name: round(1000 * sec / self.received, 3) for name, sec in self.cpu_s.items()}
+
 
 _cpu = cpu_seconds
 
@@ -194,6 +200,7 @@ def run(settings: Settings, rate: float, duration: float, segments: int) -> dict
         "ratio_p99": round(p["p99"] / f["p99"], 2) if p["p99"] and f["p99"] else None,
         "pipeline_to_worker_ms": percentiles(pipe.to_worker_ms),
         "cpu_cores": {"floor": floor.cpu_cores(), "pipeline": pipe.cpu_cores()},
+        "cpu_ms_per_request": {"floor": floor.cpu_ms_per_request(), "pipeline": pipe.cpu_ms_per_request()},
         **broker.identity,
         #: Records in the fullest partition of each path topic at the end of each segment.
         "records_per_partition": {"floor": floor.records, "pipeline": pipe.records},
