@@ -476,6 +476,7 @@ class Run:
             "statuses": dict(statuses),
             "breaker_states": self.breaker_states,
             "fault": self.fault,
+            "budget_ms": self.spec.budget_ms,
             "p95_ms": percentiles([x for v in t.latencies.values() for x in v])["p95"],
         }
         if recovery is not None:

@@ -102,6 +102,7 @@ def test_kill_9_one_of_three_brokers_mid_load_loses_no_request(
     # How fast (recovery_s) is a timing, measured by `benchmarks/chaos.py --scenario broker-kill`;
     # here: the tiers did answer within budget again, within the run.
     assert result["recovery_s"] is not None and result["recovery_s"] < 20, result
+    assert list(result["recovery_s_by_tier"]) == ["silver"], result  # the tier the load asks for
 
 
 async def test_a_stalled_silver_engine_falls_back_to_bronze_at_the_deadline(
