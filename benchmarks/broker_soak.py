@@ -219,8 +219,7 @@ def run(settings: Settings, rate: float, duration: float, window_s: float) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog="The broker: NPCFLOW_KAFKA_BOOTSTRAP if set, else the embedded stack's "
-        "(NPCFLOW_EMBEDDED_BROKER=noida|tansu).",
+        epilog="The broker: NPCFLOW_KAFKA_BOOTSTRAP if set, else the embedded stack's Apache Kafka.",
     )
     parser.add_argument("--rate", type=float, default=500.0, help="requests per second (default 500)")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of load (default 120)")

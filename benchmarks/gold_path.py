@@ -37,6 +37,7 @@ from pathlib import Path
 import psutil
 from benchkit import load_clients
 
+from devstack.kafka_dist import broker_identity
 from devstack.processes import PipelineProcesses
 from devstack.stack import EmbeddedStack
 from pipeline import eventloop
@@ -375,7 +376,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
     result["floor_2hop_ms"] = percentiles(floor_ms, (50, 95))
     result["floor_samples"] = len(floor_ms)
     result["fast_path"] = not args.no_fast_path
-    result["broker"] = "given" if given_broker else settings.embedded_broker
+    result["broker"] = broker_identity(started=not given_broker)["broker"]
     result["refreshes"] = counters.get("sent", 0)
     result["coalesced"] = sum(v for k, v in counters.items() if k.startswith("coalesced"))
     result["refresh_decisions"] = counters

@@ -1,7 +1,7 @@
 """Session fixtures: one embedded stack (real servers on loopback) shared by the suite.
 
-The stack comes from the same launcher as ``npcflow stack up`` (the broker ``NPCFLOW_EMBEDDED_BROKER``
-picks: noida by default, or tansu); services given in the
+The stack comes from the same launcher as ``npcflow stack up`` (Apache Kafka, PostgreSQL, Redis,
+S3, the OpenSearch API); services given in the
 environment (``NPCFLOW_KAFKA_BOOTSTRAP`` …) are used instead of started. Each test module that
 needs topics gets its own topic prefix, so tests never read each other's traffic.
 """
