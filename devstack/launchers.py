@@ -21,7 +21,8 @@ import socket
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -104,6 +105,9 @@ class KafkaLauncher(Launcher):
 
     name = "kafka"
     nodes: int = 1
+    #: The other nodes' broker ports, then every node's controller port (2 * nodes - 1 in all);
+    #: picked here when not given (the stack gives them, from one pick for all its services).
+    extra_ports: list[int] = field(default_factory=list)
     #: Measured: a test run's broker peaks near 300 MiB of heap in use; 512 MiB leaves room for
     #: benchmarks without letting the JVM take a quarter of the machine, as its default would.
     heap: ClassVar[str] = "512m"
@@ -111,7 +115,7 @@ class KafkaLauncher(Launcher):
     def __post_init__(self) -> None:
         if self.nodes not in (1, 3):
             raise StackError(f"kafka: {self.nodes} brokers: the stack runs 1, or 3 for fault tests")
-        extra = free_ports(2 * self.nodes - 1)
+        extra = self.extra_ports or free_ports(2 * self.nodes - 1)
         self.broker_ports = [self.port, *extra[: self.nodes - 1]]
         self.controller_ports = extra[self.nodes - 1 :]
 
@@ -426,11 +430,18 @@ LAUNCHERS: dict[str, type[Launcher]] = {
 }
 
 
-def launcher_for(name: str, settings: Settings, state_dir: Path, port: int) -> Launcher:
-    """The launcher of service ``name`` (Kafka: as many brokers as ``settings`` ask for)."""
+def ports_needed(name: str, settings: Settings) -> int:
+    """Loopback ports service ``name`` listens on: a Kafka node needs a broker and a controller port."""
+    return 2 * settings.embedded_kafka_nodes if name == "kafka" else 1
+
+
+def launcher_for(name: str, settings: Settings, state_dir: Path, ports: Iterator[int]) -> Launcher:
+    """The launcher of service ``name``, taking :func:`ports_needed` ports from ``ports``."""
+    taken = [next(ports) for _ in range(ports_needed(name, settings))]
     if name == "kafka":
-        return KafkaLauncher(state_dir=state_dir, port=port, nodes=settings.embedded_kafka_nodes)
-    return LAUNCHERS[name](state_dir=state_dir, port=port)
+        nodes = settings.embedded_kafka_nodes
+        return KafkaLauncher(state_dir=state_dir, port=taken[0], nodes=nodes, extra_ports=taken[1:])
+    return LAUNCHERS[name](state_dir=state_dir, port=taken[0])
 
 
 def _ensure_system_user(user: str) -> None:

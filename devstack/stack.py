@@ -27,7 +27,7 @@ import psutil
 
 from devstack.endpoints import SERVICE_ENV, SERVICES, STACK_ENV_FILE, StackEndpoints, given_endpoints
 from devstack.errors import StackError
-from devstack.launchers import SPAWN_ORDER, Launcher, free_ports, launcher_for
+from devstack.launchers import SPAWN_ORDER, Launcher, free_ports, launcher_for, ports_needed
 from devstack.probes import PROBES, describe, port_open, wait_until
 from devstack.supervise import (
     PID_FILE,
@@ -111,14 +111,17 @@ class EmbeddedStack:
         launchers: dict[str, Launcher] = {}
         service_procs: dict[str, list[ManagedProcess]] = {}
         given = given_endpoints(self.settings)
-        ports = iter(free_ports(sum(1 for name in SERVICES if not given[name])))
+        # Every port at once, so no two services (nor a broker's controller listener) get the same one.
+        ports = iter(
+            free_ports(sum(ports_needed(name, self.settings) for name in SERVICES if not given[name]))
+        )
         for name in SPAWN_ORDER:
             if given[name]:
                 urls[name] = given[name]
                 log.info("%s: using %s from %s", name, given[name], SERVICE_ENV[name])
                 continue
             try:
-                launcher = launcher_for(name, self.settings, self.state_dir, next(ports))
+                launcher = launcher_for(name, self.settings, self.state_dir, ports)
                 launcher.prepare()
                 for proc in launcher.processes():
                     # Spawned here, on the caller's thread: PDEATHSIG is tied to the spawning thread.
