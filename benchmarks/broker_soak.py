@@ -180,7 +180,7 @@ def run(settings: Settings, rate: float, duration: float, window_s: float) -> di
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         print(
             f"soak: {rate:.0f} req/s for {duration:.0f} s on {broker.identity['broker']} "
-            f"({broker.identity['broker_version']}), windows of {window_s:.0f} s",
+            f"({broker.identity['broker']}), windows of {window_s:.0f} s",
             file=sys.stderr,
             flush=True,
         )
