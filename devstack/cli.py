@@ -240,6 +240,12 @@ def check(settings: Settings, as_json: bool, timeout: float, verbose: bool) -> N
 )
 @click.option("--npcs", default=300, show_default=True, help="Simulated NPCs.")
 @click.option(
+    "--active",
+    default=4,
+    show_default=True,
+    help="NPCs kept active (watched): Gold re-thinks them at 1-2 Hz and realtime requests go to them.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON summary line instead of the live table."
 )
 @click.option(
@@ -251,13 +257,19 @@ def check(settings: Settings, as_json: bool, timeout: float, verbose: bool) -> N
 )
 @click.pass_context
 def demo(
-    ctx: click.Context, duration: float, rate: float | None, npcs: int, as_json: bool, engines: str | None
+    ctx: click.Context,
+    duration: float,
+    rate: float | None,
+    npcs: int,
+    active: int,
+    as_json: bool,
+    engines: str | None,
 ) -> None:
     """Start the embedded stack, the router and three tier workers, and simulate a game server."""
     from devstack.demo import run_demo, with_engines
 
     settings = with_engines(_settings(ctx), engines)
-    summary = run_demo(settings, duration=duration, rate=rate, npcs=npcs, as_json=as_json)
+    summary = run_demo(settings, duration=duration, rate=rate, npcs=npcs, as_json=as_json, active=active)
     if as_json:
         click.echo(json.dumps(summary))
     ok = summary["lost"] == 0 and summary["sent"] == summary["replied"]

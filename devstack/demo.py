@@ -2,8 +2,10 @@
 
 It starts (or reuses, when configured) the stack, creates the topics, runs the router and
 the three tier workers as separate processes, and sends a gold/silver/bronze mix from a few
-hundred NPCs at a rate the embedded engine can serve on a laptop. It shows a live per-tier
-table and ends with a summary; ``--json`` prints one summary line instead.
+hundred NPCs at a rate the embedded engine can serve on a laptop. Like a game, it keeps a handful
+of NPCs *active* (``IntentCache.watch``): the Gold worker re-thinks their intents at 1-2 Hz, Gold
+requests go to them, and the live table shows each one's current intent, its age and whether the
+model produced it. It ends with a summary; ``--json`` prints one summary line instead.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from devstack.stack import EmbeddedStack
 from pipeline import kafka
 from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import ENV_EMBEDDED_THREADS, TIERS, ConfigError, Settings
+from pipeline.intents import GAME_ENGINE, IntentCache
 from pipeline.observability.metrics import percentiles
 from topics.admin import create_embedded_topics
 from topics.catalogue import DLQ, REQUESTS, Tier
-from topics.schemas import Reply, ReplyStatus, Request, Sla
+from topics.schemas import Intent, Reply, ReplyStatus, Request, ServedBy, Sla
 from workers.sinks import SINKS
 from workers.sinks import counts as sink_counts
 
@@ -71,6 +74,15 @@ DEFAULT_EMBEDDED_RATE = 1.0
 DEFAULT_SCRIPTED_RATE = 50.0
 #: One malformed event every this many seconds, to show dead-lettering while traffic flows.
 INVALID_EVERY_S = 10.0
+#: Active NPCs by default: the embedded Gold model (≈ 0.3 s a refresh on 2 cores, several in one
+#: batch) kept each of 4 at ≈ 1.4 Hz beside Silver's and Bronze's models (docs/architecture.md,
+#: "Keeping the active set fresh"); with more, the scheduler lowers every rate evenly.
+DEFAULT_ACTIVE = 4
+#: Gold's model-intent share counts replies to requests sent after this much of the run: the
+#: first intents need the first refreshes.
+GOLD_SETTLE_S = 10.0
+#: What the active NPCs face; each refresh asks the model about it.
+ACTIVE_PROMPT = "Players walk through the village square."
 
 
 @dataclass
@@ -85,6 +97,9 @@ class TierTally:
     #: Replies that reached the game server within the request's budget, from ``created_at_ms``.
     within_budget: int = 0
     intent_age_ms: list[float] = field(default_factory=list)
+    #: Gold replies to requests sent after GOLD_SETTLE_S, and how many of them a model intent served.
+    settled: int = 0
+    settled_model: int = 0
 
     def gold_summary(self) -> dict[str, Any]:
         """Gold's promise as the game server sees it (docs/architecture.md, "Gold's two paths")."""
@@ -93,17 +108,25 @@ class TierTally:
             "within_budget": round(self.within_budget / self.sent, 4) if self.sent else None,
             "served_by": dict(self.served_by),
             "freshness_ms": fresh,
+            "model_intent_share": round(self.settled_model / self.settled, 4) if self.settled else None,
         }
 
 
 class GameServer:
-    """Sends the mix at a steady rate and tallies replies per tier."""
+    """Sends the mix at a steady rate and tallies replies per tier; Gold asks about the active NPCs."""
 
-    def __init__(self, client: NPCClient, rate: float, npcs: int, seed: int = 7) -> None:
+    def __init__(
+        self, client: NPCClient, rate: float, npcs: int, active: int = DEFAULT_ACTIVE, seed: int = 7
+    ) -> None:
         self.client = client
         self.rate = rate
         self.npcs = npcs
         self.rng = random.Random(seed)
+        #: The NPCs near the players: (npc_id, archetype); watched, so Gold keeps their intents fresh.
+        self.active = [(f"npc-{i:04d}", ARCHETYPES[i % len(ARCHETYPES)]) for i in range(min(active, npcs))]
+        #: Model intents seen per active NPC (a listener on the game's near cache).
+        self.refreshes: Counter[str] = Counter()
+        self.started_ms = time.time() * 1000
         self.tally = {t: TierTally() for t in Tier}
         self.lost = 0
         #: Asynchronous jobs (SageMaker) per tier the request was sent to: submitted/completed/failed.
@@ -132,28 +155,44 @@ class GameServer:
             jobs["completed" if reply.status in (ReplyStatus.OK, ReplyStatus.FALLBACK) else "failed"] += 1
         tally.replied += 1
         tally.statuses["late" if reply.late else reply.status] += 1
-        tally.served_by[reply.served_by] += 1
+        tally.served_by[reply.served_by.value] += 1
         budget = request.latency_budget_ms
         tally.within_budget += budget is not None and time.time() * 1000 - request.created_at_ms <= budget
         if reply.intent_age_ms is not None:
             tally.intent_age_ms.append(reply.intent_age_ms)
+        if tier is Tier.GOLD and request.created_at_ms >= self.started_ms + GOLD_SETTLE_S * 1000:
+            tally.settled += 1
+            tally.settled_model += reply.served_by == ServedBy.CACHE
         tally.latencies.append((time.perf_counter() - sent_at) * 1000)
         if reply.served_by == "engine":
             tally.engine_ms.append(reply.latency.engine_ms)
         if reply.text:
             tally.samples.append(f"{reply.npc_id}: {reply.text.splitlines()[0][:90]}")
 
+    def watch(self, intents: IntentCache) -> None:
+        """Make the active NPCs active: Gold refreshes them at 1-2 Hz from now on."""
+        intents.add_listener(self._refreshed)
+        for kind in sorted({kind for _, kind in self.active}):
+            npcs = [npc for npc, k in self.active if k == kind]
+            intents.watch(npcs, archetype=kind, prompt=ACTIVE_PROMPT)
+
+    def _refreshed(self, intent: Intent) -> None:
+        if intent.engine != GAME_ENGINE:
+            self.refreshes[intent.npc_id] += 1
+
     async def run(self, duration: float) -> None:
         interval = 1.0 / self.rate
         start = time.perf_counter()
+        self.started_ms = time.time() * 1000
         n = 0
         while time.perf_counter() - start < duration:
             tier = self._pick_tier()
             index = self.rng.randrange(self.npcs)
             npc = f"npc-{index:04d}"
             shape = dict(SHAPES[tier])
-            if tier is Tier.GOLD:  # the NPC's archetype picks its default intent
-                shape["context"] = {"archetype": ARCHETYPES[index % len(ARCHETYPES)]}
+            if tier is Tier.GOLD and self.active:  # Gold asks about the NPCs near the players
+                npc, kind = self.rng.choice(self.active)
+                shape["context"] = {"archetype": kind}  # the NPC's archetype picks its default intent
             request = self.client.build_request(npc, self.rng.choice(PROMPTS[tier]), **shape)
             self.tally[tier].sent += 1
             task = asyncio.create_task(self._one(tier, request, time.perf_counter()))
@@ -176,6 +215,18 @@ class GameServer:
         return round(min(limits), 2) if limits else None
 
 
+def render_active(server: GameServer, intents: IntentCache, elapsed: float) -> list[str]:
+    """Each active NPC as the game sees it this frame: its intent, how old, and where it came from."""
+    lines = [f"\nactive NPCs (watched; Gold re-thinks each at {intents.settings.intents.refresh_hz:g} Hz):"]
+    for npc, kind in server.active:
+        seen = intents.get_intent(npc, kind)
+        source = "model" if seen.from_model else ("game" if not seen.is_default else "default")
+        age = f"{seen.age_ms:6.0f} ms" if seen.age_ms is not None else "       -"
+        rate = server.refreshes[npc] / elapsed if elapsed > 0 else 0.0
+        lines.append(f"  {npc} {kind:10} {source:7} {age}  {rate:4.1f}/s  {seen.intent[:70]}")
+    return lines
+
+
 def render(server: GameServer, elapsed: float, duration: float, engines: dict[Tier, str]) -> str:
     lines = [f"npcflow demo  {elapsed:5.1f}/{duration:.0f} s  rate {server.rate:g} req/s", ""]
     lines.append(f"{'tier':7} {'engine':24} {'sent':>5} {'replied':>7} {'p50 ms':>8} {'p95 ms':>8}  statuses")
@@ -191,9 +242,11 @@ def render(server: GameServer, elapsed: float, duration: float, engines: dict[Ti
     gold = server.tally[Tier.GOLD].gold_summary()
     if gold["within_budget"] is not None:
         fresh = gold["freshness_ms"]
+        share = gold["model_intent_share"]
         lines.append(
             f"\ngold within budget {gold['within_budget']:.1%}  served_by {gold['served_by']}  "
             f"intent age p50/p95 {fresh['p50']}/{fresh['p95']} ms"
+            + (f"  model intents {share:.0%} (after {GOLD_SETTLE_S:.0f} s)" if share is not None else "")
         )
     rate = server.sustainable_rate()
     if rate:
@@ -244,9 +297,12 @@ async def drive(
     npcs: int,
     as_json: bool,
     engines: dict[Tier, str],
+    active: int = DEFAULT_ACTIVE,
 ) -> dict[str, Any]:
-    async with NPCClient(settings, tenant_id="demo-game-server", prefix=prefix) as client:
-        server = GameServer(client, rate, npcs)
+    game = IntentCache(settings, prefix=prefix, client_id="npcflow-demo-game", tenant_id="demo-game-server")
+    async with NPCClient(settings, tenant_id="demo-game-server", prefix=prefix) as client, game as intents:
+        server = GameServer(client, rate, npcs, active)
+        server.watch(intents)
         invalid_task = asyncio.create_task(send_invalid_events(settings, prefix, duration))
         run_task = asyncio.create_task(server.run(duration))
         start = time.perf_counter()
@@ -254,14 +310,20 @@ async def drive(
         while not run_task.done() or server._tasks:
             await asyncio.sleep(1.0)
             if not as_json:
-                screen = render(server, time.perf_counter() - start, duration, engines)
+                elapsed = time.perf_counter() - start
+                screen = render(server, elapsed, duration, engines)
+                screen += "\n" + "\n".join(render_active(server, intents, elapsed))
                 print(("\x1b[2J\x1b[H" if tty else "\n") + screen, flush=True)
             if run_task.done() and time.perf_counter() - start > duration + 200:
                 break
         await run_task
         await server.drain()
+        elapsed = time.perf_counter() - start
+        intents.unwatch([npc for npc, _ in server.active])
         invalid_sent = await invalid_task
         dead = await count_dead_letters(settings, prefix, invalid_sent)
+    gold = server.tally[Tier.GOLD].gold_summary()
+    gold["active"] = {npc: round(server.refreshes[npc] / elapsed, 2) for npc, _ in server.active}
     return {
         "sent": {t.value: server.tally[t].sent for t in Tier},
         "replied": {t.value: server.tally[t].replied for t in Tier},
@@ -275,7 +337,7 @@ async def drive(
         "duplicates_dropped": client.stats.duplicates,
         "rate": rate,
         "duration_s": duration,
-        "gold": server.tally[Tier.GOLD].gold_summary(),
+        "gold": gold,
         "bronze": {
             "requests": server.tally[Tier.BRONZE].sent,
             **{k: server.jobs[Tier.BRONZE][k] for k in ("submitted", "completed", "failed")},
@@ -332,7 +394,12 @@ def with_engines(settings: Settings, spec: str | None) -> Settings:
 
 
 def run_demo(
-    settings: Settings, duration: float, rate: float | None, npcs: int, as_json: bool
+    settings: Settings,
+    duration: float,
+    rate: float | None,
+    npcs: int,
+    as_json: bool,
+    active: int = DEFAULT_ACTIVE,
 ) -> dict[str, Any]:
     """Run the demo on a stack of its own (services given in the environment are reused)."""
     engines = {t: settings.engines.spec_for(t.value) for t in Tier}
@@ -340,7 +407,7 @@ def run_demo(
         scripted = all(e.startswith("scripted") for e in engines.values())
         rate = DEFAULT_SCRIPTED_RATE if scripted else DEFAULT_EMBEDDED_RATE
     with tempfile.TemporaryDirectory(prefix="npcflow-demo-") as tmp:
-        return _run_demo(settings, Path(tmp), duration, rate, npcs, as_json, engines)
+        return _run_demo(settings, Path(tmp), duration, rate, npcs, as_json, engines, active)
 
 
 def _run_demo(
@@ -351,6 +418,7 @@ def _run_demo(
     npcs: int,
     as_json: bool,
     engines: dict[Tier, str],
+    active: int,
 ) -> dict[str, Any]:
     prefix = settings.topic_prefix
     # The stack starts the engine servers the engines need (llama.cpp's, the local SageMaker endpoint).
@@ -371,7 +439,7 @@ def _run_demo(
             )
         with PipelineProcesses(env, work, engines=engines, sinks=tuple(SINKS)) as procs:
             _background_yields(procs, engines)
-            summary = asyncio.run(drive(settings, prefix, duration, rate, npcs, as_json, engines))
+            summary = asyncio.run(drive(settings, prefix, duration, rate, npcs, as_json, engines, active))
             summary["sinks"] = asyncio.run(settled_sink_counts(settings))
     if not as_json:
         print("\nsummary: " + json.dumps(summary, indent=2))

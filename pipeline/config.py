@@ -19,13 +19,17 @@ from pipeline.env_reader import ConfigError, EnvReader, load_env_file
 from pipeline.kafka_security import read_kafka_security
 from pipeline.observability.settings import ObservabilitySettings
 from pipeline.settings_data import (  # re-exported: importers name them from pipeline.config
+    ACTIVE_LEASE_MS_RANGE,
+    DEFAULT_ACTIVE_LEASE_MS,
     DEFAULT_ENGINE,
     DEFAULT_ENGINE_GRACE_S,
     DEFAULT_FETCH_MAX_WAIT_MS,
     DEFAULT_GC_GEN0,
     DEFAULT_GIL_SWITCH_S,
+    DEFAULT_GOLD_REFRESH_HZ,
     DEFAULT_MAX_PENDING,
     DEFAULT_SESSION_TIMEOUT_S,
+    GOLD_REFRESH_HZ_RANGE,
     ClientSettings,
     EngineSettings,
     IntentSettings,
@@ -72,7 +76,10 @@ ENV_GIL_SWITCH_S = "NPCFLOW_GIL_SWITCH_S"
 ENV_GC_GEN0 = "NPCFLOW_GC_GEN0"
 ENV_READY_FILE = "NPCFLOW_READY_FILE"
 ENV_INTENT_TTL_MS = "NPCFLOW_INTENT_TTL_MS"
+#: Replaced by NPCFLOW_GOLD_REFRESH_HZ; setting it is an error that says so.
 ENV_INTENT_REFRESH_INTERVAL_MS = "NPCFLOW_INTENT_REFRESH_INTERVAL_MS"
+ENV_GOLD_REFRESH_HZ = "NPCFLOW_GOLD_REFRESH_HZ"
+ENV_GOLD_ACTIVE_LEASE_MS = "NPCFLOW_GOLD_ACTIVE_LEASE_MS"
 ENV_INTENT_REFRESH_TIMEOUT_MS = "NPCFLOW_INTENT_REFRESH_TIMEOUT_MS"
 ENV_DEFAULT_INTENTS_FILE = "NPCFLOW_DEFAULT_INTENTS_FILE"
 ENV_GOLD_FAST_PATH = "NPCFLOW_GOLD_FAST_PATH"
@@ -167,6 +174,38 @@ def _flag(r: EnvReader, name: str, default: bool) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name}={value!r}: use 1 or 0")
+
+
+def _intent_settings(r: EnvReader) -> IntentSettings:
+    """Gold's intents; the refresh rate and the lease are range-checked (they size the engine's load)."""
+    if r.str(ENV_INTENT_REFRESH_INTERVAL_MS) is not None:
+        raise ConfigError(
+            f"{ENV_INTENT_REFRESH_INTERVAL_MS} is gone: active NPCs are refreshed at "
+            f"{ENV_GOLD_REFRESH_HZ} per second instead (500 ms was 2); unset it"
+        )
+    hz = r.float(ENV_GOLD_REFRESH_HZ, DEFAULT_GOLD_REFRESH_HZ)
+    low, high = GOLD_REFRESH_HZ_RANGE
+    if not low <= hz <= high:
+        raise ConfigError(
+            f"{ENV_GOLD_REFRESH_HZ}={hz:g}: model refreshes per second per active NPC must be between "
+            f"{low:g} and {high:g} (default {DEFAULT_GOLD_REFRESH_HZ:g}; keep 1/rate well under "
+            f"{ENV_INTENT_TTL_MS}, or intents expire before their successor lands)"
+        )
+    lease = r.int(ENV_GOLD_ACTIVE_LEASE_MS, DEFAULT_ACTIVE_LEASE_MS)
+    low_ms, high_ms = ACTIVE_LEASE_MS_RANGE
+    if lease is None or not low_ms <= lease <= high_ms:
+        raise ConfigError(
+            f"{ENV_GOLD_ACTIVE_LEASE_MS}={lease}: an NPC's active lease must be between {low_ms} and "
+            f"{high_ms} ms (default {DEFAULT_ACTIVE_LEASE_MS})"
+        )
+    return IntentSettings(
+        ttl_ms=r.int(ENV_INTENT_TTL_MS, 1000) or 1000,
+        refresh_hz=hz,
+        active_lease_ms=lease,
+        refresh_timeout_ms=r.int(ENV_INTENT_REFRESH_TIMEOUT_MS, 2000) or 2000,
+        defaults_file=r.str(ENV_DEFAULT_INTENTS_FILE),
+        fast_path=_flag(r, ENV_GOLD_FAST_PATH, True),
+    )
 
 
 def _openai_settings(r: EnvReader) -> OpenAISettings:
@@ -318,13 +357,7 @@ class Settings:
                 max_resends=r.int(ENV_CLIENT_MAX_RESENDS, 3) or 0,
             ),
             replay=ReplaySettings(max_open=max(1, r.int(ENV_REPLAY_MAX_OPEN, 100_000) or 100_000)),
-            intents=IntentSettings(
-                ttl_ms=r.int(ENV_INTENT_TTL_MS, 1000) or 1000,
-                refresh_interval_ms=r.int(ENV_INTENT_REFRESH_INTERVAL_MS, 500) or 0,
-                refresh_timeout_ms=r.int(ENV_INTENT_REFRESH_TIMEOUT_MS, 2000) or 2000,
-                defaults_file=r.str(ENV_DEFAULT_INTENTS_FILE),
-                fast_path=_flag(r, ENV_GOLD_FAST_PATH, True),
-            ),
+            intents=_intent_settings(r),
             sinks=SinkSettings(
                 batch_size=max(1, r.int(ENV_SINK_BATCH_SIZE, 500) or 500),
                 batch_ms=r.int(ENV_SINK_BATCH_MS, 200) or 0,

@@ -4,7 +4,8 @@ An intent is an NPC's current short action (:class:`topics.schemas.Intent`). The
 refreshes intents asynchronously; everybody who needs one *now* reads it from a near cache that
 follows the compacted ``npc.intents`` topic: the game server's per-frame reads and the router's
 in-budget answers (docs/architecture.md, "Gold's two paths"). A read is a dictionary lookup: no
-network, no lock, no await.
+network, no lock, no await. The same cache tells Gold which NPCs to keep fresh: ``watch`` and
+``unwatch`` (:mod:`pipeline.active`; docs/architecture.md, "Keeping the active set fresh").
 """
 
 from __future__ import annotations
@@ -14,30 +15,32 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Self
 
-import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline import kafka
-from pipeline.config import ConfigError, IntentSettings, Settings
+from pipeline.active import ActiveAnnouncer, Announcement
+from pipeline.config import Settings
+from pipeline.default_intents import BUILTIN_DEFAULT_INTENT, DefaultIntents
 from pipeline.lifecycle import Lifecycle
+from pipeline.observability.intent_reads import ReadStats
 from topics.catalogue import INTENTS
-from topics.schemas import MAX_INTENT_CHARS, Intent, Request
+from topics.schemas import MAX_INTENT_CHARS, Intent, Request, ServedBy
 
 log = logging.getLogger("npcflow.intents")
+
+__all__ = ["BUILTIN_DEFAULT_INTENT", "DefaultIntents"]  # re-exported: importers name them from here
 
 #: A routed Gold request carrying this header is a model refresh: the worker updates the NPC's
 #: intent and sends no reply (the router already answered).
 REFRESH_HEADER = "npcflow-refresh"
 #: The request ``context`` key naming the NPC's archetype.
 ARCHETYPE_KEY = "archetype"
-#: The intent when neither the file's ``default`` nor an archetype applies.
-BUILTIN_DEFAULT_INTENT = "idle: stay where you are and watch the surroundings"
+#: ``Intent.engine`` of an intent a game server set itself (``update_intent``).
+GAME_ENGINE = "game"
 
 
 def refresh_headers(deadline_ms: int) -> list[tuple[str, bytes]]:
@@ -63,37 +66,6 @@ def intent_text(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class DefaultIntents:
-    """The intent per archetype when an NPC has no fresh one; ``default`` for unknown archetypes."""
-
-    default: str = BUILTIN_DEFAULT_INTENT
-    archetypes: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: str | Path | None = None) -> DefaultIntents:
-        """``path`` (``NPCFLOW_DEFAULT_INTENTS_FILE``), else the packaged ``default_intents.yaml``."""
-        source = str(path or "pipeline/default_intents.yaml")
-        text = (
-            Path(path).read_text()
-            if path
-            else resources.files("pipeline").joinpath("default_intents.yaml").read_text()
-        )
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict) or not isinstance(data.get("archetypes", {}), dict):
-            raise ConfigError(f"{source}: expected `default: <intent>` and `archetypes: {{name: intent}}`")
-        archetypes = {str(k): str(v)[:MAX_INTENT_CHARS] for k, v in (data.get("archetypes") or {}).items()}
-        default = str(data.get("default") or BUILTIN_DEFAULT_INTENT)[:MAX_INTENT_CHARS]
-        return cls(default=default, archetypes=archetypes)
-
-    @classmethod
-    def from_settings(cls, settings: IntentSettings) -> DefaultIntents:
-        return cls.load(settings.defaults_file)
-
-    def for_archetype(self, archetype: str | None) -> str:
-        return self.archetypes.get(archetype, self.default) if archetype else self.default
-
-
-@dataclass(frozen=True)
 class SeenIntent:
     """What :meth:`IntentCache.get_intent` returns: the intent, its age, and whether it is the default."""
 
@@ -104,6 +76,16 @@ class SeenIntent:
     is_default: bool
     #: The event behind it (request id, engine); None for a default intent.
     event: Intent | None = None
+
+    @property
+    def served_by(self) -> ServedBy:
+        """How a Gold reply built from this read says it was served: ``cache`` or ``default_intent``."""
+        return ServedBy.DEFAULT_INTENT if self.is_default else ServedBy.CACHE
+
+    @property
+    def from_model(self) -> bool:
+        """A model's intent (not the default, not one a game set with ``update_intent``)."""
+        return self.event is not None and self.event.engine != GAME_ENGINE
 
 
 @dataclass
@@ -131,6 +113,11 @@ class IntentCache(Lifecycle):
     ``start`` returns once the cache has read the topic up to where it ended when it started
     (or after ``catch_up_timeout_s``), so a restarted router or game server serves the intents
     it had. Memory: one entry per NPC that has an intent.
+
+    ``watch(npc_ids)`` keeps those NPCs in Gold's active set (refreshed at
+    ``NPCFLOW_GOLD_REFRESH_HZ``) until ``unwatch``: the cache renews their leases on ``npc.active``
+    while it runs, so a game server that dies stops costing model time within one lease.
+    ``reads`` counts what reads returned (model, game or default intent, and ages) for /metrics.
     """
 
     def __init__(
@@ -142,14 +129,22 @@ class IntentCache(Lifecycle):
         ttl_ms: int | None = None,
         client_id: str = "npcflow-intents",
         catch_up_timeout_s: float = 10.0,
+        tenant_id: str = "game-server",
     ) -> None:
         self.settings = settings
-        self.topic = INTENTS.name(settings.topic_prefix if prefix is None else prefix)
+        prefix = settings.topic_prefix if prefix is None else prefix
+        self.topic = INTENTS.name(prefix)
         self.defaults = defaults or DefaultIntents.from_settings(settings.intents)
         self.ttl_ms = settings.intents.ttl_ms if ttl_ms is None else ttl_ms
         self.client_id = client_id
         self.catch_up_timeout_s = catch_up_timeout_s
         self.stats = IntentCacheStats()
+        self.reads = ReadStats(client_id)
+        #: The NPCs this cache keeps active; touched on the follower's loop only.
+        self.active = ActiveAnnouncer(
+            prefix=prefix, lease_ms=settings.intents.active_lease_ms, tenant_id=tenant_id
+        )
+        self._renewer: asyncio.Task[None] | None = None
         self.caught_up = threading.Event()
         #: Why the follower stopped, if it did (reads go on serving what it had).
         self.follower_error: Exception | None = None
@@ -167,12 +162,19 @@ class IntentCache(Lifecycle):
     # -- reads: any thread, never blocking ---------------------------------------------------
 
     def get_intent(self, npc_id: str, archetype: str | None = None) -> SeenIntent:
-        """The NPC's intent if younger than the TTL, else its archetype's default; no I/O."""
+        """The NPC's intent if younger than the TTL, else its archetype's default; no I/O.
+
+        ``age_ms`` says how old the intent is (None for the default); ``from_model`` whether a
+        model produced it.
+        """
         entry = self._entries.get(npc_id)
         if entry is not None:
             age = time.time() * 1000 - entry.generated_at_ms
             if age < self.ttl_ms:
-                return SeenIntent(npc_id, entry.intent, age if age > 0 else 0.0, False, entry)
+                age = age if age > 0 else 0.0
+                self.reads.intent(age, entry.engine == GAME_ENGINE)
+                return SeenIntent(npc_id, entry.intent, age, False, entry)
+        self.reads.fell_back()
         return SeenIntent(npc_id, self.defaults.for_archetype(archetype), None, True)
 
     def __len__(self) -> int:
@@ -195,6 +197,53 @@ class IntentCache(Lifecycle):
         """Call ``listener(intent)`` for every intent applied (on the follower's loop; keep it quick)."""
         self._listeners.append(listener)
 
+    # -- the active set ----------------------------------------------------------------------
+
+    def watch(
+        self, npc_ids: Iterable[str], *, archetype: str | None = None, prompt: str | None = None
+    ) -> None:
+        """Keep these NPCs' intents fresh (Gold refreshes them at 1-2 Hz) until :meth:`unwatch`.
+
+        Safe from any thread; returns at once (published asynchronously, like ``update_intent``).
+        ``archetype`` and ``prompt`` (the situation the model is asked about) go with each refresh.
+        Watching a watched NPC again replaces its archetype and prompt.
+        """
+        ids = list(npc_ids)
+        watch = self.active.watch
+        self._on_loop(lambda: [self._send(watch(n, archetype=archetype, prompt=prompt)) for n in ids])
+
+    def unwatch(self, npc_ids: Iterable[str]) -> None:
+        """Stop keeping these NPCs fresh (a tombstone each on ``npc.active``); safe from any thread."""
+        ids = list(npc_ids)
+        self._on_loop(lambda: [self._send(a) for n in ids if (a := self.active.unwatch(n)) is not None])
+
+    @property
+    def watched(self) -> frozenset[str]:
+        return self.active.watched
+
+    def _on_loop(self, action: Callable[[], object]) -> None:
+        """Run ``action`` on the follower's loop: now when called there, else as soon as it can."""
+        if self._loop is None:
+            raise RuntimeError("start the IntentCache before watch or unwatch")
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is self._loop:
+            action()
+        else:
+            self._loop.call_soon_threadsafe(action)
+
+    def _send(self, announcement: Announcement) -> None:
+        self._spawn(self._publish_record(announcement.topic, announcement.key, announcement.value))
+
+    async def _renew(self) -> None:
+        """Announce watched NPCs again before their leases end, for as long as the cache runs."""
+        while True:
+            await asyncio.sleep(self.active.lease_ms / 4000)
+            for announcement in self.active.renewals():
+                self._send(announcement)
+
     # -- writes ------------------------------------------------------------------------------
 
     def update_intent(self, npc_id: str, intent: str) -> Intent:
@@ -206,27 +255,28 @@ class IntentCache(Lifecycle):
             npc_id=npc_id,
             intent=intent[:MAX_INTENT_CHARS],
             generated_at_ms=int(time.time() * 1000),
-            engine="game",
+            engine=GAME_ENGINE,
         )
         self._apply(event)
         if self._loop is None:
             raise RuntimeError("start the IntentCache before update_intent")
-        self._loop.call_soon_threadsafe(self._spawn_publish, event)
+        record = self._publish_record(self.topic, event.npc_id.encode(), event.to_bytes())
+        self._loop.call_soon_threadsafe(self._spawn, record)
         return event
 
-    def _spawn_publish(self, event: Intent) -> None:
-        task = asyncio.ensure_future(self._publish(event))
+    def _spawn(self, publish: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(publish)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _publish(self, event: Intent) -> None:
+    async def _publish_record(self, topic: str, key: bytes, value: bytes | None) -> None:
         assert self._producer is not None
         try:
-            await (await self._producer.send(self.topic, event.to_bytes(), key=event.npc_id.encode()))
+            await (await self._producer.send(topic, value, key=key))
             self.stats.published += 1
         except Exception as exc:
             self.stats.publish_failures += 1
-            log.error("intent for %s not published: %s", event.npc_id, exc)
+            log.error("%s for %s not published: %s", topic, key.decode(errors="replace"), exc)
 
     # -- lifecycle (asyncio) -----------------------------------------------------------------
 
@@ -242,6 +292,7 @@ class IntentCache(Lifecycle):
         await self._consumer.seek_to_beginning(*tps)
         ends = await self._consumer.end_offsets(tps)
         self._follower = asyncio.create_task(self._follow(ends), name="npcflow-intents")
+        self._renewer = asyncio.create_task(self._renew(), name="npcflow-active-renewals")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._settled.wait(), self.catch_up_timeout_s)
         if not self.caught_up.is_set():
@@ -249,10 +300,13 @@ class IntentCache(Lifecycle):
             log.warning("intent cache not caught up with %s after %.0f s", self.topic, timeout)
 
     async def _stop(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+        # Watched NPCs are not unwatched here: a restarted game server watches them again, and a
+        # stopped one's leases run out by themselves.
+        for task in (self._follower, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
         if self._consumer is not None:

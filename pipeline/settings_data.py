@@ -113,20 +113,38 @@ class ResilienceSettings:
     tenant_weights: Mapping[str, float] = field(default_factory=dict)
 
 
+#: Model refreshes per second per active NPC. 2 Hz keeps an intent under 500 ms old plus the
+#: engine's time, well inside the 1 s TTL; at 1 Hz an intent would expire just as its successor lands.
+DEFAULT_GOLD_REFRESH_HZ = 2.0
+#: Accepted refresh rates: below 0.1 Hz an intent outlives any sensible TTL; above 10 Hz the model
+#: re-thinks faster than a game acts on it (and a broker carries 10 intents/s per NPC).
+GOLD_REFRESH_HZ_RANGE = (0.1, 10.0)
+#: How long an NPC stays active after a Gold request (or between a watch's renewals).
+DEFAULT_ACTIVE_LEASE_MS = 10_000
+ACTIVE_LEASE_MS_RANGE = (1_000, 3_600_000)
+
+
 @dataclass(frozen=True)
 class IntentSettings:
     """Gold's intent cache (docs/architecture.md, "Gold's two paths")."""
 
     #: An intent older than this is not served: Redis expires it, near caches fall back to the default.
     ttl_ms: int = 1000
-    #: No model refresh for an NPC whose intent is younger than this (2 Hz per active NPC).
-    refresh_interval_ms: int = 500
-    #: A refresh not answered by a new intent within this is given up (and may be sent again).
+    #: Each active NPC is re-thought this often per second (docs/architecture.md, "Keeping the active
+    #: set fresh").
+    refresh_hz: float = DEFAULT_GOLD_REFRESH_HZ
+    #: An NPC leaves the active set this long after its last Gold request or watch renewal.
+    active_lease_ms: int = DEFAULT_ACTIVE_LEASE_MS
+    #: A refresh's deadline: the engine call is given up after it (and the NPC refreshed again later).
     refresh_timeout_ms: int = 2000
     #: Default intents per archetype; None: the packaged ``pipeline/default_intents.yaml``.
     defaults_file: str | None = None
-    #: The router answers realtime Gold requests from its near cache and sends only refreshes on.
+    #: The router answers realtime Gold requests from its near cache and marks their NPCs active.
     fast_path: bool = True
+
+    @property
+    def refresh_period_ms(self) -> float:
+        return 1000.0 / self.refresh_hz
 
 
 @dataclass(frozen=True)

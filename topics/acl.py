@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from topics.catalogue import INTENTS, REPLIES, REPLY_SEGMENT, REQUESTS
+from topics.catalogue import ACTIVE, INTENTS, REPLIES, REPLY_SEGMENT, REQUESTS
 
 #: The principal the pipeline's processes (router, workers, collector) authenticate as.
 DEFAULT_SERVICE_PRINCIPAL = "User:npcflow"
@@ -51,7 +51,7 @@ def tenant_acls(
     principal: str | None = None,
     service_principal: str = DEFAULT_SERVICE_PRINCIPAL,
 ) -> list[Acl]:
-    """The grants for one tenant: its own reply topics, the intake, the intents, its groups.
+    """The grants for one tenant: its own reply topics, the intake, the intents, its active NPCs, its groups.
 
     The tenant's family is granted as two patterns, the literal ``npc.replies.<tenant>`` and the
     prefix ``npc.replies.<tenant>.`` (with the dot): a bare prefix ``npc.replies.<tenant>`` would
@@ -77,6 +77,7 @@ def tenant_acls(
             "literal",
             "its near cache follows NPC intents and publishes the game's own",
         ),
+        Acl(principal, write, "topic", ACTIVE.name(prefix), "literal", "it names the NPCs to keep fresh"),
         Acl(principal, ("Read",), "group", f"{tenant}.", "prefixed", "consumer groups named <tenant>.*"),
         Acl(service_principal, write, "topic", family, "literal", "npcflow's workers write the replies"),
         Acl(service_principal, write, "topic", f"{family}.", "prefixed", "to every named reply topic too"),

@@ -150,6 +150,16 @@ INTENTS = TopicSpec(
     compacted=True,
 )
 
+ACTIVE = TopicSpec(
+    "npc.active",
+    "npc_id",
+    6,
+    "The NPCs games need fresh intents for, with a lease (tombstone: unwatched); Gold workers refresh them.",
+    "ActiveNpc",
+    retention_ms=None,
+    compacted=True,
+)
+
 SINK_DLQ = TopicSpec(
     "npc.outputs.dlq",
     "sink",
@@ -214,6 +224,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     DLQ,
     GAME_STATE,
     INTENTS,
+    ACTIVE,
     SINK_DLQ,
 )
 

@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from pipeline import __version__
 from topics.catalogue import (
+    ACTIVE,
     CATALOGUE,
     DLQ,
     GAME_STATE,
@@ -155,6 +156,9 @@ def asyncapi_document(prefix: str = "") -> dict[str, Any]:
         "receiveRoutingDecision": op("receive", ROUTING.base, "Ops read why each request went where."),
         "receiveDeadLetter": op("receive", DLQ.base, "Ops read rejected events with their reason."),
         "sendGameState": op("send", GAME_STATE.base, "A game server publishes entity state (compacted)."),
+        "sendActiveNpc": op(
+            "send", ACTIVE.base, "A game server names the NPCs whose intents Gold keeps fresh (compacted)."
+        ),
     }
     for tier, spec in TIER_TOPICS.items():
         operations[f"receive{tier.value.title()}Request"] = op(

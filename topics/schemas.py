@@ -305,6 +305,32 @@ class Intent(Event):
     )
 
 
+class ActiveNpc(Event):
+    """An NPC in a game's active set: Gold re-thinks its intent at 1-2 Hz until ``lease_until_ms``.
+
+    ``npc.active`` is compacted on npc_id; a null value (tombstone) takes the NPC out of the set.
+    Written by game servers (``IntentCache.watch``, renewed while watched) and by routers (every
+    Gold request leases its NPC); read by the Gold workers' refresh scheduler
+    (docs/architecture.md, "Keeping the active set fresh").
+    """
+
+    event_name: ClassVar[str] = "active_npc"
+    npc_id: Identifier
+    tenant_id: Identifier = Field(description="Who asked: the refreshes run under this tenant's share.")
+    archetype: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, description="The NPC's archetype, passed to the model as context.archetype."
+    )
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = Field(
+        default=None,
+        description="The situation each refresh asks the model about (a Gold request's prompt); "
+        "none: a generic 'what do you do next'.",
+    )
+    lease_until_ms: TimestampMs = Field(
+        description="The NPC leaves the set at this time (epoch ms) unless announced again."
+    )
+    announced_at_ms: TimestampMs
+
+
 EVENTS: tuple[type[Event], ...] = (
     Request,
     Reply,
@@ -313,6 +339,7 @@ EVENTS: tuple[type[Event], ...] = (
     DeadLetter,
     GameStateUpdate,
     Intent,
+    ActiveNpc,
 )
 
 
@@ -386,7 +413,7 @@ def parse_request(raw: bytes | None, prefix: str | None = None) -> Request:
 __all__ = [
     "DEAD_LETTER_OVERHEAD_BYTES", "MAX_CHAIN", "MAX_DEAD_LETTER_ERRORS", "MAX_DEAD_LETTER_ORIGINAL",
     "MAX_ERROR_TEXT", "MAX_EVENT_BYTES", "MAX_INTENT_CHARS", "MAX_LATENCY_BUDGET_MS",
-    "MAX_PROMPT_CHARS", "MAX_REASON_CHARS", "MAX_TOKENS_LIMIT", "SCHEMA_VERSION", "ContextKey",
+    "MAX_PROMPT_CHARS", "MAX_REASON_CHARS", "MAX_TOKENS_LIMIT", "SCHEMA_VERSION", "ActiveNpc", "ContextKey",
     "ContextValue", "DeadLetter", "Event", "FieldError", "GameStateUpdate", "Identifier", "Intent",
     "InvalidEvent", "JsonValue", "Latency", "Output", "Reply", "ReplyStatus", "ReplyTopicName",
     "Request", "RequestId", "RoutingDecision", "SchemaVersion", "ServedBy", "Sla", "TierAttempt",

@@ -29,6 +29,7 @@ from pipeline.observability.cost import Pricing
 from pipeline.readiness import mark_ready
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
+from workers.cache.active_refresh import ActiveRefresher, serving_step
 from workers.cache.intents import IntentRefresh, Refreshed
 from workers.engine_stack import tier_engine
 from workers.engines.base import Engine, EngineResult
@@ -116,6 +117,17 @@ class TierWorker(Lifecycle):
             min(config.max_in_flight, self.engine.max_concurrency or config.max_in_flight),
             config.settings.resilience.tenant_weights,
         )
+        #: Gold: every active NPC's intent re-thought at NPCFLOW_GOLD_REFRESH_HZ within these slots
+        #: (docs/architecture.md, "Keeping the active set fresh").
+        self.refresher = (
+            ActiveRefresher(
+                config.settings,
+                serving_step(self.serving, self._slots, lambda: self._outputs_producer),
+                capacity=self._slots.slots,
+            )
+            if self.tier is Tier.GOLD
+            else None
+        )
         #: Abandoned engine calls of deadline cuts, still running (their results become outputs).
         self._late: set[asyncio.Task[None]] = set()
         self._pending = asyncio.Semaphore(config.max_pending)
@@ -154,6 +166,8 @@ class TierWorker(Lifecycle):
         )
         self._consumer.subscribe([self._topic], listener=_Rebalance(self))
         await self._consumer.start()
+        if self.refresher is not None:
+            await self.refresher.start()
         log.info("%s worker started on %s with engine %s", tier, self._topic, self.engine.name)
 
     async def _stop(self) -> None:
@@ -163,6 +177,8 @@ class TierWorker(Lifecycle):
             await self._release(None)
         if self._consumer is not None:
             await self._consumer.stop()
+        if self.refresher is not None:
+            await self.refresher.stop()
         for producer in (self._producer, self._outputs_producer):
             if producer is not None:
                 await producer.stop()

@@ -53,10 +53,35 @@ LATE_RESULTS = Counter(
     "Engine results that finished after a fallback answered (outputs only)",
     ["tier"],
 )
-INTENT_REFRESHES = Counter(
-    "npcflow_intent_refreshes_total",
-    "Gold model refreshes by the router's decision: sent, coalesced_fresh, coalesced_in_flight, timed_out",
+GOLD_ACTIVE_MARKS = Counter(
+    "npcflow_gold_active_marks_total",
+    "Gold requests' NPCs marked active by the router: announced (a lease on npc.active) or deduped "
+    "(the lease announced is still more than half left)",
     ["decision"],
+)
+GOLD_ACTIVE_NPCS = Gauge("npcflow_gold_active_npcs", "Active NPCs this Gold worker keeps fresh")
+GOLD_REFRESH_ASKED = Counter(
+    "npcflow_gold_refresh_asked_total",
+    "Refreshes the set rate asks for: active NPCs times NPCFLOW_GOLD_REFRESH_HZ, integrated over time",
+)
+GOLD_REFRESH_DONE = Counter(
+    "npcflow_gold_refresh_done_total",
+    "Scheduled refreshes finished, by result: written, engine_error, expired, empty, shed, error",
+    ["result"],
+)
+GOLD_REFRESH_SHORTFALL = Gauge(
+    "npcflow_gold_refresh_shortfall",
+    "Share of the refreshes asked for in the last 10 s that were not written (0: keeping up)",
+)
+GOLD_REFRESH_HZ = Gauge(
+    "npcflow_gold_refresh_hz",
+    "Refreshes per second per active NPC over the last 10 s: asked (the setting) and achieved",
+    ["kind"],
+)
+GOLD_REFRESH_INTERVAL_SECONDS = Histogram(
+    "npcflow_gold_refresh_interval_seconds",
+    "Time between two written refreshes of one active NPC: the age its intent reached before replaced",
+    buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0, 60.0),
 )
 INTENT_UPDATES = Counter(
     "npcflow_intent_updates_total",

@@ -43,7 +43,7 @@ DECISION_LINGER_MS = 50
 
 
 class DecisionLog(Lifecycle):
-    """A lingering producer for what is off the replies' path (decisions, Gold's outputs and refreshes)."""
+    """A lingering producer for what is off the replies' path (decisions, Gold's outputs and leases)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -96,8 +96,8 @@ def _gold_path(app: faust.App, settings: Settings, produce: Produce, decisions: 
         prefix=settings.topic_prefix,
         topic_exists=reply_topics.exists,
         pricing=Pricing.from_settings(settings.observability),
-        # Refreshes are not on the reply's path either: batched, they cost the broker less (§7).
-        refresh=decisions.send,
+        # Active leases are not on the reply's path either: batched, they cost the broker less (§7).
+        announce=decisions.send,
     )
 
 

@@ -35,6 +35,7 @@ class Batching(ScriptedEngine):
         self.deadlines: list[int] = []
         self.fail = fail or set()
         self.broken = broken
+        self.delay_s = 0.001
 
     async def generate_batch(
         self, requests: list[Request], deadline_ms: int
@@ -43,7 +44,7 @@ class Batching(ScriptedEngine):
         self.deadlines.append(deadline_ms)
         if self.broken:
             raise RuntimeError("device lost")
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(self.delay_s)
         return [
             EngineError(f"{r.request_id} refused")
             if r.request_id in self.fail
@@ -72,6 +73,20 @@ async def test_a_full_batch_goes_at_once_and_the_rest_waits_for_the_next_window(
     await batcher.generate(request(2), now_ms() + 5000)
     assert engine.batches == [["r-0", "r-1"], ["r-2"]]
     assert batcher.stats.batches == 2 and batcher.stats.mean_size == 1.5
+
+
+async def test_calls_arriving_while_the_engine_is_busy_share_the_next_batch() -> None:
+    engine = Batching()
+    engine.delay_s = 0.1
+    batcher = MicroBatcher(engine, window_ms=5, max_batch=8)
+    first = asyncio.create_task(batcher.generate(request(0), now_ms() + 5000))
+    await asyncio.sleep(0.02)  # its window passed: the engine runs r-0 alone
+    later = []
+    for i in range(1, 4):  # each arrives after the one before's window: singly they would be 3 batches
+        later.append(asyncio.create_task(batcher.generate(request(i), now_ms() + 5000)))
+        await asyncio.sleep(0.015)
+    await asyncio.gather(first, *later)
+    assert engine.batches == [["r-0"], ["r-1", "r-2", "r-3"]]
 
 
 async def test_one_failure_fails_its_caller_alone_and_a_broken_batch_fails_everyone() -> None:

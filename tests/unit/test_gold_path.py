@@ -1,4 +1,4 @@
-"""Gold without a broker: the router's fast path, per-NPC coalescing, default intents, the refresh step."""
+"""Gold without a broker: the router's fast path, active leases, default intents, reads, the refresh step."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from pipeline.config import IntentSettings
-from pipeline.deadlines import DEADLINE_HEADER, deadline_headers, now_ms
+from pipeline.deadlines import deadline_headers, now_ms
 from pipeline.intents import (
     BUILTIN_DEFAULT_INTENT,
     REFRESH_HEADER,
@@ -24,7 +25,7 @@ from pipeline.router.policy import RoutingPolicy
 from tests.examples import encode, with_
 from tests.unit.fakes import Topics
 from topics.catalogue import Tier
-from topics.schemas import Intent, Output, Reply, ReplyStatus, ServedBy
+from topics.schemas import ActiveNpc, Intent, Output, Reply, ReplyStatus, Request, ServedBy
 from workers.cache.intents import IntentRefresh, Refreshed
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.serving import Replied, Serving
@@ -32,7 +33,7 @@ from workers.serving import Replied, Serving
 NOW_MS = 1_790_000_000_100
 SOURCE = Source("p.npc.requests", 3, 41)
 POLICY = RoutingPolicy.load()
-SETTINGS = IntentSettings(ttl_ms=1000, refresh_interval_ms=500, refresh_timeout_ms=2000)
+SETTINGS = IntentSettings(ttl_ms=1000, active_lease_ms=10_000, refresh_timeout_ms=2000)
 
 
 class Clock:
@@ -115,7 +116,11 @@ def replies(topics: Topics) -> list[Reply]:
     return [Reply.from_bytes(v) for _, v, _ in topics.get("p.npc.replies")]
 
 
-async def test_a_miss_answers_the_archetype_default_at_once_and_sends_one_refresh(
+def leases(topics: Topics) -> list[ActiveNpc]:
+    return [ActiveNpc.from_bytes(v) for _, v, _ in topics.get("p.npc.active")]
+
+
+async def test_a_miss_answers_the_archetype_default_at_once_and_leases_its_npc(
     router: Router, topics: Topics
 ) -> None:
     raw = gold_request()
@@ -125,34 +130,27 @@ async def test_a_miss_answers_the_archetype_default_at_once_and_sends_one_refres
     assert reply.intent == DefaultIntents.load().archetypes["blacksmith"] == reply.text
     assert reply.intent_age_ms is None and not reply.late and reply.latency.total_ms == 3
     assert reply.served_tier == "gold" and [(a.tier, a.outcome) for a in reply.chain] == [("gold", "served")]
-    [(key, value, headers)] = topics.get("p.npc.requests.gold")
-    assert key == b"npc-blacksmith-7" and value == raw and is_refresh(headers)
-    assert int(dict(headers or [])[DEADLINE_HEADER]) == NOW_MS + SETTINGS.refresh_timeout_ms
+    # No refresh goes to the Gold topic: the NPC is marked active, and the Gold workers refresh it.
+    assert not topics.get("p.npc.requests.gold")
+    [(key, _, headers)] = topics.get("p.npc.active")
+    [lease] = leases(topics)
+    assert key == b"npc-blacksmith-7" and headers is None
+    assert lease.npc_id == "npc-blacksmith-7" and lease.lease_until_ms == NOW_MS + SETTINGS.active_lease_ms
+    assert lease.archetype == "blacksmith" and lease.tenant_id == reply.tenant_id
+    assert lease.prompt == Request.from_bytes(raw).prompt  # the situation the refreshes ask about
     [(_, output, _)] = topics.get("p.npc.outputs")
     assert Output.model_validate_json(output).reply == reply
     assert topics.get("p.npc.routing"), "the routing decision is still recorded"
-    assert router.gold is not None and router.gold.stats.refreshes == 1
+    assert router.gold is not None and router.gold.stats.marked == 1
 
 
-async def test_a_fresh_intent_answers_with_its_age_and_no_refresh(
-    router: Router, topics: Topics, cache: FakeCache
-) -> None:
+async def test_a_fresh_intent_answers_with_its_age(router: Router, topics: Topics, cache: FakeCache) -> None:
     cache.publish("npc-blacksmith-7", "hammer: finish the blade", age_ms=120)
     await router.route(gold_request(), SOURCE)
     [reply] = replies(topics)
     assert reply.served_by is ServedBy.CACHE and reply.intent == "hammer: finish the blade"
     assert reply.intent_age_ms == 120
-    assert not topics.get("p.npc.requests.gold")
-    assert router.gold is not None and router.gold.stats.coalesced == 1
-
-
-async def test_an_intent_older_than_the_interval_is_served_and_refreshed(
-    router: Router, topics: Topics, cache: FakeCache
-) -> None:
-    cache.publish("npc-blacksmith-7", "hammer", age_ms=700)
-    await router.route(gold_request(), SOURCE)
-    assert replies(topics)[0].served_by is ServedBy.CACHE
-    assert len(topics.get("p.npc.requests.gold")) == 1
+    assert not topics.get("p.npc.requests.gold") and len(leases(topics)) == 1
 
 
 async def test_an_intent_older_than_the_ttl_falls_back_to_the_default(
@@ -163,43 +161,27 @@ async def test_an_intent_older_than_the_ttl_falls_back_to_the_default(
     assert replies(topics)[0].served_by is ServedBy.DEFAULT_INTENT
 
 
-async def test_a_burst_for_one_npc_makes_one_refresh_until_the_intent_arrives(
-    router: Router, topics: Topics, cache: FakeCache, clock: Clock
+async def test_a_burst_for_one_npc_announces_one_lease_until_half_of_it_is_gone(
+    router: Router, topics: Topics, clock: Clock
 ) -> None:
     for n in range(50):
         await router.route(gold_request(n), SOURCE)
         clock.ms += 1
-    assert len(replies(topics)) == 50
-    assert len(topics.get("p.npc.requests.gold")) == 1
+    assert len(replies(topics)) == 50 and len(leases(topics)) == 1
     gold = router.gold
-    assert gold is not None and gold.stats.refreshes == 1 and gold.stats.coalesced == 49
-    assert gold.in_flight("npc-blacksmith-7")
-    cache.publish("npc-blacksmith-7", "flee")  # the refresh's intent arrives: in flight cleared
-    assert not gold.in_flight("npc-blacksmith-7")
-    clock.ms += SETTINGS.refresh_interval_ms  # fresh for the interval, then refreshed again
+    assert gold is not None and gold.stats.marked == 1 and gold.stats.deduped == 49
+    clock.ms = NOW_MS + SETTINGS.active_lease_ms // 2 + 1  # under half left: the next request renews
     await router.route(gold_request(99), SOURCE)
-    assert len(topics.get("p.npc.requests.gold")) == 2
+    assert [lease.lease_until_ms for lease in leases(topics)] == [
+        NOW_MS + SETTINGS.active_lease_ms,
+        clock.ms + SETTINGS.active_lease_ms,
+    ]
 
 
-async def test_a_refresh_with_no_intent_is_given_up_after_the_timeout(
-    router: Router, topics: Topics, clock: Clock
-) -> None:
-    await router.route(gold_request(1), SOURCE)
-    clock.ms += SETTINGS.refresh_timeout_ms - 1
-    await router.route(gold_request(2), SOURCE)
-    assert len(topics.get("p.npc.requests.gold")) == 1
-    clock.ms += 1
-    await router.route(gold_request(3), SOURCE)
-    assert len(topics.get("p.npc.requests.gold")) == 2
-    assert router.gold is not None and router.gold.stats.timed_out == 1
-
-
-async def test_npcs_are_coalesced_separately(router: Router, topics: Topics) -> None:
+async def test_npcs_are_leased_separately(router: Router, topics: Topics) -> None:
     for n in range(10):
         await router.route(gold_request(n, npc=f"npc-{n % 5}"), SOURCE)
-    assert sorted(k for k, _, _ in topics.get("p.npc.requests.gold")) == [
-        f"npc-{i}".encode() for i in range(5)
-    ]
+    assert sorted(k for k, _, _ in topics.get("p.npc.active")) == [f"npc-{i}".encode() for i in range(5)]
 
 
 async def test_a_late_answer_is_marked_late(router: Router, topics: Topics) -> None:
@@ -273,6 +255,28 @@ def test_the_near_cache_reads_without_io_and_applies_only_newer_intents() -> Non
     assert cache.get_intent("npc-2").is_default
 
 
+def test_reads_say_what_answered_and_how_old_it_was() -> None:
+    from pipeline.config import Settings
+
+    cache = IntentCache(Settings(kafka_bootstrap="127.0.0.1:1"), prefix="p.", client_id="test-reads")
+    now = int(time.time() * 1000)
+    cache._apply(Intent(npc_id="m", intent="howl", generated_at_ms=now - 100, engine="scripted"))
+    cache._apply(Intent(npc_id="g", intent="flee", generated_at_ms=now - 10, engine="game"))
+    model, game, default = cache.get_intent("m"), cache.get_intent("g"), cache.get_intent("x", "wolf")
+    assert model.from_model and model.served_by is ServedBy.CACHE and model.age_ms is not None
+    assert not game.from_model and game.served_by is ServedBy.CACHE
+    assert not default.from_model and default.served_by is ServedBy.DEFAULT_INTENT
+    reads = cache.reads
+    assert (reads.model, reads.game, reads.default) == (1, 1, 1) and reads.model_share() == 1 / 3
+    # On /metrics: reads by what answered, and the ages of the intents read.
+    sample = REGISTRY.get_sample_value
+    assert sample("npcflow_intent_reads_total", {"cache": "test-reads", "source": "model"}) == 1
+    assert sample("npcflow_intent_reads_total", {"cache": "test-reads", "source": "default"}) == 1
+    assert sample("npcflow_intent_read_age_seconds_count", {"cache": "test-reads"}) == 2
+    assert sample("npcflow_intent_read_age_seconds_bucket", {"cache": "test-reads", "le": "0.05"}) == 1
+    assert sample("npcflow_intent_read_age_seconds_bucket", {"cache": "test-reads", "le": "0.25"}) == 2
+
+
 class Rec:
     def __init__(self, value: bytes, headers: list) -> None:
         self.value, self.headers = value, headers
@@ -320,13 +324,14 @@ async def test_a_gold_reply_from_the_engine_also_refreshes_the_intent() -> None:
     assert outcome.intent_update is not None and outcome.intent_update.intent.npc_id == "npc-blacksmith-7"
 
 
-async def test_a_failed_refresh_after_the_reply_never_dead_letters_the_answered_request(
+async def test_a_failed_lease_after_the_reply_never_dead_letters_the_answered_request(
     cache: FakeCache, clock: Clock
 ) -> None:
     topics = Topics()
+    broker_down = [True]
 
     async def produce(topic: str, key: bytes, value: bytes, headers: list | None) -> None:
-        if topic == "p.npc.requests.gold":
+        if topic == "p.npc.active" and broker_down[0]:
             raise RuntimeError("broker gone")
         await topics.produce(topic, key, value, headers)
 
@@ -334,3 +339,6 @@ async def test_a_failed_refresh_after_the_reply_never_dead_letters_the_answered_
     router = Router(POLICY, produce, topics.record, prefix="p.", clock=clock, gold=gold)
     assert await router.route(gold_request(), SOURCE) is Outcome.ROUTED
     assert len(replies(topics)) == 1 and not topics.get("p.npc.requests.dlq")
+    broker_down[0] = False  # the lease was not sent: the NPC's next request announces it
+    await router.route(gold_request(2), SOURCE)
+    assert len(leases(topics)) == 1

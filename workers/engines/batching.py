@@ -3,7 +3,8 @@
 A Gold worker refreshes many NPCs' intents at once (1-2 Hz per active NPC). An engine that runs
 a list of prompts as one batch (:class:`BatchEngine`: one forward pass per token for the whole
 list) serves a group faster than the same calls one by one. :class:`MicroBatcher` holds each call
-for at most ``window_ms`` (or until ``max_batch`` calls wait), then hands the group over. An engine
+for at most ``window_ms`` (or until ``max_batch`` calls wait), then hands the group over; while
+the engine is busy with a batch, the group goes on collecting until it ends. An engine
 without ``generate_batch`` gets the calls as before, at once and unbatched: grouping buys nothing
 there and must not cost a window. Engines with in-flight batching of their own (vLLM's
 ``AsyncLLM``, TensorRT-LLM's ``generate_async``) already batch concurrent calls; they need no
@@ -87,19 +88,34 @@ class MicroBatcher(EngineWrapper):
         group.deadlines.append(deadline_ms)
         group.waiters.append(waiter)
         if len(group.requests) >= self.max_batch:
-            self._flush()
+            self._flush(full=True)
         return await waiter
 
-    def _flush(self) -> None:
-        group, self._group = self._group, None
+    def _busy(self) -> bool:
+        """The engine runs as many batches as it can at once: a new one would only wait behind them."""
+        limit = self.inner.max_concurrency
+        return limit is not None and len(self._running) >= limit
+
+    def _flush(self, *, full: bool = False) -> None:
+        """Hand the group over, unless the engine is busy and the group has room: then it keeps
+        collecting until the running batch ends, so the calls that arrive meanwhile share one batch
+        instead of queueing one by one (refreshes spread over time, docs/architecture.md, "Keeping
+        the active set fresh", would otherwise arrive singly)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if group is None or not group.requests:
+        group = self._group
+        if group is None or not group.requests or (not full and self._busy()):
             return
+        self._group = None
         task = asyncio.get_running_loop().create_task(self._run(group))
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(self._ran)
+
+    def _ran(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if self._group is not None and self._timer is None:  # its window passed while the engine ran
+            self._flush()
 
     async def _run(self, group: _Group) -> None:
         self.stats.batches += 1
