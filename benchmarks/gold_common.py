@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer
 from benchkit import create_fresh_topics, load_clients
 
 from devstack.processes import PipelineProcesses
@@ -23,6 +24,7 @@ from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from pipeline.observability.scrape import Scrape, scrape
 from topics.catalogue import REPLIES, REQUESTS, Tier
+from topics.schemas import Reply
 
 ARCHETYPES = ("guard", "merchant", "villager", "wolf", "bandit", "child")
 
@@ -203,3 +205,32 @@ def floor_run(
         latencies = asyncio.run(floor_segment(settings, floor, rate, duration))
     log(f"floor (2 hops) {label}: {percentiles(latencies)}")
     return latencies
+
+
+@dataclass
+class ReplyMatcher:
+    """Replies matched to the requests sent: each counted once, a second copy as a duplicate."""
+
+    #: Request id → when it was created (epoch ms), until its reply arrives.
+    pending: dict[str, float] = field(default_factory=dict)
+    answered: set[str] = field(default_factory=set)
+    duplicates: int = 0
+
+    async def read(
+        self, consumer: AIOKafkaConsumer, done: asyncio.Event, on_reply: Callable[[Reply, float, float], None]
+    ) -> None:
+        """Until ``done`` and nothing pending: ``on_reply(reply, created_ms, arrived_ms)`` once a request."""
+        while not (done.is_set() and not self.pending):
+            batches = await consumer.getmany(timeout_ms=20)
+            arrived_ms = time.time() * 1000
+            for records in batches.values():
+                for r in records:
+                    reply = Reply.from_bytes(r.value)
+                    if reply.request_id in self.answered:
+                        self.duplicates += 1
+                        continue
+                    created = self.pending.pop(reply.request_id, None)
+                    if created is None:
+                        continue  # not this run's
+                    self.answered.add(reply.request_id)
+                    on_reply(reply, created, arrived_ms)

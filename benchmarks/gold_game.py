@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchkit import load_clients
-from gold_common import FrameReader, archetype, gold_processes, log, pace, scrape_procs
+from gold_common import FrameReader, ReplyMatcher, archetype, gold_processes, log, pace, scrape_procs
 
 from devstack.processes import PipelineProcesses
 from pipeline.config import ENV_MAX_IN_FLIGHT, Settings
@@ -95,27 +95,15 @@ class Replies:
 async def requests(settings: Settings, prefix: str, active: ActiveSet, args: argparse.Namespace) -> Replies:
     """Gold requests at ``args.rate`` over the active NPCs for the warm-up and the measured window."""
     producer, consumer = await load_clients(settings, "bench-game", REPLIES.name(prefix))
-    out, pending, answered = Replies(), {}, set()
+    out, matcher = Replies(), ReplyMatcher()
+    pending = matcher.pending
     measuring, done = {"on": False}, asyncio.Event()
 
-    async def receive() -> None:
-        while not (done.is_set() and not pending):
-            batches = await consumer.getmany(timeout_ms=20)
-            arrived_ms = time.time() * 1000
-            for records in batches.values():
-                for r in records:
-                    reply = Reply.from_bytes(r.value)
-                    if reply.request_id in answered:
-                        out.duplicates += 1
-                        continue
-                    created = pending.pop(reply.request_id, None)
-                    if created is None:
-                        continue
-                    answered.add(reply.request_id)
-                    if reply.request_id in out.created_ms:
-                        out.replied += 1
-                        out.reply_ms.append(arrived_ms - created)
-                        out.served_by[reply.served_by.value] += 1
+    def on_reply(reply: Reply, created: float, arrived_ms: float) -> None:
+        if reply.request_id in out.created_ms:
+            out.replied += 1
+            out.reply_ms.append(arrived_ms - created)
+            out.served_by[reply.served_by.value] += 1
 
     async def send(n: int) -> None:
         members = active.members
@@ -138,7 +126,7 @@ async def requests(settings: Settings, prefix: str, active: ActiveSet, args: arg
             out.sent += 1
         await producer.send(REQUESTS.name(prefix), request.to_bytes(), key=npc_id.encode())
 
-    receiver = asyncio.create_task(receive())
+    receiver = asyncio.create_task(matcher.read(consumer, done, on_reply))
     await pace(args.rate, args.warmup, send)
     measuring["on"] = True
     await pace(args.rate, args.duration, send)
@@ -148,6 +136,7 @@ async def requests(settings: Settings, prefix: str, active: ActiveSet, args: arg
         await asyncio.wait_for(receiver, timeout=15.0)
     except TimeoutError:
         receiver.cancel()
+    out.duplicates = matcher.duplicates
     await consumer.stop()
     await producer.stop()
     return out

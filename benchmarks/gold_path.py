@@ -40,6 +40,7 @@ from pathlib import Path
 from benchkit import cpu_seconds, create_fresh_topics, load_clients
 from gold_common import (
     FrameReader,
+    ReplyMatcher,
     archetype,
     floor_run,
     gold_processes,
@@ -92,34 +93,21 @@ async def gold_load(
     """``--mode requests``: Gold requests for every NPC in turn (the only thing that makes NPCs active)."""
     intake, replies = REQUESTS.name(prefix), REPLIES.name(prefix)
     producer, consumer = await load_clients(settings, "bench-gold", replies)
-    answered: set[str] = set()
+    matcher = ReplyMatcher()
+    pending = matcher.pending
     measuring = {"on": False}
     done = asyncio.Event()
-    pending: dict[str, float] = {}
 
-    async def receive() -> None:
-        while not (done.is_set() and not pending):
-            batches = await consumer.getmany(timeout_ms=20)
-            arrived_ms = time.time() * 1000
-            for records in batches.values():
-                for r in records:
-                    reply = Reply.from_bytes(r.value)
-                    if reply.request_id in answered:
-                        load.duplicates += 1
-                        continue
-                    created = pending.pop(reply.request_id, None)
-                    if created is None:
-                        continue
-                    answered.add(reply.request_id)
-                    if reply.request_id not in load.created_ms:
-                        continue  # warm-up
-                    load.replied += 1
-                    load.reply_ms.append(arrived_ms - created)
-                    load.served_by[reply.served_by.value] += 1
-                    load.router_ms.append(reply.latency.total_ms)
-                    load.late_flagged += reply.late
-                    if reply.intent_age_ms is not None:
-                        load.freshness_ms.append(reply.intent_age_ms)
+    def on_reply(reply: Reply, created: float, arrived_ms: float) -> None:
+        if reply.request_id not in load.created_ms:
+            return  # warm-up
+        load.replied += 1
+        load.reply_ms.append(arrived_ms - created)
+        load.served_by[reply.served_by.value] += 1
+        load.router_ms.append(reply.latency.total_ms)
+        load.late_flagged += reply.late
+        if reply.intent_age_ms is not None:
+            load.freshness_ms.append(reply.intent_age_ms)
 
     def refreshed(intent: Intent) -> None:
         asked = load.first_asked.pop(intent.npc_id, None)
@@ -163,7 +151,7 @@ async def gold_load(
                 f"intents {len(cache)}"
             )
 
-    receiver = asyncio.create_task(receive())
+    receiver = asyncio.create_task(matcher.read(consumer, done, on_reply))
     log(f"warm-up {args.warmup:.0f} s at {args.rate:g} req/s")
     await pace(args.rate, args.warmup, send)
     measuring["on"] = True
@@ -174,6 +162,7 @@ async def gold_load(
         await asyncio.wait_for(receiver, timeout=15.0)
     except TimeoutError:
         receiver.cancel()
+    load.duplicates = matcher.duplicates
     await asyncio.sleep(0.5)  # refreshes of the last requests
     await consumer.stop()
     await producer.stop()
