@@ -15,7 +15,7 @@ import time
 from aiokafka import TopicPartition
 
 from pipeline import kafka
-from pipeline.config import Settings
+from pipeline.config import ConfigError, Settings
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, REQUESTS, TIER_TOPICS, TopicSpec
 
 #: The topics a request passes through, in order.
@@ -39,9 +39,10 @@ async def trace_requests(
     try:
         for spec in TRACED:
             topic = spec.name(prefix)
-            parts = consumer.partitions_for_topic(topic) or set()
-            if not parts:
-                continue
+            try:
+                parts = await kafka.partitions(consumer, topic, timeout_s=5.0)
+            except ConfigError:
+                continue  # the run never created it
             consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
             await consumer.seek_to_beginning()
             quiet_since = time.monotonic()
