@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from benchkit import create_fresh_topics, load_clients
 
 from devstack.processes import PipelineProcesses
@@ -215,6 +215,22 @@ class ReplyMatcher:
     pending: dict[str, float] = field(default_factory=dict)
     answered: set[str] = field(default_factory=set)
     duplicates: int = 0
+    _done: asyncio.Event = field(default_factory=asyncio.Event)
+    _reader: asyncio.Task[None] | None = None
+
+    def start(self, consumer: AIOKafkaConsumer, on_reply: Callable[[Reply, float, float], None]) -> None:
+        """Read replies in the background until :meth:`finish`."""
+        self._reader = asyncio.create_task(self.read(consumer, self._done, on_reply))
+
+    async def finish(self, producer: AIOKafkaProducer, timeout_s: float = 15.0) -> None:
+        """Flush the requests, then wait (at most ``timeout_s``) for the replies still pending."""
+        await producer.flush()
+        self._done.set()
+        assert self._reader is not None, "start() first"
+        try:
+            await asyncio.wait_for(self._reader, timeout=timeout_s)
+        except TimeoutError:
+            self._reader.cancel()
 
     async def read(
         self, consumer: AIOKafkaConsumer, done: asyncio.Event, on_reply: Callable[[Reply, float, float], None]

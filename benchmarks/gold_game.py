@@ -97,7 +97,7 @@ async def requests(settings: Settings, prefix: str, active: ActiveSet, args: arg
     producer, consumer = await load_clients(settings, "bench-game", REPLIES.name(prefix))
     out, matcher = Replies(), ReplyMatcher()
     pending = matcher.pending
-    measuring, done = {"on": False}, asyncio.Event()
+    measuring = {"on": False}
 
     def on_reply(reply: Reply, created: float, arrived_ms: float) -> None:
         if reply.request_id in out.created_ms:
@@ -126,16 +126,11 @@ async def requests(settings: Settings, prefix: str, active: ActiveSet, args: arg
             out.sent += 1
         await producer.send(REQUESTS.name(prefix), request.to_bytes(), key=npc_id.encode())
 
-    receiver = asyncio.create_task(matcher.read(consumer, done, on_reply))
+    matcher.start(consumer, on_reply)
     await pace(args.rate, args.warmup, send)
     measuring["on"] = True
     await pace(args.rate, args.duration, send)
-    await producer.flush()
-    done.set()
-    try:
-        await asyncio.wait_for(receiver, timeout=15.0)
-    except TimeoutError:
-        receiver.cancel()
+    await matcher.finish(producer)
     out.duplicates = matcher.duplicates
     await consumer.stop()
     await producer.stop()

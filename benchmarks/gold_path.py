@@ -96,7 +96,6 @@ async def gold_load(
     matcher = ReplyMatcher()
     pending = matcher.pending
     measuring = {"on": False}
-    done = asyncio.Event()
 
     def on_reply(reply: Reply, created: float, arrived_ms: float) -> None:
         if reply.request_id not in load.created_ms:
@@ -151,17 +150,12 @@ async def gold_load(
                 f"intents {len(cache)}"
             )
 
-    receiver = asyncio.create_task(matcher.read(consumer, done, on_reply))
+    matcher.start(consumer, on_reply)
     log(f"warm-up {args.warmup:.0f} s at {args.rate:g} req/s")
     await pace(args.rate, args.warmup, send)
     measuring["on"] = True
     await pace(args.rate, args.duration, send, progress)
-    await producer.flush()
-    done.set()
-    try:
-        await asyncio.wait_for(receiver, timeout=15.0)
-    except TimeoutError:
-        receiver.cancel()
+    await matcher.finish(producer)
     load.duplicates = matcher.duplicates
     await asyncio.sleep(0.5)  # refreshes of the last requests
     await consumer.stop()

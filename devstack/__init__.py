@@ -9,7 +9,8 @@ the machine's JDK from jars Maven fetches once (:mod:`devstack.kafka_dist`).
 - :mod:`devstack.probes`     each service checked on its own protocol
 - :mod:`devstack.supervise`  child processes, pid files, stopping
 - :mod:`devstack.kafka_dist` Apache Kafka's jars (Maven Central) and the JDK check
-- :mod:`devstack.launchers`  how each service is run (Kafka in KRaft mode, the rest from PyPI packages)
+- :mod:`devstack.launchers`  how each PyPI-packaged service is run
+- :mod:`devstack.kafka_launcher` Apache Kafka nodes (KRaft), one or a three-node cluster
 - :mod:`devstack.stack`      :class:`~devstack.stack.EmbeddedStack`, which ties them together
 - :mod:`devstack.processes`  the router and tier workers as child processes
 - :mod:`devstack.cli`        ``npcflow stack`` and ``npcflow demo``

@@ -28,6 +28,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from devstack.broker_kill import BrokerKill, BrokerRestart
 from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
 from devstack.tracing import trace_requests
@@ -42,49 +43,6 @@ from topics.schemas import Reply, ReplyStatus, Sla
 log = logging.getLogger("npcflow.chaos")
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BrokerKill:
-    """What one broker kill did, as :func:`devstack.chaos.broker_restarter` measured it.
-
-    Times are ``time.monotonic()`` readings, the clock :class:`Run` measures its load with, so the
-    report can say how long after the kill the pipeline answered within budget again.
-    """
-
-    #: The broker's process name (``kafka-2``; ``kafka`` for a one-node stack) and its node id.
-    node: str
-    node_id: int
-    pid: int
-    #: Partition leaderships it held when it was killed (what had to move to the other brokers).
-    leader_of: int
-    killed_at: float
-    restarted_at: float
-    #: When its port answered again; when it was back in the ISR of every partition it replicates
-    #: (None: not within the restarter's timeout; the broker still runs, it only lags).
-    port_open_at: float
-    in_sync_at: float | None
-
-    def describe(self) -> str:
-        """The report's ``fault`` line."""
-        down = self.restarted_at - self.killed_at
-        return (
-            f"SIGKILL {self.node} (node {self.node_id}, pid {self.pid}, leader of {self.leader_of} "
-            f"partitions), restarted after {down:.1f} s on its data directory"
-        )
-
-    def timings(self) -> dict[str, float | None]:
-        """Seconds from the kill: restarted, its port open again, back in every ISR."""
-        return {
-            "restarted_s": round(self.restarted_at - self.killed_at, 2),
-            "port_open_s": round(self.port_open_at - self.killed_at, 2),
-            "in_sync_s": None if self.in_sync_at is None else round(self.in_sync_at - self.killed_at, 2),
-        }
-
-
-#: Kills one broker and brings it back; runs on the load's event loop (so the load goes on, and the
-#: restarted broker is spawned from the thread that lives as long as the run: PR_SET_PDEATHSIG).
-BrokerRestart = Callable[[], Awaitable[BrokerKill]]
 
 
 def stderr_progress(line: str) -> None:

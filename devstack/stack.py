@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,7 +27,15 @@ import psutil
 
 from devstack.endpoints import SERVICE_ENV, SERVICES, STACK_ENV_FILE, StackEndpoints, given_endpoints
 from devstack.errors import StackError
-from devstack.launchers import SPAWN_ORDER, Launcher, free_ports, launcher_for, ports_needed
+from devstack.kafka_launcher import KafkaLauncher
+from devstack.launchers import (
+    Launcher,
+    OpenSearchLauncher,
+    PostgresLauncher,
+    RedisLauncher,
+    S3Launcher,
+    free_ports,
+)
 from devstack.probes import PROBES, describe, port_open, wait_until
 from devstack.supervise import (
     PID_FILE,
@@ -40,6 +48,29 @@ from devstack.supervise import (
 from pipeline.config import Settings
 
 log = logging.getLogger("npcflow.stack")
+
+
+#: moto (a Python process, ~1 s to import) first and PostgreSQL (initdb blocks the spawning
+#: thread) last, so the slow parts overlap instead of adding up.
+SPAWN_ORDER: tuple[str, ...] = ("s3", "kafka", "redis", "opensearch", "postgres")
+
+LAUNCHERS: dict[str, type[Launcher]] = {
+    cls.name: cls for cls in (KafkaLauncher, PostgresLauncher, RedisLauncher, S3Launcher, OpenSearchLauncher)
+}
+
+
+def ports_needed(name: str, settings: Settings) -> int:
+    """Loopback ports service ``name`` listens on: a Kafka node needs a broker and a controller port."""
+    return 2 * settings.embedded_kafka_nodes if name == "kafka" else 1
+
+
+def launcher_for(name: str, settings: Settings, state_dir: Path, ports: Iterator[int]) -> Launcher:
+    """The launcher of service ``name``, taking :func:`ports_needed` ports from ``ports``."""
+    taken = [next(ports) for _ in range(ports_needed(name, settings))]
+    if name == "kafka":
+        nodes = settings.embedded_kafka_nodes
+        return KafkaLauncher(state_dir=state_dir, port=taken[0], nodes=nodes, extra_ports=taken[1:])
+    return LAUNCHERS[name](state_dir=state_dir, port=taken[0])
 
 
 class EmbeddedStack:

@@ -17,7 +17,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from devstack import kafka_dist
-from devstack.launchers import KafkaLauncher
+from devstack.kafka_launcher import KafkaLauncher
 from pipeline import kafka
 from pipeline.config import Settings
 from pipeline.deadlines import DEADLINE_HEADER, TIER_HEADER
