@@ -177,6 +177,12 @@ class Output(Event):
     request: Request
     reply: Reply
 
+    @staticmethod
+    def wire(request: bytes, reply: bytes) -> bytes:
+        """An output's JSON from its parts' JSON, so a reply already serialised for its own record
+        is not serialised again (the worker's hot path)."""
+        return b'{"schema_version":%d,"request":%s,"reply":%s}' % (SCHEMA_VERSION, request, reply)
+
 
 class RoutingDecision(Event):
     """Why a request went where it went: one record per routed request."""

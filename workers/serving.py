@@ -46,6 +46,7 @@ from topics.schemas import (
 )
 from workers.cache.intents import IntentRefresh, IntentUpdate, Refreshed
 from workers.engines.base import PRIOR_CHAIN, REFRESHING, Engine, EngineError, EngineResult
+from workers.outbound import Outbound
 from workers.replies import build_reply
 from workers.resilience.exceptions import DeadlineReached, reason_kind
 from workers.resilience.fallback import FallbackContext, FallbackStep, Forwarded, attempt
@@ -97,6 +98,18 @@ class Replied:
         """Both records are keyed by request id."""
         return self.reply.request_id.encode()
 
+    def records(self) -> list[Outbound]:
+        """The reply at once; the output and the intent batched. The reply is serialised once:
+        the output embeds those same bytes."""
+        key, reply = self.key, self.reply.to_bytes()
+        records = [Outbound(self.reply_topic, key, reply, urgent=True)]
+        if self.output is not None:
+            output = Output.wire(self.output.request.to_bytes(), reply)
+            records.append(Outbound(self.outputs_topic, key, output))
+        if self.intent_update is not None:
+            records.append(self.intent_update.outbound())
+        return records
+
 
 @dataclass(frozen=True)
 class DeadLettered:
@@ -108,6 +121,9 @@ class DeadLettered:
     @property
     def key(self) -> bytes:
         return self.letter.source_topic.encode()
+
+    def records(self) -> list[Outbound]:
+        return [Outbound(self.topic, self.key, self.letter.to_bytes())]
 
 
 Outcome = Replied | DeadLettered | Refreshed | Forwarded
@@ -268,7 +284,7 @@ class Serving:
             PRIOR_CHAIN.reset(token)
         if result.job_id is not None:
             return self._accepted(job, picked_ms, result.job_id)
-        update = await self.intents.record(job.request, result, self.engine.name) if self.intents else None
+        update = self.intents.update(job.request, result, self.engine.name) if self.intents else None
         return self._replied(job, ReplyStatus.OK, picked_ms, result=result, intent_update=update)
 
     def _cannot_answer(self, job: Job, picked_ms: float, exc: EngineError) -> Replied | Forwarded:
@@ -304,6 +320,7 @@ class Serving:
             record.value, reason, record.topic, record.partition, record.offset, errors, stage="worker"
         )
         outcome = DeadLettered(letter, self._dlq_topic)
+        log.warning("%s worker dead-letters %s@%d: %s", self.tier.value, record.topic, record.offset, reason)
         self.stats.dead_letters += 1
         self.hooks.dead_lettered(outcome)
         return outcome

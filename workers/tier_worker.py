@@ -30,7 +30,7 @@ from pipeline.readiness import mark_ready
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
 from workers.cache.active_refresh import ActiveRefresher, serving_step
-from workers.cache.intents import IntentRefresh, Refreshed
+from workers.cache.intents import IntentRefresh
 from workers.engine_stack import tier_engine
 from workers.engines.base import Engine, EngineResult
 from workers.hooks import standard_hooks
@@ -339,49 +339,17 @@ class TierWorker(Lifecycle):
         return set(await self._consumer.topics())
 
     async def _produce(self, outcome: Outcome) -> None:
-        """Produce the outcome's records and wait for their acks (replies linger 0, outputs batch)."""
+        """Send the outcome's records (workers.outbound says which producer), then wait for every ack."""
         assert self._producer is not None and self._outputs_producer is not None
-        if isinstance(outcome, Refreshed):  # the router answered already: only the intent goes out
-            if outcome.update is not None:  # off every reply's path: batched with the outputs
-                update = outcome.update
-                await (await self._outputs_producer.send(update.topic, update.value, key=update.key))
-            return
-        if isinstance(outcome, Forwarded):  # the next tier answers: the request and its routing record
-            sent = await self._producer.send(
-                outcome.topic, outcome.value, key=outcome.key, headers=outcome.headers
-            )
-            decision = await self._outputs_producer.send(
-                outcome.routing_topic, outcome.decision.to_bytes(), key=outcome.decision.request_id.encode()
-            )
-            await sent
-            await decision
-            if outcome.late is not None:
-                self._watch_late(outcome)
-            return
-        if isinstance(outcome, DeadLettered):
-            await (await self._producer.send(outcome.topic, outcome.letter.to_bytes(), key=outcome.key))
-            letter = outcome.letter
-            log.warning(
-                "%s worker dead-lettered %s@%d: %s",
-                self.tier.value,
-                letter.source_topic,
-                letter.source_offset,
-                letter.reason,
-            )
-            return
-        reply_ack = await self._producer.send(outcome.reply_topic, outcome.reply.to_bytes(), key=outcome.key)
-        output = outcome.output  # None: an async job's notice (the job's final reply is its output)
-        output_ack = (
-            await self._outputs_producer.send(outcome.outputs_topic, output.to_bytes(), key=outcome.key)
-            if output is not None
-            else None
-        )
-        await reply_ack
-        if output_ack is not None:
-            await output_ack
-        if outcome.intent_update is not None:
-            update = outcome.intent_update
-            await (await self._producer.send(update.topic, update.value, key=update.key))
+        acks = []
+        for record in outcome.records():
+            producer = self._producer if record.urgent else self._outputs_producer
+            ack = await producer.send(record.topic, record.value, key=record.key, headers=record.headers)
+            acks.append(ack)
+        for ack in acks:
+            await ack
+        if isinstance(outcome, Forwarded) and outcome.late is not None:
+            self._watch_late(outcome)
 
     def _watch_late(self, outcome: Forwarded) -> None:
         """When an abandoned call finishes, record its result as an output only (never a reply)."""

@@ -85,8 +85,8 @@ def serving_step(
             return "error"
         sender = producer()
         if outcome.update is not None and sender is not None:
-            update = outcome.update
-            ack = await sender.send(update.topic, update.value, key=update.key)
+            record = outcome.update.outbound()
+            ack = await sender.send(record.topic, record.value, key=record.key)
             ack.add_done_callback(_log_lost_intent)
         return outcome.reason
 

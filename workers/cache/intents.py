@@ -10,6 +10,7 @@ it builds the intent from an engine result and writes Redis; the worker loop pro
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pipeline.observability import metrics
 from topics.catalogue import INTENTS
 from topics.schemas import Intent, Request
 from workers.engines.base import Engine, EngineError, EngineResult
+from workers.outbound import Outbound
 
 log = logging.getLogger("npcflow.intents")
 
@@ -42,6 +44,9 @@ class IntentUpdate:
     def value(self) -> bytes:
         return self.intent.to_bytes()
 
+    def outbound(self) -> Outbound:
+        return Outbound(self.topic, self.key, self.value)
+
 
 @dataclass(frozen=True)
 class Refreshed:
@@ -50,6 +55,10 @@ class Refreshed:
     request: Request
     update: IntentUpdate | None
     reason: str = "written"
+
+    def records(self) -> list[Outbound]:
+        """The router answered already: only the intent goes out, batched with the outputs."""
+        return [self.update.outbound()] if self.update is not None else []
 
 
 class IntentStore(Lifecycle):
@@ -91,6 +100,8 @@ class IntentRefresh(Lifecycle):
     def __init__(self, store: IntentStore | None, *, prefix: str = "") -> None:
         self.store = store
         self.topic = INTENTS.name(prefix)
+        #: Redis writes of replies' intents, still running (finished before the store closes).
+        self._writes: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IntentRefresh:
@@ -109,15 +120,33 @@ class IntentRefresh(Lifecycle):
             await self.store.start()
 
     async def _stop(self) -> None:
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
         if self.store is not None:
             await self.store.stop()
 
-    async def record(self, request: Request, result: EngineResult, engine: str) -> IntentUpdate | None:
-        """The NPC's new intent from a model result; Redis is written here, the topic by the loop.
+    def update(self, request: Request, result: EngineResult, engine: str) -> IntentUpdate | None:
+        """The NPC's new intent from a model result, written to Redis in the background.
 
-        A Redis failure is logged and the topic record still goes out: the topic is what near
-        caches follow, Redis a convenience for readers that ask it.
+        Redis is written off the reply's path: the topic record (produced by the loop with the
+        reply) is what near caches follow, Redis a convenience for readers that ask it, so its
+        failure is logged and nothing else.
         """
+        update = self._build(request, result, engine)
+        if update is not None and self.store is not None:
+            task = asyncio.create_task(self._store(update.intent))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+        return update
+
+    async def record(self, request: Request, result: EngineResult, engine: str) -> IntentUpdate | None:
+        """The NPC's new intent from a model result, in Redis once this returns (a refresh's path)."""
+        update = self._build(request, result, engine)
+        if update is not None and self.store is not None:
+            await self._store(update.intent)
+        return update
+
+    def _build(self, request: Request, result: EngineResult, engine: str) -> IntentUpdate | None:
         text = intent_text(result.text)
         if not text:
             return None
@@ -128,12 +157,14 @@ class IntentRefresh(Lifecycle):
             request_id=request.request_id,
             engine=engine[:128],
         )
-        if self.store is not None:
-            try:
-                await self.store.put(intent)
-            except Exception as exc:
-                log.warning("intent for %s not stored in Redis: %s", request.npc_id, exc)
         return IntentUpdate(intent, self.topic)
+
+    async def _store(self, intent: Intent) -> None:
+        assert self.store is not None
+        try:
+            await self.store.put(intent)
+        except Exception as exc:
+            log.warning("intent for %s not stored in Redis: %s", intent.npc_id, exc)
 
     async def refresh(self, request: Request, deadline_ms: int, engine: Engine) -> Refreshed:
         """Serve a refresh: call the engine and write the intent; never a reply.

@@ -63,6 +63,8 @@ class MicroBatcher(EngineWrapper):
         self._group: _Group | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task[None]] = set()
+        #: Read once: a runtime Protocol check walks the class's attributes, too slow for every call.
+        self._batching = isinstance(inner, BatchEngine)
 
     @property
     def max_concurrency(self) -> int | None:
@@ -73,10 +75,10 @@ class MicroBatcher(EngineWrapper):
     @property
     def batching(self) -> bool:
         """Whether the engine inside runs batches; if not, calls pass straight through."""
-        return isinstance(self.inner, BatchEngine)
+        return self._batching
 
     async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
-        if not self.batching:
+        if not self._batching:
             return await self.inner.generate(request, deadline_ms)
         loop = asyncio.get_running_loop()
         if self._group is None:

@@ -40,6 +40,7 @@ from pipeline.router.policy import Route, RoutingPolicy
 from topics.catalogue import ROUTING, TIER_TOPICS, Tier
 from topics.schemas import MAX_CHAIN, Request, RoutingDecision, TierAttempt
 from workers.engines.base import Engine, EngineError, EngineResult, EngineWrapper, Substitution
+from workers.outbound import Outbound
 from workers.resilience.exceptions import DeadlineReached, reason_kind
 
 log = logging.getLogger("npcflow.fallback")
@@ -152,6 +153,11 @@ class Forwarded:
     to_tier: Tier
     job: Any = None
     late: asyncio.Future[EngineResult] | None = None
+
+    def records(self) -> list[Outbound]:
+        """The request at once (the next tier's budget runs); its routing record batched."""
+        decision = Outbound(self.routing_topic, self.decision.request_id.encode(), self.decision.to_bytes())
+        return [Outbound(self.topic, self.key, self.value, self.headers, urgent=True), decision]
 
 
 class FallbackStep:
