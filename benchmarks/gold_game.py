@@ -86,6 +86,8 @@ class ActiveSet:
 class Replies:
     created_ms: dict[str, float] = field(default_factory=dict)
     reply_ms: list[float] = field(default_factory=list)
+    #: Created → the router answered (the reply's replied_at_ms): the rest is the reply's way back.
+    answered_ms: list[float] = field(default_factory=list)
     served_by: Counter[str] = field(default_factory=Counter)
     sent: int = 0
     replied: int = 0
@@ -103,6 +105,7 @@ async def requests(settings: Settings, prefix: str, active: ActiveSet, args: arg
         if reply.request_id in out.created_ms:
             out.replied += 1
             out.reply_ms.append(arrived_ms - created)
+            out.answered_ms.append(reply.replied_at_ms - created)
             out.served_by[reply.served_by.value] += 1
 
     async def send(n: int) -> None:
@@ -215,6 +218,7 @@ async def game_segment(settings: Settings, prefix: str, args: argparse.Namespace
         "lost": replies.sent - replies.replied,
         "duplicates": replies.duplicates,
         "reply_ms": percentiles(replies.reply_ms),
+        "answered_ms": percentiles(replies.answered_ms),
         "within_budget": round(within / replies.sent, 4) if replies.sent else None,
         "served_by": dict(replies.served_by),
     }

@@ -13,26 +13,24 @@ at all it stops with an error rather than skip a record.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from pipeline import kafka
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import families, metrics
 from pipeline.observability.cost import Pricing
-from pipeline.readiness import mark_ready
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
 from workers.cache.active_refresh import ActiveRefresher, serving_step
 from workers.cache.intents import IntentRefresh
 from workers.engine_stack import tier_engine
 from workers.engines.base import Engine, EngineResult
+from workers.group_member import GroupMember
 from workers.hooks import standard_hooks
 from workers.offsets import OffsetTracker
 from workers.reply_topics import ReplyTopics
@@ -55,24 +53,6 @@ class WorkerStats:
     handed_back: int = 0
     #: What serving produced (replies by status, dead letters, engine calls).
     serving: ServingStats = field(default_factory=ServingStats)
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, worker: TierWorker) -> None:
-        self.worker = worker
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self.worker._release(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        worker = self.worker
-        partitions = sorted(tp.partition for tp in assigned)
-        log.info("%s worker assigned %s", worker.tier.value, partitions)
-        if partitions:
-            worker.assigned.set()
-            mark_ready(
-                worker.config.settings.process.ready_file, f"{worker.tier.value} worker assigned {partitions}"
-            )
 
 
 class TierWorker(Lifecycle):
@@ -109,7 +89,6 @@ class TierWorker(Lifecycle):
             pricing=pricing,
         )
         self.stats = WorkerStats(serving=self.serving.stats)
-        self.assigned = asyncio.Event()
         self.failure: BaseException | None = None
         self._offsets = OffsetTracker()
         #: Engine slots, shared per tenant by weight: a flooding tenant never queues a quiet one.
@@ -134,13 +113,22 @@ class TierWorker(Lifecycle):
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         #: Tasks still waiting for an engine slot: nothing sent yet, so they can be abandoned on a revoke.
         self._queued: set[asyncio.Task[None]] = set()
-        #: Bumped on every revoke: records fetched before it are not started afterwards.
-        self._generation = 0
-        self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._outputs_producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self._topic = TIER_TOPICS[self.tier].name(config.prefix)
+        #: The tier topic in the tier's group: rebalances, seek-back and commits (workers.group_member).
+        self.member = GroupMember(
+            config.settings,
+            name=f"{self.tier.value} worker",
+            client_id=f"npcflow-{self.tier.value}",
+            group_id=config.group,
+            topic=self._topic,
+            on_revoke=self._release,
+            rebalance_timeout_ms=config.rebalance_timeout_ms,
+            fetch_max_wait_ms=config.fetch_max_wait_ms or config.settings.kafka.fetch_max_wait_ms,
+        )
+        self.assigned = self.member.assigned
         self._load = families.LoadExport(self.tier.value, config.group, self._topic)
         self._default_reply_topic = REPLIES.name(config.prefix)
         self.reply_topics = ReplyTopics(self._all_topics)
@@ -157,15 +145,7 @@ class TierWorker(Lifecycle):
             settings, f"npcflow-{tier}-outputs", linger_ms=OUTPUTS_LINGER_MS
         )
         await self._outputs_producer.start()
-        self._consumer = kafka.consumer(
-            settings,
-            f"npcflow-{tier}",
-            group_id=self.config.group,
-            rebalance_timeout_ms=self.config.rebalance_timeout_ms,
-            fetch_max_wait_ms=self.config.fetch_max_wait_ms or settings.kafka.fetch_max_wait_ms,
-        )
-        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
-        await self._consumer.start()
+        await self.member.start()
         if self.refresher is not None:
             await self.refresher.start()
         log.info("%s worker started on %s with engine %s", tier, self._topic, self.engine.name)
@@ -173,10 +153,7 @@ class TierWorker(Lifecycle):
     async def _stop(self) -> None:
         """Abandon records still waiting for the engine, finish the rest, commit, close."""
         self._stopping.set()
-        with contextlib.suppress(Exception):
-            await self._release(None)
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self.member.stop()  # releases everything first: queued handed back, the rest finished
         if self.refresher is not None:
             await self.refresher.stop()
         for producer in (self._producer, self._outputs_producer):
@@ -192,20 +169,11 @@ class TierWorker(Lifecycle):
 
     def partitions(self) -> set[int]:
         """The tier-topic partitions this worker owns right now (empty before its group assigned it any)."""
-        return {tp.partition for tp in self._consumer.assignment()} if self._consumer else set()
+        return {tp.partition for tp in self.member.owned()}
 
     async def lag(self) -> int:
         """Records in owned partitions past the group's committed offsets: 0 when fully committed."""
-        if self._consumer is None:
-            return 0
-        owned = list(self._consumer.assignment())
-        if not owned:
-            return 0
-        ends = await self._consumer.end_offsets(owned)
-        total = 0
-        for tp in owned:
-            total += max(0, ends[tp] - (await self._consumer.committed(tp) or 0))
-        return total
+        return await self.member.lag()
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to finish; safe from a signal handler."""
@@ -216,22 +184,19 @@ class TierWorker(Lifecycle):
 
     async def run(self) -> None:
         """Consume until :meth:`request_stop`; commits every ``commit_interval_s``."""
-        assert self._consumer is not None, "start() first"
         last_commit = time.monotonic()
         while not self._stopping.is_set():
-            generation = self._generation
-            batches = await self._consumer.getmany(timeout_ms=100, max_records=self.config.max_pending)
+            generation, batches = await self.member.fetch(100, self.config.max_pending)
             for tp, records in batches.items():
                 for i, record in enumerate(records):
                     await self._pending.acquire()
-                    if self._stopping.is_set() or generation != self._generation:
+                    if self._stopping.is_set() or not self.member.current(generation):
                         # A rebalance (or stop) came while we fetched or waited: whoever owns the
-                        # partition now reads these records again. If that is still us, our
-                        # position is already past them: seek back, or they would never be served.
+                        # partition now reads these records again (if that is us, from here).
                         self._pending.release()
                         self.stats.handed_back += len(records) - i
-                        if not self._stopping.is_set() and tp in self._consumer.assignment():
-                            self._consumer.seek(tp, record.offset)
+                        if not self._stopping.is_set():
+                            self.member.seek_back(records[i:])
                         break
                     self._spawn(tp, record)
             if time.monotonic() - last_commit >= self.config.commit_interval_s:
@@ -250,7 +215,6 @@ class TierWorker(Lifecycle):
 
     async def _release(self, partitions: set[TopicPartition] | None) -> None:
         """Before giving up partitions (None: all): drop queued records, finish started ones, commit."""
-        self._generation += 1
         owned = [tp for tp in self._tasks if partitions is None or tp in partitions]
         tasks = [t for tp in owned for t in self._tasks[tp]]
         for task in tasks:
@@ -263,17 +227,7 @@ class TierWorker(Lifecycle):
         self._offsets.forget(set(owned) if partitions is None else partitions)
 
     async def _commit(self) -> None:
-        if self._consumer is None:
-            return
-        owned = self._consumer.assignment()
-        offsets = {tp: o for tp, o in self._offsets.to_commit().items() if tp in owned}
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(offsets)
-            self._offsets.committed(offsets)
-        except Exception as exc:  # a rebalance in progress: the next commit retries
-            log.warning("%s worker commit failed (%s); will retry", self.tier.value, exc)
+        self._offsets.committed(await self.member.commit(self._offsets.to_commit()))
 
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         """Serve one record; its offset is done only when what serving returned is acknowledged."""
@@ -335,8 +289,7 @@ class TierWorker(Lifecycle):
                 return await self.serving.serve(accepted)
 
     async def _all_topics(self) -> set[str]:
-        assert self._consumer is not None
-        return set(await self._consumer.topics())
+        return set(await self.member.consumer.topics())
 
     async def _produce(self, outcome: Outcome) -> None:
         """Send the outcome's records (workers.outbound says which producer), then wait for every ack."""

@@ -110,11 +110,12 @@ class GoldPath:
         now = self._clock()
         seen = self.intents.get_intent(request.npc_id, archetype_of(request))
         reply = self.reply(request, route, seen, now)
-        key = request.request_id.encode()
-        await self._produce(reply_topic, key, reply.to_bytes(), None)
+        key, value = request.request_id.encode(), reply.to_bytes()
+        await self._produce(reply_topic, key, value, None)
         try:
-            # The output feeds the sinks: batched with the decisions, off the reply's path.
-            await self._record(self._outputs, key, Output(request=request, reply=reply).to_bytes())
+            # The output feeds the sinks: batched with the decisions, off the reply's path; it
+            # embeds the reply's bytes and the request as it came (validated already).
+            await self._record(self._outputs, key, Output.wire(raw, value))
             await self.mark_active(request)
         except Exception:
             # The reply is out: the request must not also be dead-lettered. A lost lease is

@@ -138,7 +138,7 @@ async def test_a_revoke_during_backoff_abandons_the_batch_uncommitted() -> None:
     runner.options = SinkSettings(retry_max_s=5.0)
     task = asyncio.create_task(runner._write(items([make_output(1)]), 0, attempts=2))
     await asyncio.sleep(0.05)
-    await runner._release(set())
+    await runner.member.release(set())  # what a revoke does: a new generation, then the runner's release
     assert await asyncio.wait_for(task, 1.0) is False
     assert letters == [] and sink.rows == {}
 
@@ -217,7 +217,7 @@ async def test_offsets_are_committed_behind_the_next_write_and_in_order() -> Non
             await asyncio.sleep(0.05 if offsets[tp] == 3 else 0)  # the first batch's commit is slow
             committed.append(dict(offsets))
 
-    runner._consumer = SlowFirstCommit()  # type: ignore[assignment]
+    runner.member._consumer = SlowFirstCommit()  # type: ignore[assignment]
     outputs = [make_output(i) for i in range(6)]
     batch = items(outputs)
     await runner._flush(batch[:3])

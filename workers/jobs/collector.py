@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from topics.catalogue import OUTPUTS, REPLIES, Tier
 from topics.schemas import Output, Reply, ReplyStatus, Request, TierAttempt
 from workers.engines.base import EngineResult
 from workers.jobs.store import COMPLETED, FAILED, JobRecord, JobStore
+from workers.process import serve
 from workers.replies import build_reply
 from workers.resilience.fallback import attempt
 from workers.serving import Job
@@ -96,6 +96,8 @@ class JobCollector(Lifecycle):
         self._watching: dict[str, _Watch] = {}
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
+        #: Never set: S3 and Kafka failures are retried at the next poll (the jobs stay pending).
+        self.failure: BaseException | None = None
         self._default_reply_topic = REPLIES.name(settings.topic_prefix)
         self._outputs_topic = OUTPUTS.name(settings.topic_prefix)
 
@@ -112,6 +114,9 @@ class JobCollector(Lifecycle):
 
     def request_stop(self) -> None:
         self._stopping.set()
+
+    async def stopped(self) -> None:
+        await self._stopping.wait()
 
     async def run(self) -> None:
         while not self._stopping.is_set():
@@ -221,15 +226,8 @@ class JobCollector(Lifecycle):
 async def run_collector(settings: Settings) -> None:
     """The ``npcflow run collector`` process: until SIGINT/SIGTERM."""
     collector = JobCollector(settings)
-    await collector.start()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, collector.request_stop)
-    try:
-        await collector.run()
-    finally:
-        await collector.stop()
-        log.info("job collector stopped: %s", collector.stats)
+    await serve(collector, gc_gen0=settings.process.gc_gen0)
+    log.info("job collector stopped: %s", collector.stats)
 
 
 __all__ = ["CollectorStats", "JobCollector", "parse_output", "run_collector"]

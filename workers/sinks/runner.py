@@ -22,21 +22,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from pipeline import eventloop, kafka
+from pipeline import kafka
 from pipeline.config import Settings
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import metrics
-from pipeline.readiness import mark_ready
 from topics.catalogue import OUTPUTS, SINK_DLQ
 from topics.schemas import DeadLetter
+from workers.group_member import GroupMember, past
+from workers.process import serve
 from workers.sinks.base import Sink
 from workers.sinks.exceptions import SinkUnavailable
 from workers.sinks.parsing import ParsedRecord, parse_record
@@ -68,22 +68,6 @@ class SinkStats:
     handed_back: int = 0
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, runner: SinkRunner) -> None:
-        self.runner = runner
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self.runner._release(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        partitions = sorted(tp.partition for tp in assigned)
-        log.info("%s sink assigned %s", self.runner.sink.name, partitions)
-        if partitions:
-            self.runner.assigned.set()
-            ready_file = self.runner.settings.process.ready_file
-            mark_ready(ready_file, f"{self.runner.sink.name} sink assigned {partitions}")
-
-
 class SinkRunner(Lifecycle):
     """``start()``, ``run()`` until :meth:`request_stop`, ``stop()`` (which writes what is buffered).
 
@@ -101,18 +85,26 @@ class SinkRunner(Lifecycle):
         self.dlq_topic = SINK_DLQ.name(prefix)
         self.group = group_id or f"{prefix}npcflow-sink-{sink.name}"
         self.stats = SinkStats()
-        self.assigned = asyncio.Event()
+        #: ``npc.outputs`` in the sink's own group: rebalances, seek-back, commits (workers.group_member).
+        self.member = GroupMember(
+            settings,
+            name=f"{sink.name} sink",
+            client_id=f"npcflow-sink-{sink.name}",
+            group_id=self.group,
+            topic=self.topic,
+            on_revoke=self._release,
+        )
+        self.assigned = self.member.assigned
+        #: Why the runner stopped itself (its consumer or the dead-letter producer failed).
+        self.failure: BaseException | None = None
         self._buffer: list[ParsedRecord] = []
         self._first_at: float | None = None
         #: The batch being written (at most one).
         self._flushing: asyncio.Task[None] | None = None
         #: The latest offset commit; each waits for the one before, so commits stay in order.
         self._committing: asyncio.Task[None] | None = None
-        #: Bumped on every revoke: a batch retrying under an older generation gives up.
-        self._generation = 0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
 
     async def _start(self) -> None:
@@ -120,20 +112,18 @@ class SinkRunner(Lifecycle):
         name = self.sink.name
         self._producer = kafka.producer(self.settings, f"npcflow-sink-{name}-dlq", linger_ms=5)
         await self._producer.start()
-        self._consumer = kafka.consumer(self.settings, f"npcflow-sink-{name}", group_id=self.group)
-        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
-        await self._consumer.start()
+        await self.member.start()
         log.info("%s sink started on %s (group %s)", name, self.topic, self.group)
 
     async def _stop(self) -> None:
         """Finish the batch in flight, write what is buffered (one try), close."""
         self._stopping.set()
-        if self._consumer is not None:
+        if self.member.started:
             with contextlib.suppress(Exception):
                 await self._settle()
                 await self._flush(self._take())
             await self._commits()
-            await self._consumer.stop()
+        await self.member.stop()
         if self._producer is not None:
             await self._producer.stop()
         await self.sink.stop()
@@ -149,14 +139,12 @@ class SinkRunner(Lifecycle):
 
     async def run(self) -> None:
         """Consume, batch and write until :meth:`request_stop`; raises :class:`SinkFailed`."""
-        assert self._consumer is not None, "start() first"
         batch_s = self.options.batch_ms / 1000
         while not self._stopping.is_set():
-            generation = self._generation
             wait_s = 0.1 if self._first_at is None else max(0.0, self._first_at + batch_s - time.monotonic())
             room = max(1, self.options.batch_size - len(self._buffer))
-            fetched = await self._consumer.getmany(timeout_ms=int(wait_s * 1000), max_records=room)
-            if generation != self._generation:
+            generation, fetched = await self.member.fetch(int(wait_s * 1000), room)
+            if not self.member.current(generation):
                 # A rebalance came while we fetched: whoever owns these partitions reads them again.
                 self._seek_back([r for records in fetched.values() for r in records])
                 continue
@@ -173,7 +161,7 @@ class SinkRunner(Lifecycle):
             due = self._first_at is not None and time.monotonic() - self._first_at >= batch_s
             if self._buffer and (len(self._buffer) >= self.options.batch_size or due):
                 await self._settle()
-                if generation != self._generation:
+                if not self.member.current(generation):
                     continue  # revoked while the last batch finished: _release dropped the buffer
                 self._flushing = asyncio.create_task(self._flush(self._take()))
                 # Let the write start now: getmany returns without yielding while records are
@@ -200,7 +188,7 @@ class SinkRunner(Lifecycle):
         """Dead-letter what is no output, write the rest, commit; or hand it all back."""
         if not batch:
             return
-        generation = self._generation
+        generation = self.member.generation
         for item in batch:
             if item.value is None:
                 await self._dead_letter(item.record, item.reason, list(item.errors))
@@ -266,12 +254,12 @@ class SinkRunner(Lifecycle):
 
     async def _backoff(self, delay: float, generation: int) -> bool:
         """Sleep ``delay`` unless a revoke or stop comes first; True if the batch is still ours."""
-        if self._stopping.is_set() or generation != self._generation:
+        if self._stopping.is_set() or not self.member.current(generation):
             return False
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
-        return not self._stopping.is_set() and generation == self._generation
+        return not self._stopping.is_set() and self.member.current(generation)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str, errors: list | None = None) -> None:
         """Send one record to ``npc.outputs.dlq``; waits for the broker, so it precedes the commit."""
@@ -295,48 +283,36 @@ class SinkRunner(Lifecycle):
         self.stats.dead_lettered += 1
 
     async def _commit(self, records: Sequence[ConsumerRecord], after: asyncio.Task | None = None) -> None:
-        """Commit past ``records`` once the commit ``after`` (the batch before) is done."""
+        """Commit past ``records`` once the commit ``after`` (the batch before) is done.
+
+        A failed commit (a rebalance in progress) is logged by the member: the partitions' next
+        owner writes the batch again, idempotently.
+        """
         if after is not None:
             await after
-        assert self._consumer is not None
-        owned = self._consumer.assignment()
-        offsets: dict[TopicPartition, int] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            if tp in owned:
-                offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(offsets)
-        except Exception as exc:  # a rebalance in progress: the next owner rewrites them, idempotently
-            log.warning("%s sink commit failed (%s); the batch will be read again", self.sink.name, exc)
+        await self.member.commit(past(records))
 
     def _seek_back(self, records: Sequence[ConsumerRecord]) -> None:
-        """Read an abandoned batch again from its first offset per partition we still own."""
-        assert self._consumer is not None
-        owned = self._consumer.assignment()
-        first: dict[TopicPartition, int] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            first[tp] = min(first.get(tp, record.offset), record.offset)
-        for tp, offset in first.items():
-            if tp in owned and not self._stopping.is_set():
-                self._consumer.seek(tp, offset)
+        if not self._stopping.is_set():
+            self.member.seek_back(records)
 
-    async def _release(self, revoked: set[TopicPartition]) -> None:
+    async def _release(self, revoked: set[TopicPartition] | None) -> None:
         """On a revoke: a retrying batch gives up, then what is buffered for ``revoked`` is dropped.
 
-        The partitions' next owner (perhaps us again) starts from the committed offsets.
+        The partitions' next owner (perhaps us again) starts from the committed offsets. On a
+        stop (``revoked`` None) the buffer was written already.
         """
-        self._generation += 1
         self._wake.set()
         try:
             await self._settle()
         except Exception as exc:  # run() sees the same failure and stops the process
             log.warning("%s sink: the batch in flight failed during a rebalance: %s", self.sink.name, exc)
         await self._commits()
-        kept = [i for i in self._buffer if TopicPartition(i.record.topic, i.record.partition) not in revoked]
+        kept = [
+            i
+            for i in self._buffer
+            if revoked is not None and TopicPartition(i.record.topic, i.record.partition) not in revoked
+        ]
         self._buffer = kept
         if not kept:
             self._first_at = None
@@ -346,26 +322,6 @@ async def run_sink(settings: Settings, name: str) -> None:
     """Run one sink process until SIGINT/SIGTERM; raises :class:`SinkFailed` if it had to stop."""
     from workers.sinks import build_sink
 
-    runner = SinkRunner(build_sink(name, settings), settings)
-    await runner.start()
-    # Connected, modules loaded: the collector no longer walks all that on every collection.
-    eventloop.settle_heap(settings.process.gc_gen0)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, runner.request_stop)
-    run_task = asyncio.create_task(runner.run())
-    stopped = asyncio.create_task(runner.stopped())
-    failure: BaseException | None = None
-    try:
-        await asyncio.wait([run_task, stopped], return_when=asyncio.FIRST_COMPLETED)
-        if run_task.done() and not run_task.cancelled():
-            failure = run_task.exception()
-    finally:
-        runner.request_stop()
-        for task in (run_task, stopped):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await runner.stop()
+    failure = await serve(SinkRunner(build_sink(name, settings), settings), gc_gen0=settings.process.gc_gen0)
     if failure is not None:
         raise SinkFailed(f"{name} sink stopped: {failure}") from failure
