@@ -52,7 +52,7 @@ Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, patt
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
 #: A reply topic as the schema alone can check it; the family rule (prefix, tenant) is in
-#: :func:`parse_request` and, for the exported schema, in :func:`topics.export.event_json_schema`.
+#: :func:`parse_request` and, for the exported schema, in :func:`topics.wire_rules.add_request_rules`.
 ReplyTopicName = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_REPLY_TOPIC_CHARS, pattern=r"^[A-Za-z0-9._-]+$")
 ]

@@ -20,9 +20,9 @@ def record_reply_metrics(outcome: Replied) -> None:
     reply = outcome.reply
     tier = reply.tier.value
     metrics.REPLIES.labels(tier, reply.status.value, reply.served_by.value).inc()
-    metrics.REPLY_LATENCY_MS.labels(tier).observe(reply.latency.total_ms)
+    metrics.REPLY_LATENCY_SECONDS.labels(tier).observe(reply.latency.total_ms / 1000)
     if reply.served_by is ServedBy.ENGINE:
-        metrics.ENGINE_LATENCY_MS.labels(tier, reply.engine).observe(reply.latency.engine_ms)
+        metrics.ENGINE_LATENCY_SECONDS.labels(tier, reply.engine).observe(reply.latency.engine_ms / 1000)
         families.observe_hop(tier, "engine", reply.latency.engine_ms)
     if reply.late or reply.status.value == "expired":
         families.sla_miss(tier, "late" if reply.late else "expired")

@@ -22,12 +22,12 @@ from pipeline.observability.cost import Pricing
 #: Where a request's time goes, in the order it goes there (docs/architecture.md, "One request").
 HOPS = ("intake", "router", "tier_wait", "slot_wait", "engine", "reply")
 
-HOP_LATENCY_MS = Histogram(
-    "npcflow_hop_latency_ms",
-    "Time spent in one hop of a request's path, milliseconds: intake (created → router read it), "
+HOP_LATENCY_SECONDS = Histogram(
+    "npcflow_hop_latency_seconds",
+    "Time spent in one hop of a request's path, seconds: intake (created → router read it), "
     "router, tier_wait (router → worker read it), slot_wait (engine slot), engine, reply (produce + ack)",
     ["tier", "hop"],
-    buckets=metrics.LATENCY_BUCKETS_MS,
+    buckets=metrics.LATENCY_BUCKETS_SECONDS,
 )
 SLA_MISSES = Counter(
     "npcflow_sla_misses_total",
@@ -57,8 +57,9 @@ PROCESS_INFO = Gauge("npcflow_process_info", "One per process: its role (router,
 
 
 def observe_hop(tier: str, hop: str, ms: float) -> None:
-    """One hop's duration; negative values (clock skew between hosts) count as 0."""
-    HOP_LATENCY_MS.labels(tier, hop).observe(ms if ms > 0 else 0.0)
+    """One hop's duration, measured in milliseconds (as the events' timestamps are) and exported in
+    seconds; negative values (clock skew between hosts) count as 0."""
+    HOP_LATENCY_SECONDS.labels(tier, hop).observe(ms / 1000 if ms > 0 else 0.0)
 
 
 def sla_miss(tier: str, why: str) -> None:

@@ -1,27 +1,36 @@
-"""Prometheus metrics shared by every npcflow process (one registry, names defined once)."""
+"""Prometheus metrics shared by every npcflow process (one registry, names defined once).
+
+Durations are exported in seconds, Prometheus' base unit (a dashboard or alert then never needs to
+know which family is in which unit); npcflow's events carry milliseconds, so call sites observe
+``ms / 1000``. A family's name ends in its unit (``_seconds``, ``_usd_total``), never has it in the
+middle.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-LATENCY_BUCKETS_MS = (1, 2, 5, 10, 16, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+#: Histogram bounds in seconds: 1 ms to 60 s, with Gold's 16 ms and Silver's 250 ms budgets as bounds.
+LATENCY_BUCKETS_SECONDS = (
+    0.001, 0.002, 0.005, 0.01, 0.016, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
 
 REPLIES = Counter(
     "npcflow_replies_total", "Replies produced by tier workers", ["tier", "status", "served_by"]
 )
 ROUTED = Counter("npcflow_routed_total", "Requests routed to a tier", ["tier", "sla", "contradiction"])
 DEAD_LETTERS = Counter("npcflow_dead_letters_total", "Events sent to the dead-letter topic", ["stage"])
-REPLY_LATENCY_MS = Histogram(
-    "npcflow_reply_latency_ms",
-    "Request created → reply produced, milliseconds",
+REPLY_LATENCY_SECONDS = Histogram(
+    "npcflow_reply_latency_seconds",
+    "Request created → reply produced, seconds",
     ["tier"],
-    buckets=LATENCY_BUCKETS_MS,
+    buckets=LATENCY_BUCKETS_SECONDS,
 )
-ENGINE_LATENCY_MS = Histogram(
-    "npcflow_engine_latency_ms",
-    "Time inside the engine, milliseconds",
+ENGINE_LATENCY_SECONDS = Histogram(
+    "npcflow_engine_latency_seconds",
+    "Time inside the engine, seconds",
     ["tier", "engine"],
-    buckets=LATENCY_BUCKETS_MS,
+    buckets=LATENCY_BUCKETS_SECONDS,
 )
 REPLY_TOPIC_MISSING = Counter(
     "npcflow_reply_topic_missing_total",
@@ -92,17 +101,20 @@ SINK_WRITTEN = Counter("npcflow_sink_written_total", "Outputs a sink wrote (comm
 SINK_RETRIES = Counter(
     "npcflow_sink_retries_total", "Batch writes retried, by why: unavailable or error", ["sink", "reason"]
 )
-SINK_BATCH_MS = Histogram(
-    "npcflow_sink_batch_ms", "One successful batch write, milliseconds", ["sink"], buckets=LATENCY_BUCKETS_MS
+SINK_BATCH_SECONDS = Histogram(
+    "npcflow_sink_batch_duration_seconds",
+    "One successful batch write, seconds",
+    ["sink"],
+    buckets=LATENCY_BUCKETS_SECONDS,
 )
 RESULT_CACHE = Counter(
     "npcflow_result_cache_total",
     "Result-cache lookups before generating: hit, miss, bypass (the request needs live game state)",
     ["tier", "result"],
 )
-ENGINE_MS_SAVED = Counter(
-    "npcflow_engine_ms_saved_total",
-    "Engine time the result cache saved: the earlier answer's engine_ms, summed per hit",
+ENGINE_SECONDS_SAVED = Counter(
+    "npcflow_engine_seconds_saved_total",
+    "Engine time the result cache saved, seconds: the earlier answer's engine time, summed per hit",
     ["tier"],
 )
 TOOL_CALLS = Counter(
@@ -110,8 +122,8 @@ TOOL_CALLS = Counter(
     "MCP tool calls for requests' tools, by outcome: ok, error, timeout, unavailable, refused",
     ["call", "outcome"],
 )
-TOOL_LATENCY_MS = Histogram(
-    "npcflow_tool_latency_ms", "One MCP tool call, milliseconds", ["call"], buckets=LATENCY_BUCKETS_MS
+TOOL_LATENCY_SECONDS = Histogram(
+    "npcflow_tool_latency_seconds", "One MCP tool call, seconds", ["call"], buckets=LATENCY_BUCKETS_SECONDS
 )
 GAME_STATE_RECORDS = Counter(
     "npcflow_game_state_records_total",

@@ -111,6 +111,12 @@ def _worst(s: Scrape, name: str, label: str) -> dict[str, float]:
     return out
 
 
+def _p95_ms(s: Scrape, tier: str) -> float | None:
+    """A tier's reply-latency p95 in milliseconds (the budgets' unit) from the seconds histogram."""
+    seconds = s.quantile("npcflow_reply_latency_seconds", 0.95, tier=tier)
+    return None if seconds is None else seconds * 1000
+
+
 def build_view(
     current: Scrape,
     previous: Scrape | None,
@@ -139,8 +145,8 @@ def build_view(
             TierRow(
                 tier=tier,
                 budget_ms=budgets.get(tier),
-                p95_ms=win.quantile("npcflow_reply_latency_ms", 0.95, tier=tier) if win is not None else None,
-                p95_all_ms=current.quantile("npcflow_reply_latency_ms", 0.95, tier=tier),
+                p95_ms=_p95_ms(win, tier) if win is not None else None,
+                p95_all_ms=_p95_ms(current, tier),
                 replies_per_s=window_replies * per_s,
                 replies=replies,
                 sla_misses=int(current.total("npcflow_sla_misses_total", tier=tier)),

@@ -51,7 +51,7 @@ SHAPES: dict[Tier, dict[str, Any]] = {
 INTENT_ANSWERS = frozenset({ServedBy.CACHE, ServedBy.DEFAULT_INTENT})
 #: Families ``--json`` must find on the processes' /metrics for the metrics check to pass.
 REQUIRED_FAMILIES = (
-    "npcflow_reply_latency_ms",
+    "npcflow_reply_latency_seconds",
     "npcflow_fallbacks_total",
     "npcflow_breaker_state",
     "npcflow_cost_usd_total",

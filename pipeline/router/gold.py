@@ -123,7 +123,7 @@ class GoldPath:
             log.exception("gold request %s answered; its output or active mark failed", request.request_id)
         self.stats.answered[reply.served_by.value] += 1
         metrics.REPLIES.labels(Tier.GOLD.value, reply.status.value, reply.served_by.value).inc()
-        metrics.REPLY_LATENCY_MS.labels(Tier.GOLD.value).observe(reply.latency.total_ms)
+        metrics.REPLY_LATENCY_SECONDS.labels(Tier.GOLD.value).observe(reply.latency.total_ms / 1000)
         families.gold_answered(reply.tenant_id, reply.served_by.value, reply.late, self.pricing)
         return True
 

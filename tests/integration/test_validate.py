@@ -82,8 +82,8 @@ def test_validate_all_passes_and_metrics_move_with_traffic(
     assert grew("npcflow_intent_cache_total") >= 11  # the first Gold probe and the burst of 10
     assert grew("npcflow_cost_usd_total", tier="silver") > 0
     assert grew("npcflow_cost_saved_usd_total", tier="gold") > 0
-    assert grew("npcflow_hop_latency_ms_count", hop="engine") >= 2
-    assert after.quantile("npcflow_reply_latency_ms", 0.95, tier="gold") is not None
+    assert grew("npcflow_hop_latency_seconds_count", hop="engine") >= 2
+    assert after.quantile("npcflow_reply_latency_seconds", 0.95, tier="gold") is not None
 
 
 def test_validate_fails_when_a_tiers_worker_is_down(

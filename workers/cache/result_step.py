@@ -18,7 +18,7 @@ Not reused (the engine is called):
 
 The lookup is bounded (``LOOKUP_TIMEOUT_S``, and at most a tenth of the time left): a slow or
 unreachable Redis is a miss, never a missed deadline. Hits and misses, and the engine time the
-hits saved, are counted (``npcflow_result_cache_total``, ``npcflow_engine_ms_saved_total``).
+hits saved, are counted (``npcflow_result_cache_total``, ``npcflow_engine_seconds_saved_total``).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class ResultCacheStep(EngineWrapper):
             return await self.inner.generate(request, deadline_ms)
         self.hits += 1
         metrics.RESULT_CACHE.labels(self.tier, "hit").inc()
-        metrics.ENGINE_MS_SAVED.labels(self.tier).inc(hit.latency.engine_ms)
+        metrics.ENGINE_SECONDS_SAVED.labels(self.tier).inc(hit.latency.engine_ms / 1000)
         answered_by = hit.served_tier or hit.tier
         return EngineResult(
             text=hit.text,

@@ -237,7 +237,7 @@ class SinkRunner(Lifecycle):
                     return False
                 delay = min(delay * 2, self.options.retry_max_s)
                 continue
-            metrics.SINK_BATCH_MS.labels(self.sink.name).observe((time.perf_counter() - began) * 1000)
+            metrics.SINK_BATCH_SECONDS.labels(self.sink.name).observe(time.perf_counter() - began)
             metrics.SINK_WRITTEN.labels(self.sink.name).inc(len(items))
             self.stats.written += len(items)
             self.stats.batches += 1

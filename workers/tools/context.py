@@ -135,7 +135,7 @@ class ToolContext(EngineWrapper):
         ms = (time.perf_counter() - began) * 1000
         metrics.TOOL_CALLS.labels(call.call, outcome).inc()
         if outcome != "unavailable":
-            metrics.TOOL_LATENCY_MS.labels(call.call).observe(ms)
+            metrics.TOOL_LATENCY_SECONDS.labels(call.call).observe(ms / 1000)
         record = ToolCall(tool=call.tool, call=call.call, outcome=outcome, ms=round(ms, 3), error=error[:300])
         return record, text
 
