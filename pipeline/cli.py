@@ -18,6 +18,7 @@ import click
 from pipeline import eventloop
 from pipeline.config import Settings
 from pipeline.errors import UserFacingError
+from pipeline.observability.commands import EMBEDDED_VALIDATOR
 from topics.catalogue import CATALOGUE, Tier
 
 #: Commands that live outside the product, imported only when invoked (or listed by --help).
@@ -57,8 +58,44 @@ class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except UserFacingError as exc:
+            if ctx.params.get("debug"):
+                raise
             raise click.ClickException(str(exc)) from exc
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(_one_line(exc, ctx.obj)) from exc
+
+
+def _one_line(exc: Exception, settings: Settings | None) -> str:
+    """A failure a user can fix names what to change; anything else is a bug, and says how to see it."""
+    from pipeline.failures import explain
+
+    line = explain(exc, settings if isinstance(settings, Settings) else None)
+    if line is not None:
+        return line
+    return f"{type(exc).__name__}: {exc} (a bug in npcflow: run `npcflow --debug …` for the traceback)"
+
+
+def _validate_embedded(*args: object, **kwargs: object) -> object:
+    """``validate --embedded`` runs the dev stack: wired here, so ``pipeline`` never imports ``devstack``."""
+    try:
+        from devstack.validate import validate_embedded
+    except ImportError as exc:
+        raise UserFacingError(
+            f"--embedded needs the embedded stack (pip install 'npcflow[embedded]'): {exc}"
+        ) from exc
+    return validate_embedded(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _broker_up(settings: Settings) -> None:
+    """Fail fast, in one line, when no broker answers: before a process starts serving."""
+    from pipeline.kafka import probe
+
+    asyncio.run(probe(settings))
 
 
 def _missing_extra(name: str, help_text: str, exc: ImportError) -> click.Command:
@@ -73,14 +110,17 @@ def _missing_extra(name: str, help_text: str, exc: ImportError) -> click.Command
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
+@click.option("--debug", is_flag=True, help="Print the traceback of an error instead of one line.")
+@click.version_option(package_name="npcflow", message="npcflow %(version)s")
 @click.pass_context
-def main(ctx: click.Context, log_level: str) -> None:
+def main(ctx: click.Context, log_level: str, debug: bool) -> None:
     """npcflow: route NPC inference requests over Kafka to Gold, Silver and Bronze tiers.
 
     Settings come from NPCFLOW_* environment variables; endpoints not set there come from
     .npcflow/stack.env written by `npcflow stack up --detach`.
     """
     _setup_logging(log_level)
+    ctx.meta[EMBEDDED_VALIDATOR] = _validate_embedded
     settings = Settings.from_env()
     ctx.obj = settings
     eventloop.install(settings.process.event_loop)
@@ -174,7 +214,11 @@ def schema_export(directory: Path, prefix: str) -> None:
     """Write one JSON Schema per event and an AsyncAPI 3 document to DIRECTORY."""
     from topics.export import export
 
-    for path in export(directory, prefix):
+    try:
+        paths = export(directory, prefix)
+    except OSError as exc:
+        raise UserFacingError(f"cannot write the schemas to {directory}: {exc.strerror or exc}") from exc
+    for path in paths:
         click.echo(str(path))
 
 
@@ -189,6 +233,7 @@ def run_router_cmd(settings: Settings) -> None:
     """The router: validate, classify, stamp the deadline, forward to the tier topic."""
     from pipeline.router.app import run_router
 
+    _broker_up(settings)
     run_router(settings)
 
 
@@ -206,6 +251,7 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     from workers.run import run_worker
     from workers.worker_config import WorkerConfig
 
+    _broker_up(settings)
     tier_enum = Tier(tier)
     spec = engine or settings.engines.spec_for(tier)
     config = WorkerConfig.from_settings(settings, tier_enum)
@@ -264,8 +310,15 @@ def job_get(settings: Settings, job_id: str) -> None:
     import dataclasses
     import json
 
+    from pipeline.config import ENV_S3_ENDPOINT
     from workers.jobs.store import JobStore
 
+    if not settings.s3_endpoint:  # boto3 would otherwise ask AWS itself, for a bucket name anyone may own
+        raise UserFacingError(
+            f"no S3 configured: set {ENV_S3_ENDPOINT}=URL (the jobs' store; on AWS its regional "
+            "endpoint, e.g. https://s3.eu-west-1.amazonaws.com) or start the embedded stack with "
+            "`npcflow stack up --detach`"
+        )
     store = JobStore.from_settings(settings)
     try:
         record = asyncio.run(store.get(job_id))
