@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,6 +21,10 @@ from pipeline.config import Settings
 from pipeline.errors import UserFacingError
 from pipeline.observability.commands import EMBEDDED_VALIDATOR
 from topics.catalogue import CATALOGUE, Tier
+from topics.fields import Sla
+
+if TYPE_CHECKING:
+    from topics.schemas import Reply
 
 #: Commands that live outside the product, imported only when invoked (or listed by --help).
 LAZY_COMMANDS = {
@@ -295,6 +300,55 @@ def run_collector_cmd(settings: Settings) -> None:
     from workers.jobs.collector import run_collector
 
     asyncio.run(run_collector(settings))
+
+
+@main.command("send")
+@click.argument("text")
+@click.option("--npc", "npc_id", required=True, help="The NPC to ask (the request's npc_id).")
+@click.option(
+    "--sla",
+    type=click.Choice([s.value for s in Sla]),
+    default=None,
+    help="realtime (Gold), interactive (Silver) or async (Bronze); default: the router classifies.",
+)
+@click.option("--tenant", default="npcflow-cli", show_default=True, help="The tenant (game server) id.")
+@click.option("--max-tokens", default=32, show_default=True, help="Tokens the engine may generate.")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole reply event as JSON.")
+@click.pass_obj
+def send_cmd(
+    settings: Settings,
+    text: str,
+    npc_id: str,
+    sla: str | None,
+    tenant: str,
+    max_tokens: int,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Send one request as a game server would (the SDK, pipeline/client.py) and print its reply."""
+    from pipeline.client import NPCClient, ReplyTimeout
+    from topics.schemas import ReplyStatus
+
+    async def ask() -> Reply:
+        async with NPCClient(settings, tenant_id=tenant) as client:
+            request = client.build_request(npc_id, text, max_tokens=max_tokens, sla=sla)
+            return await client.request(request, timeout_s=timeout_s)
+
+    _broker_up(settings)
+    try:
+        reply = asyncio.run(ask())
+    except ReplyTimeout as exc:
+        raise UserFacingError(
+            f"{exc}: is a router and a worker for the tier running? (`npcflow run router`, "
+            "`npcflow run worker --tier …`, or `make demo`)"
+        ) from exc
+    if as_json:
+        click.echo(reply.to_bytes().decode())
+        return
+    if reply.status not in (ReplyStatus.OK, ReplyStatus.FALLBACK):
+        raise UserFacingError(f"{reply.tier} replied {reply.status}: {reply.error or reply.text or '-'}")
+    click.echo(reply.text or reply.intent or "")
 
 
 @main.group()
