@@ -42,7 +42,8 @@ class PipelineProcesses:
     procs: list[tuple[ManagedProcess, Path]] = field(default_factory=list)
 
     def _spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> None:
-        self.spawn(name, [sys.executable, "-m", "pipeline.cli", *args], extra_env)
+        # --debug: a child that fails leaves its traceback in its log, where tests and the demo look.
+        self.spawn(name, [sys.executable, "-m", "pipeline.cli", "--debug", *args], extra_env)
 
     def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
         """Start one more process that signals readiness through ``NPCFLOW_READY_FILE``."""
