@@ -29,6 +29,8 @@ COPY pipeline ./pipeline
 COPY topics ./topics
 COPY workers ./workers
 COPY devstack ./devstack
+# Analysts' `npcflow replay` is part of the base install (pyproject's packages include replay*).
+COPY replay ./replay
 # The sinks' migrations and index templates, installed as data files (share/npcflow/).
 COPY infrastructure/sql ./infrastructure/sql
 COPY infrastructure/opensearch ./infrastructure/opensearch

@@ -11,10 +11,8 @@ model produced it. It ends with a summary; ``--json`` prints one summary line in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import random
 import sys
 import tempfile
@@ -24,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from devstack.processes import PipelineProcesses
+from devstack.processes import PipelineProcesses, background_yields, yield_cpu
 from devstack.stack import EmbeddedStack
 from pipeline import kafka
 from pipeline.client import NPCClient, ReplyTimeout
@@ -360,26 +358,6 @@ async def settled_sink_counts(settings: Settings, timeout_s: float = 20.0) -> di
     return last
 
 
-def _yield_cpu(pid: int) -> None:
-    """Every thread of ``pid`` at nice 10: it runs when the router does not need the core."""
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError, ValueError):
-            os.setpriority(os.PRIO_PROCESS, int(task.name), 10)
-
-
-def _background_yields(procs: PipelineProcesses, engines: dict[Tier, str]) -> None:
-    """On a laptop the CPU models and the sinks share the cores with the router: they yield.
-
-    Otherwise Gold's two-hop answers wait behind a second-long decode or a sink's batch for a core
-    (docs/architecture.md, "Gold's two paths"); on GPU hosts and separate sink hosts the question
-    does not arise.
-    """
-    for proc, _ in procs.procs:
-        tier = next((t for t in Tier if proc.name.startswith(f"worker-{t.value}-")), None)
-        if proc.name.startswith("sink-") or (tier is not None and engines.get(tier) == "embedded"):
-            _yield_cpu(proc.pid)
-
-
 def with_engines(settings: Settings, spec: str | None) -> Settings:
     """``gold=embedded,silver=openai,bronze=sagemaker`` → settings with those engines per tier."""
     if not spec:
@@ -431,14 +409,14 @@ def _run_demo(
         env = endpoints.as_env() | stack.engine_env | {ENV_EMBEDDED_THREADS: "1"}
         for proc in stack.processes:  # CPU model servers yield to the router, like the embedded workers
             if proc.name in ("llama", "sagemaker"):
-                _yield_cpu(proc.pid)
+                yield_cpu(proc.pid)
         if not as_json:
             print(
                 f"stack up; starting router and workers (engines: {json.dumps(engines)})",
                 flush=True,
             )
         with PipelineProcesses(env, work, engines=engines, sinks=tuple(SINKS)) as procs:
-            _background_yields(procs, engines)
+            background_yields(procs, engines)
             summary = asyncio.run(drive(settings, prefix, duration, rate, npcs, as_json, engines, active))
             summary["sinks"] = asyncio.run(settled_sink_counts(settings))
     if not as_json:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -41,7 +42,8 @@ class PipelineProcesses:
     procs: list[tuple[ManagedProcess, Path]] = field(default_factory=list)
 
     def _spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> None:
-        self.spawn(name, [sys.executable, "-m", "pipeline.cli", *args], extra_env)
+        # --debug: a child that fails leaves its traceback in its log, where tests and the demo look.
+        self.spawn(name, [sys.executable, "-m", "pipeline.cli", "--debug", *args], extra_env)
 
     def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
         """Start one more process that signals readiness through ``NPCFLOW_READY_FILE``."""
@@ -129,3 +131,23 @@ class PipelineProcesses:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def yield_cpu(pid: int) -> None:
+    """Every thread of ``pid`` at nice 10: it runs when the router does not need the core."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            os.setpriority(os.PRIO_PROCESS, int(task.name), 10)
+
+
+def background_yields(procs: PipelineProcesses, engines: dict[Tier, str]) -> None:
+    """On a laptop the CPU models and the sinks share the cores with the router: they yield.
+
+    Otherwise Gold's two-hop answers wait behind a second-long decode or a sink's batch for a core
+    (docs/architecture.md, "Gold's two paths"); on GPU hosts and separate sink hosts the question
+    does not arise.
+    """
+    for proc, _ in procs.procs:
+        tier = next((t for t in Tier if proc.name.startswith(f"worker-{t.value}-")), None)
+        if proc.name.startswith("sink-") or (tier is not None and engines.get(tier) == "embedded"):
+            yield_cpu(proc.pid)

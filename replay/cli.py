@@ -13,7 +13,8 @@ from aiokafka.errors import KafkaError
 
 from pipeline.config import Settings
 from pipeline.router.policy import RoutingPolicy
-from replay.bounds import WindowError, parse_time
+from pipeline.since import FORMS, parse_moment
+from replay.bounds import WindowError
 from replay.progress import ProgressBar
 from replay.report import render_table
 from replay.run import ReplayOptions, run_replay
@@ -43,8 +44,7 @@ def parse_offsets(specs: tuple[str, ...]) -> dict[int, tuple[int, int | None]] |
 @click.option(
     "--since",
     default=None,
-    help="Window start: epoch ms, ISO-8601 (UTC unless zoned) or an age "
-    "(15m, 2h, 1d). Default: the topics' first records.",
+    help=f"Window start: {FORMS}. Default: the topics' first records.",
 )
 @click.option("--until", default=None, help="Window end (exclusive), same forms. Default: now.")
 @click.option(
@@ -133,8 +133,8 @@ def replay_cmd(
     now = int(time.time() * 1000)
     options = ReplayOptions(
         source_prefix=settings.topic_prefix if prefix is None else prefix,
-        since_ms=parse_time(since, now) if since else None,
-        until_ms=parse_time(until, now) if until else now,
+        since_ms=parse_moment(since, now) if since else None,
+        until_ms=parse_moment(until, now, option="--until") if until else now,
         offsets=parse_offsets(offset_specs),
         grace_ms=int(grace * 1000),
         policy=RoutingPolicy.load(policy_file or settings.policy_file) if report else None,

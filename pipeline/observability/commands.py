@@ -14,6 +14,11 @@ from topics.catalogue import Tier
 
 TIER_CHOICES = [t.value for t in Tier] + ["all"]
 
+#: The ``ctx.meta`` key under which pipeline/cli.py (the composition root) puts the function that
+#: runs ``validate --embedded``: it starts the dev stack (devstack/validate.py), which the product
+#: never imports.
+EMBEDDED_VALIDATOR = "npcflow.validate_embedded"
+
 
 def _targets(settings: Settings, given: tuple[str, ...]) -> list[str]:
     return list(given) or list(settings.observability.metrics_targets)
@@ -56,9 +61,9 @@ def _print_human(result: dict[str, Any]) -> None:
     metavar="HOST:PORT",
     help="A process's metrics port to scrape (repeatable; default NPCFLOW_METRICS_TARGETS).",
 )
-@click.pass_obj
+@click.pass_context
 def validate_cmd(
-    settings: Settings,
+    ctx: click.Context,
     tier: str,
     embedded: bool,
     as_json: bool,
@@ -68,10 +73,12 @@ def validate_cmd(
 ) -> None:
     """Probe TIER (or all) end to end: answered by the right tier, breaker closed, lag bounded,
     latency judged against the configured budgets. Exits 1 on failure."""
+    from pipeline.errors import UserFacingError
     from pipeline.observability.scrape import scrape
     from pipeline.observability.validate import Validator, metrics_report
     from pipeline.observability.validate import as_json as to_json
 
+    settings: Settings = ctx.obj
     tiers = list(Tier) if tier == "all" else [Tier(tier)]
 
     def progress(line: str) -> None:
@@ -79,8 +86,9 @@ def validate_cmd(
             click.echo(f"… {line}", err=True)
 
     if embedded:
-        from pipeline.observability.embedded import validate_embedded
-
+        validate_embedded = ctx.meta.get(EMBEDDED_VALIDATOR)
+        if validate_embedded is None:
+            raise UserFacingError("--embedded needs the embedded stack: pip install 'npcflow[embedded]'")
         result = validate_embedded(settings, tiers, engines=engines, burst=burst, progress=progress)
     else:
         settings.require_kafka()
@@ -105,7 +113,7 @@ def cost_group() -> None:
     "--since",
     default="1h",
     show_default=True,
-    help="The window: a duration back from now (90s, 15m, 1h, 2d).",
+    help="The window's start: an age (90s, 15m, 1h30m, 2d), an ISO-8601 time or epoch ms.",
 )
 @click.option("--tenant", default=None, help="Only this tenant's replies.")
 @click.option("--top", default=10, show_default=True, help="NPCs listed (those that cost most).")
@@ -118,9 +126,10 @@ def cost_report_cmd(
     """Cost per tier, tenant and NPC over the window, with the caches' savings, from the
     PostgreSQL tables the postgres sink writes (NPCFLOW_DATABASE_URL)."""
     from pipeline.observability.cost import Pricing
-    from pipeline.observability.cost_report import CostReportError, cost_report, parse_since, render
+    from pipeline.observability.cost_report import CostReportError, cost_report, render
+    from pipeline.since import window_s
 
-    seconds = parse_since(since)
+    seconds = window_s(since)
     if not settings.database_url:
         raise CostReportError(
             "no PostgreSQL configured: set NPCFLOW_DATABASE_URL=postgresql://… "

@@ -18,7 +18,6 @@ and say nothing per NPC; the tables hold every reply for as long as ops keep the
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -28,25 +27,11 @@ from typing import Any
 from pipeline.errors import UserFacingError
 from pipeline.observability.cost import CACHED, Pricing
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _TIER_ORDER = {"gold": 0, "silver": 1, "bronze": 2}
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class CostReportError(UserFacingError, RuntimeError):
     """The database is unreachable, not migrated, or an option is malformed."""
-
-
-def parse_since(text: str) -> float:
-    """``90s``, ``15m``, ``1h``, ``1h30m``, ``2d``, ``1w`` → seconds (> 0)."""
-    compact = text.strip().lower().replace(" ", "")
-    parts = _DURATION.findall(compact)
-    if not parts or "".join(n + u for n, u in parts) != compact:
-        raise CostReportError(f"--since {text!r}: use a duration such as 90s, 15m, 1h, 1h30m, 2d")
-    seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
-    if seconds <= 0:
-        raise CostReportError(f"--since {text!r}: the window must be longer than 0")
-    return seconds
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``npcflow cost report`` without a database: the window option, the savings table, the rendering.
+"""``npcflow cost report`` without a database: the savings table, the rendering (``--since``: test_since.py).
 
 The queries themselves run on the real PostgreSQL in tests/integration/test_cost_report.py.
 """
@@ -7,39 +7,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
-
 from pipeline.observability.cost import Pricing
 from pipeline.observability.cost_report import (
     CostLine,
     CostReport,
-    CostReportError,
     _savings_table,
-    parse_since,
     render,
 )
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("90s", 90),
-        ("15m", 900),
-        ("1h", 3600),
-        ("1h30m", 5400),
-        ("2d", 172800),
-        ("1w", 604800),
-        ("0.5h", 1800),
-    ],
-)
-def test_since_reads_durations(text: str, seconds: float) -> None:
-    assert parse_since(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "1", "h", "1x", "1h-", "-1h", "0s", "yesterday"])
-def test_since_refuses_anything_else_with_one_clear_line(text: str) -> None:
-    with pytest.raises(CostReportError, match="--since"):
-        parse_since(text)
 
 
 def test_savings_table_prices_every_cached_answer_of_every_tier() -> None:

@@ -1,4 +1,4 @@
-"""Replay without a broker: time parsing, the bounded join, the what-if report, export rows, sandbox ids."""
+"""Replay without a broker: the bounded join, the what-if report, export rows, sandbox ids."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from aiokafka.structs import ConsumerRecord
 
 from pipeline.config import Settings
 from pipeline.router.policy import RoutingPolicy, Unroutable
-from replay.bounds import Bounds, WindowError, parse_time
+from replay.bounds import Bounds, WindowError
 from replay.cli import parse_offsets
 from replay.export import Exporter, ExportError
 from replay.histogram import Histogram
@@ -99,15 +99,6 @@ def policy_with_realtime_on(tier: str) -> RoutingPolicy:
             },
         }
     )
-
-
-def test_times_parse_as_epoch_ms_iso_or_age() -> None:
-    assert parse_time("1717000000000") == 1717000000000
-    assert parse_time("2024-05-29T16:26:40Z") == 1717000000000
-    assert parse_time("2024-05-29T16:26:40") == 1717000000000  # naive means UTC
-    assert parse_time("2h", now_ms=10_000_000) == 10_000_000 - 7_200_000
-    with pytest.raises(WindowError, match="cannot read time"):
-        parse_time("yesterday-ish")
 
 
 def test_offsets_parse_per_partition_and_refuse_nonsense() -> None:

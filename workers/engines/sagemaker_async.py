@@ -19,7 +19,7 @@ import math
 import time
 from typing import Any
 
-from pipeline.config import Settings
+from pipeline.config import ENV_SAGEMAKER_URL, Settings
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
 from workers.engines.base import PRIOR_CHAIN, EngineError, EngineResult, EngineUnavailable
@@ -70,8 +70,9 @@ class SageMakerAsyncEngine(Lifecycle):
         self._runtime: Any = None
 
     async def _start(self) -> None:
+        # No endpoint configured is the operator's to fix (a ConfigError), not an outage to wait out.
+        self._runtime = aws_client("sagemaker-runtime", self.config.url, ENV_SAGEMAKER_URL)
         try:
-            self._runtime = aws_client("sagemaker-runtime", self.config.url)
             await self.store.ensure_bucket()
         except Exception as exc:
             bucket = self.store.bucket

@@ -17,17 +17,29 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline.config import Settings
+from pipeline.config import ENV_S3_ENDPOINT, ConfigError, Settings
 
 PENDING = "pending"
 COMPLETED = "completed"
 FAILED = "failed"
 
 
-def aws_client(service: str, endpoint_url: str | None) -> Any:
-    """A boto3 client; a custom endpoint (moto, MinIO, the dev stack) gets dummy keys if none are set."""
+def aws_client(service: str, endpoint_url: str | None, variable: str = ENV_S3_ENDPOINT) -> Any:
+    """A boto3 client on an endpoint someone configured; a custom one (moto, MinIO, the dev stack)
+    gets dummy keys if none are set.
+
+    Without an endpoint boto3 would talk to AWS itself: a dev install, a test or a typo must never
+    reach a public cloud, so AWS too is an endpoint to name (``variable``) rather than a default.
+    """
     import boto3
     from botocore.config import Config
+
+    if not endpoint_url:
+        raise ConfigError(
+            f"no {service} endpoint configured: set {variable}=URL (the dev stack's comes from "
+            "`npcflow stack up --detach`; on AWS name its regional endpoint, "
+            "e.g. https://s3.eu-west-1.amazonaws.com); npcflow never defaults to a public cloud"
+        )
 
     session = boto3.session.Session()
     kwargs: dict[str, Any] = {

@@ -2,6 +2,8 @@
 # Against the deployment NPCFLOW_* describes; pass --embedded to start a fresh embedded one,
 # --json for one JSON line. Any other option goes to `npcflow validate` (see its --help).
 $ErrorActionPreference = "Stop"
-$npcflow = if ($env:NPCFLOW) { $env:NPCFLOW } else { "npcflow" }
+# $env:NPCFLOW, else the checkout's .venv (what `make` installs), else npcflow on PATH.
+$checkout = Join-Path $PSScriptRoot "../../../.venv/bin/npcflow"
+$npcflow = if ($env:NPCFLOW) { $env:NPCFLOW } elseif (Test-Path $checkout) { $checkout } else { "npcflow" }
 & $npcflow validate all @args
 exit $LASTEXITCODE

@@ -4,8 +4,9 @@ The deployment is the demo's: the embedded stack (``devstack.stack.EmbeddedStack
 process per router / tier worker (``devstack.processes.PipelineProcesses``), with the engines the
 settings name (the embedded llama.cpp model unless ``--engines`` says otherwise). Each process
 binds a free metrics port (``NPCFLOW_METRICS_PORT=0``) and names it in its ready file, so the
-metrics check scrapes the processes' real /metrics. Needs the ``[embedded]`` extra; imported only
-when ``--embedded`` is given.
+metrics check scrapes the processes' real /metrics. The product's ``validate`` command
+(:mod:`pipeline.observability.commands`) never imports this module: :mod:`pipeline.cli`, the
+composition root, hands it this function, so ``pipeline`` imports nothing from ``devstack``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from devstack.demo import with_engines
+from devstack.processes import PipelineProcesses, background_yields
+from devstack.stack import EmbeddedStack
 from pipeline import config
 from pipeline.config import Settings
-from pipeline.errors import UserFacingError
 from pipeline.observability.scrape import scrape
 from pipeline.observability.validate import TierReport, Validator, as_json, metrics_report
 from topics.admin import create_embedded_topics
@@ -35,12 +38,6 @@ def validate_embedded(
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Start the stack and the pipeline, probe ``tiers``, scrape /metrics, stop everything."""
-    try:
-        from devstack.demo import _cpu_engines_yield, with_engines
-        from devstack.processes import PipelineProcesses
-        from devstack.stack import EmbeddedStack
-    except ImportError as exc:
-        raise UserFacingError(f"--embedded needs the embedded stack: {exc}") from exc
     settings = with_engines(settings, engines)
     specs = {t: settings.engines.spec_for(t.value) for t in Tier}
     # A fresh prefix: topics, consumer groups and the breakers' Redis keys are this run's alone.
@@ -65,7 +62,7 @@ def validate_embedded(
             )
             progress(f"starting the router and workers (engines: {', '.join(specs.values())})")
             with PipelineProcesses(env, work, engines=specs) as procs:
-                _cpu_engines_yield(procs, specs)  # CPU models yield the cores to the router
+                background_yields(procs, specs)  # CPU models yield the cores to the router
                 progress(f"probing {', '.join(t.value for t in tiers)}")
                 reports = asyncio.run(Validator(settings, burst=burst).run(tiers))
                 targets = procs.metrics_targets()
