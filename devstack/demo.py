@@ -29,8 +29,9 @@ from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import ENV_EMBEDDED_THREADS, TIERS, ConfigError, Settings
 from pipeline.intents import GAME_ENGINE, IntentCache
 from pipeline.observability.metrics import percentiles
+from pipeline.observability.validate import group_lag
 from topics.admin import create_embedded_topics
-from topics.catalogue import DLQ, REQUESTS, Tier
+from topics.catalogue import DLQ, OUTPUTS, REQUESTS, Tier
 from topics.schemas import Intent, Reply, ReplyStatus, Request, ServedBy, Sla
 from workers.sinks import SINKS
 from workers.sinks import counts as sink_counts
@@ -345,17 +346,23 @@ async def drive(
     }
 
 
-async def settled_sink_counts(settings: Settings, timeout_s: float = 20.0) -> dict[str, int]:
-    """What the sinks wrote, once two reads a second apart agree (they batch for up to 200 ms)."""
-    last: dict[str, int] = {}
+async def settled_sink_counts(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
+    """What the sinks wrote, once every sink's group has committed all of ``npc.outputs``.
+
+    A sink commits a batch only after writing it, so lag 0 means every output is in its store.
+    (Two equal counts a second apart were not enough: on a loaded machine a sink stalled longer
+    than that, and the summary counted a store half-written.) Past ``timeout_s`` the counts are
+    what they are, and the summary shows the shortfall.
+    """
+    prefix = settings.topic_prefix
+    outputs = OUTPUTS.name(prefix)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        now = await sink_counts(settings)
-        if now == last:
+        lags = [await group_lag(settings, f"{prefix}npcflow-sink-{name}", outputs) for name in SINKS]
+        if all(lag == 0 for lag in lags):
             break
-        last = now
-        await asyncio.sleep(1.0)
-    return last
+        await asyncio.sleep(0.5)
+    return await sink_counts(settings)
 
 
 def with_engines(settings: Settings, spec: str | None) -> Settings:
