@@ -1,59 +1,87 @@
-"""Kafka security settings (TLS and SASL) and what each client library is handed from them.
+"""Kafka settings: what every client is built with, TLS and SASL, and what each library is handed.
 
-:mod:`pipeline.config` reads the variables (from the mapping it is given; nothing here reads
-``os.environ``) into :class:`KafkaSecurity`; :mod:`pipeline.kafka` hands
-:meth:`KafkaSecurity.aiokafka_options` to every producer, consumer and admin client, and the router
-hands :meth:`KafkaSecurity.faust_credentials` to faust, whose aiokafka driver turns them into the
-same options. One place decides what a secured client looks like, so a process cannot connect
-with TLS from one client and in the clear from another.
+:mod:`pipeline.kafka` hands :meth:`KafkaSecurity.aiokafka_options` to every producer, consumer and
+admin client, and the router hands :meth:`KafkaSecurity.faust_credentials` to faust, whose aiokafka
+driver turns them into the same options. One place decides what a secured client looks like, so a
+process cannot connect with TLS from one client and in the clear from another.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pipeline.errors import UserFacingError
+from pydantic import model_validator
 
-ENV_SECURITY_PROTOCOL = "NPCFLOW_KAFKA_SECURITY_PROTOCOL"
-ENV_SASL_MECHANISM = "NPCFLOW_KAFKA_SASL_MECHANISM"
-ENV_SASL_USERNAME = "NPCFLOW_KAFKA_SASL_USERNAME"
-ENV_SASL_PASSWORD = "NPCFLOW_KAFKA_SASL_PASSWORD"
-ENV_SSL_CA = "NPCFLOW_KAFKA_SSL_CA"
-ENV_SSL_CERT = "NPCFLOW_KAFKA_SSL_CERT"
-ENV_SSL_KEY = "NPCFLOW_KAFKA_SSL_KEY"
-ENV_SSL_KEY_PASSWORD = "NPCFLOW_KAFKA_SSL_KEY_PASSWORD"
-ENV_SSL_CHECK_HOSTNAME = "NPCFLOW_KAFKA_SSL_CHECK_HOSTNAME"
+from pipeline.config.fields import ConfigError, Group, Upper, setting
 
 #: Kafka's own names (``security.protocol``), which aiokafka and faust take as they are.
-PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 #: The SASL mechanisms aiokafka speaks with a username and password (GSSAPI and OAUTHBEARER need
 #: a Kerberos setup or a token provider, which no setting here can express).
-MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
-class KafkaSecurityError(UserFacingError, RuntimeError):
-    """The Kafka security settings contradict each other or name a file that cannot be read."""
+class KafkaSecurityError(ConfigError):
+    """The Kafka TLS files named by the settings cannot be loaded."""
 
 
-@dataclass(frozen=True)
-class KafkaSecurity:
+class KafkaSecurity(Group):
     """How every Kafka client of the product authenticates and encrypts; PLAINTEXT by default."""
 
-    protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = "SCRAM-SHA-512"
-    sasl_username: str | None = None
-    sasl_password: str | None = None
-    #: PEM bundle of the CAs that signed the brokers' certificates; None: the system's trust store.
-    ssl_cafile: str | None = None
-    #: Client certificate and key (PEM) for mutual TLS; the key may be encrypted with the password.
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_key_password: str | None = None
-    #: Off only for a test broker whose certificate does not name the host it is reached by.
-    ssl_check_hostname: bool = True
+    protocol: Annotated[Protocol, Upper] = setting(
+        "NPCFLOW_KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "for every Kafka client (aiokafka, faust, admin): PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    )
+    sasl_mechanism: Annotated[Mechanism, Upper] = setting(
+        "NPCFLOW_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512", "SASL mechanism (with SASL_*)"
+    )
+    sasl_username: str | None = setting(
+        "NPCFLOW_KAFKA_SASL_USERNAME", None, "SASL user (required with SASL_*)"
+    )
+    sasl_password: str | None = setting(
+        "NPCFLOW_KAFKA_SASL_PASSWORD", None, "SASL password (required with SASL_*)", secret=True
+    )
+    ssl_cafile: str | None = setting(
+        "NPCFLOW_KAFKA_SSL_CA",
+        None,
+        "PEM file of the CAs that signed the brokers' certificates",
+        shown_default="the system's trust store",
+    )
+    ssl_certfile: str | None = setting(
+        "NPCFLOW_KAFKA_SSL_CERT", None, "client certificate (PEM) for mutual TLS"
+    )
+    ssl_keyfile: str | None = setting(
+        "NPCFLOW_KAFKA_SSL_KEY", None, "client key (PEM) for mutual TLS; needs the certificate"
+    )
+    ssl_key_password: str | None = setting(
+        "NPCFLOW_KAFKA_SSL_KEY_PASSWORD", None, "password of an encrypted client key", secret=True
+    )
+    ssl_check_hostname: bool = setting(
+        "NPCFLOW_KAFKA_SSL_CHECK_HOSTNAME",
+        True,
+        "0 only for a test broker whose certificate does not name the host it is reached by",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecurity:
+        """A contradiction is one clear error at start, not a broker that silently drops the connection."""
+        if self.uses_sasl and not (self.sasl_username and self.sasl_password):
+            raise ValueError(
+                f"NPCFLOW_KAFKA_SECURITY_PROTOCOL={self.protocol} needs NPCFLOW_KAFKA_SASL_USERNAME "
+                "and NPCFLOW_KAFKA_SASL_PASSWORD"
+            )
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError(
+                "NPCFLOW_KAFKA_SSL_KEY is set without NPCFLOW_KAFKA_SSL_CERT: give the client certificate too"
+            )
+        if (self.ssl_cafile or self.ssl_certfile) and not self.uses_tls:
+            raise ValueError(
+                "NPCFLOW_KAFKA_SSL_CA/NPCFLOW_KAFKA_SSL_CERT are set but "
+                f"NPCFLOW_KAFKA_SECURITY_PROTOCOL={self.protocol}: use SSL or SASL_SSL, or unset them"
+            )
+        return self
 
     @property
     def uses_tls(self) -> bool:
@@ -85,7 +113,8 @@ class KafkaSecurity:
                 context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, self.ssl_key_password)
         except (OSError, ssl.SSLError) as exc:
             raise KafkaSecurityError(
-                f"cannot load the Kafka TLS files ({ENV_SSL_CA}, {ENV_SSL_CERT}, {ENV_SSL_KEY}): {exc}"
+                "cannot load the Kafka TLS files (NPCFLOW_KAFKA_SSL_CA, NPCFLOW_KAFKA_SSL_CERT, "
+                f"NPCFLOW_KAFKA_SSL_KEY): {exc}"
             ) from exc
         context.check_hostname = self.ssl_check_hostname
         return context
@@ -124,51 +153,24 @@ class KafkaSecurity:
         return None
 
 
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    return env.get(name, "").strip() or None
+class KafkaOptions(Group):
+    """What every Kafka client of the product is built with (see :mod:`pipeline.kafka`)."""
 
-
-def read_kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
-    """Read the ``NPCFLOW_KAFKA_SECURITY_*`` / ``_SASL_*`` / ``_SSL_*`` variables from ``env``.
-
-    Called by :meth:`pipeline.config.Settings.from_env` with the environment it reads; a
-    contradiction (SASL without a password, a key without a certificate) is one clear error at
-    start rather than a broker that silently drops the connection.
-    """
-    protocol = (_get(env, ENV_SECURITY_PROTOCOL) or "PLAINTEXT").upper()
-    if protocol not in PROTOCOLS:
-        raise KafkaSecurityError(
-            f"{ENV_SECURITY_PROTOCOL}={protocol!r}: choose one of {', '.join(PROTOCOLS)}"
-        )
-    mechanism = (_get(env, ENV_SASL_MECHANISM) or "SCRAM-SHA-512").upper()
-    if mechanism not in MECHANISMS:
-        raise KafkaSecurityError(f"{ENV_SASL_MECHANISM}={mechanism!r}: choose one of {', '.join(MECHANISMS)}")
-    check = (_get(env, ENV_SSL_CHECK_HOSTNAME) or "1").lower()
-    if check not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-        raise KafkaSecurityError(f"{ENV_SSL_CHECK_HOSTNAME}={check!r}: use 1 or 0")
-    security = KafkaSecurity(
-        protocol=protocol,
-        sasl_mechanism=mechanism,
-        sasl_username=_get(env, ENV_SASL_USERNAME),
-        sasl_password=_get(env, ENV_SASL_PASSWORD),
-        ssl_cafile=_get(env, ENV_SSL_CA),
-        ssl_certfile=_get(env, ENV_SSL_CERT),
-        ssl_keyfile=_get(env, ENV_SSL_KEY),
-        ssl_key_password=_get(env, ENV_SSL_KEY_PASSWORD),
-        ssl_check_hostname=check in ("1", "true", "yes", "on"),
+    fetch_max_wait_ms: int = setting(
+        "NPCFLOW_FETCH_MAX_WAIT_MS",
+        500,
+        "how long the broker may hold a consumer's fetch when there is nothing to return; Kafka "
+        "answers as soon as a record arrives, so this only bounds how often an idle consumer asks",
+        ge=1,
+        le=60_000,
     )
-    if security.uses_sasl and not (security.sasl_username and security.sasl_password):
-        raise KafkaSecurityError(
-            f"{ENV_SECURITY_PROTOCOL}={protocol} needs {ENV_SASL_USERNAME} and {ENV_SASL_PASSWORD}"
-        )
-    if security.ssl_keyfile and not security.ssl_certfile:
-        raise KafkaSecurityError(
-            f"{ENV_SSL_KEY} is set without {ENV_SSL_CERT}: give the client certificate too"
-        )
-    tls_files = security.ssl_cafile or security.ssl_certfile
-    if tls_files and not security.uses_tls:
-        raise KafkaSecurityError(
-            f"{ENV_SSL_CA}/{ENV_SSL_CERT} are set but {ENV_SECURITY_PROTOCOL}={protocol}: "
-            "use SSL or SASL_SSL, or unset them"
-        )
-    return security
+    session_timeout_s: float = setting(
+        "NPCFLOW_SESSION_TIMEOUT_S",
+        6.0,
+        "consumer-group session timeout: how long a dead member keeps its partitions; a new "
+        "process joins in about half of it",
+        gt=0,
+        le=3600,
+    )
+    #: TLS and SASL (``NPCFLOW_KAFKA_SECURITY_PROTOCOL`` ...).
+    security: KafkaSecurity = KafkaSecurity()

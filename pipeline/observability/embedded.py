@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline import config
 from pipeline.config import Settings
 from pipeline.errors import UserFacingError
 from pipeline.observability.scrape import scrape
@@ -58,9 +57,9 @@ def validate_embedded(
                 endpoints.as_env()
                 | stack.engine_env
                 | {
-                    config.ENV_TOPIC_PREFIX: prefix,
-                    config.ENV_METRICS_PORT: "0",
-                    config.ENV_EMBEDDED_THREADS: "1",
+                    "NPCFLOW_TOPIC_PREFIX": prefix,
+                    "NPCFLOW_METRICS_PORT": "0",
+                    "NPCFLOW_EMBEDDED_THREADS": "1",
                 }
             )
             progress(f"starting the router and workers (engines: {', '.join(specs.values())})")
