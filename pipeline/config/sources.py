@@ -146,7 +146,7 @@ def read(env: Mapping[str, str] | None = None, *, stack_file: bool = True) -> Re
 def _describe(
     exc: ValidationError, raw: Mapping[str, str], origins: Mapping[str, str], declared: list[Variable]
 ) -> str:
-    """One line per bad value: ``NPCFLOW_X='v': why (default d)``, naming stack.env if it came from there."""
+    """One line per bad value, ``VARIABLE='value': why; default d``, naming stack.env if from there."""
     fields = {var.name: var.field for var in declared}
     lines: list[str] = []
     for error in exc.errors():

@@ -90,7 +90,7 @@ def test_choices_take_any_case_and_lists_take_commas() -> None:
 
 
 def test_the_defaults_are_the_declared_ones() -> None:
-    settings = from_env({"NPCFLOW_IGNORED_EMPTY": "", "NPCFLOW_MAX_PENDING": "  "})
+    settings = from_env({"NPCFLOW_TOPIC_PREFIX": "", "NPCFLOW_MAX_PENDING": "  "})
     assert settings == Settings()
     assert settings.kafka.fetch_max_wait_ms == 500
     assert settings.kafka.session_timeout_s == 6.0
