@@ -37,7 +37,7 @@ from benchkit import (
 
 from devstack.processes import PipelineProcesses
 from pipeline import eventloop, kafka
-from pipeline.config import ENV_KAFKA_BOOTSTRAP, ENV_TOPIC_PREFIX, Settings
+from pipeline.config import Settings
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import REPLIES, REQUESTS, REQUESTS_GOLD, Tier
 from topics.schemas import Reply
@@ -171,7 +171,7 @@ def run(settings: Settings, rate: float, duration: float, window_s: float) -> di
         settings = broker.settings
         prefix = fresh_prefix("soak")
         create_fresh_topics(settings, prefix)
-        env = {ENV_KAFKA_BOOTSTRAP: settings.require_kafka(), ENV_TOPIC_PREFIX: prefix}
+        env = {"NPCFLOW_KAFKA_BOOTSTRAP": settings.require_kafka(), "NPCFLOW_TOPIC_PREFIX": prefix}
         procs = PipelineProcesses(
             env, work / "pipeline", workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=5"}
         )

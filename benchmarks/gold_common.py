@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from benchkit import create_fresh_topics, load_clients
 
 from devstack.processes import PipelineProcesses
-from pipeline.config import ENV_KAFKA_BOOTSTRAP, ENV_METRICS_PORT, ENV_REDIS_URL, ENV_TOPIC_PREFIX, Settings
+from pipeline.config import Settings
 from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from pipeline.observability.scrape import Scrape, scrape
@@ -53,10 +53,13 @@ def gold_processes(
     create_fresh_topics(settings, prefix)
     env = {
         k: v
-        for k, v in {ENV_KAFKA_BOOTSTRAP: settings.kafka_bootstrap, ENV_REDIS_URL: settings.redis_url}.items()
+        for k, v in {
+            "NPCFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "NPCFLOW_REDIS_URL": settings.redis_url,
+        }.items()
         if v
     }
-    env |= {ENV_TOPIC_PREFIX: prefix, ENV_METRICS_PORT: "0", **(extra_env or {})}
+    env |= {"NPCFLOW_TOPIC_PREFIX": prefix, "NPCFLOW_METRICS_PORT": "0", **(extra_env or {})}
     procs = PipelineProcesses(
         env, work, routers=int(router), workers={Tier.GOLD: 1}, engines={Tier.GOLD: engine}
     )

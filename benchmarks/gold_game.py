@@ -31,7 +31,7 @@ from benchkit import load_clients
 from gold_common import FrameReader, ReplyMatcher, archetype, gold_processes, log, pace, scrape_procs
 
 from devstack.processes import PipelineProcesses
-from pipeline.config import ENV_MAX_IN_FLIGHT, Settings
+from pipeline.config import Settings
 from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import REPLIES, REQUESTS
@@ -277,7 +277,7 @@ def run_capacity(settings: Settings, prefix: str, work: Path, args: argparse.Nam
         work / "capacity",
         engine=f"scripted:latency_ms={args.capacity_engine_ms:g}",
         router=False,
-        extra_env={ENV_MAX_IN_FLIGHT: str(args.capacity_slots)},
+        extra_env={"NPCFLOW_MAX_IN_FLIGHT": str(args.capacity_slots)},
     )
     try:
         result = asyncio.run(capacity_segment(settings, prefix, args, procs))

@@ -53,7 +53,7 @@ from gold_game import game_segment, run_capacity
 from devstack.kafka_dist import broker_identity
 from devstack.stack import EmbeddedStack
 from pipeline import eventloop
-from pipeline.config import ENV_GOLD_FAST_PATH, Settings
+from pipeline.config import Settings
 from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import REPLIES, REQUESTS
@@ -213,7 +213,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
             pipe,
             work / "pipeline",
             engine=f"scripted:latency_ms={args.engine_ms:g}",
-            extra_env={ENV_GOLD_FAST_PATH: "0" if args.no_fast_path else "1"},
+            extra_env={"NPCFLOW_GOLD_FAST_PATH": "0" if args.no_fast_path else "1"},
         )
         stack.callback(procs.stop)
         create_fresh_topics(settings, floor)

@@ -34,7 +34,7 @@ from benchkit import (
 
 from devstack.processes import PipelineProcesses
 from pipeline import eventloop, kafka
-from pipeline.config import ENV_GOLD_FAST_PATH, ENV_KAFKA_BOOTSTRAP, ENV_TOPIC_PREFIX, Settings
+from pipeline.config import Settings
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import REPLIES, REQUESTS, REQUESTS_GOLD, Tier
 from topics.schemas import Reply
@@ -158,7 +158,11 @@ def start_floor(bootstrap: str, prefix: str, work: Path, stack: ExitStack) -> di
 def start_pipeline(bootstrap: str, prefix: str, work: Path, stack: ExitStack) -> dict[str, int]:
     # The same three hops as the floor (intake → router → gold worker → reply): Gold's fast path
     # (the router answering from intents, two hops) is measured by benchmarks/gold_path.py.
-    env = {ENV_KAFKA_BOOTSTRAP: bootstrap, ENV_TOPIC_PREFIX: prefix, ENV_GOLD_FAST_PATH: "0"}
+    env = {
+        "NPCFLOW_KAFKA_BOOTSTRAP": bootstrap,
+        "NPCFLOW_TOPIC_PREFIX": prefix,
+        "NPCFLOW_GOLD_FAST_PATH": "0",
+    }
     procs = PipelineProcesses(env, work, workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=0"})
     stack.enter_context(procs)
     return {p.name: p.pid for p, _ in procs.procs}

@@ -30,7 +30,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import replace
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -197,7 +196,7 @@ BARE: dict[str, Callable[[Settings, Sequence[Output], int], Awaitable[float]]] =
 # -- one measurement ------------------------------------------------------------------------------
 def namespace(settings: Settings, label: str, batch: int) -> Settings:
     tag = f"{label}{uuid.uuid4().hex[:6]}"
-    sinks = replace(settings.sinks, pg_schema=f"bench_{tag}", batch_size=batch)
+    sinks = settings.sinks.with_(pg_schema=f"bench_{tag}", batch_size=batch)
     return settings.with_(topic_prefix=f"bench.{tag}.", sinks=sinks)
 
 

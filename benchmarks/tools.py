@@ -33,7 +33,7 @@ from benchkit import create_fresh_topics, fresh_prefix, load_clients, start_brok
 
 from devstack.processes import PipelineProcesses
 from pipeline import eventloop, kafka
-from pipeline.config import ENV_ENGINE, ENV_KAFKA_BOOTSTRAP, ENV_MCP_URL, ENV_TOPIC_PREFIX, Settings
+from pipeline.config import Settings
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import GAME_STATE, REPLIES, REQUESTS, Tier
 from topics.schemas import GameStateUpdate, Reply, ReplyStatus, Request, ServedBy, Sla
@@ -174,19 +174,19 @@ async def segment(settings: Settings, prefix: str, side: Side, rate: float, dura
 
 
 def start_processes(settings: Settings, prefix: str, work: Path, stack: ExitStack, engine_ms: float) -> None:
-    env = {**{k: v for k, v in _endpoints(settings).items() if v}, ENV_TOPIC_PREFIX: prefix}
+    env = {**{k: v for k, v in _endpoints(settings).items() if v}, "NPCFLOW_TOPIC_PREFIX": prefix}
     mcp = PipelineProcesses(env, work / "mcp", routers=0, workers={})
     stack.callback(mcp.stop)
     mcp.spawn("mcp", [sys.executable, "-m", "pipeline.cli", "run", "mcp", "--transport", "http", "--port=0"])
     mcp.wait_ready()
     url = json.loads((work / "mcp" / "ready" / "mcp.json").read_text())["detail"].removeprefix("mcp ")
-    env |= {ENV_MCP_URL: url, f"{ENV_ENGINE}_SILVER": f"scripted:latency_ms={engine_ms:g}"}
+    env |= {"NPCFLOW_MCP_URL": url, "NPCFLOW_ENGINE_SILVER": f"scripted:latency_ms={engine_ms:g}"}
     stack.enter_context(PipelineProcesses(env, work / "pipeline", workers={Tier.SILVER: 1}))
 
 
 def _endpoints(settings: Settings) -> dict[str, str | None]:
     return {
-        ENV_KAFKA_BOOTSTRAP: settings.kafka_bootstrap,
+        "NPCFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "NPCFLOW_REDIS_URL": settings.redis_url,
         "NPCFLOW_OPENSEARCH_URL": settings.opensearch_url,
         "NPCFLOW_DATABASE_URL": settings.database_url,

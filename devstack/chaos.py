@@ -40,7 +40,6 @@ from typing import Any
 from devstack.broker_kill import BrokerRestart, broker_restarter
 from devstack.chaos_load import Progress, Run, Scenario, stderr_progress
 from devstack.endpoints import StackEndpoints
-from pipeline import config
 from topics.catalogue import Tier
 
 SCENARIOS = ("worker-kill", "router-kill", "engine-outage", "tenant-flood", "broker-kill")
@@ -70,15 +69,15 @@ def scenario(name: str, duration_s: float | None = None, rate: float | None = No
     elif name == "engine-outage":
         s.duration_s = 30.0
         s.env = {
-            config.ENV_BREAKER_COOLDOWN_S: "2",
-            config.ENV_BREAKER_FAILURES: "5",
+            "NPCFLOW_BREAKER_COOLDOWN_S": "2",
+            "NPCFLOW_BREAKER_FAILURES": "5",
         }
     elif name == "tenant-flood":
         s.duration_s = 30.0
         s.rate = 8.0
         s.workers = {Tier.SILVER: 1, Tier.BRONZE: 1}
         s.engines = {Tier.SILVER: "scripted:latency_ms=30", Tier.BRONZE: "scripted:latency_ms=2"}
-        s.env = {config.ENV_MAX_IN_FLIGHT: "1"}
+        s.env = {"NPCFLOW_MAX_IN_FLIGHT": "1"}
         s.fault_at = 0.5
     if duration_s:
         s.duration_s = duration_s

@@ -32,7 +32,7 @@ from devstack.broker_kill import BrokerKill, BrokerRestart
 from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
 from devstack.tracing import trace_requests
-from pipeline import config, kafka
+from pipeline import kafka
 from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import Settings
 from pipeline.observability.metrics import percentiles
@@ -138,7 +138,7 @@ class Run:
             d = self.spec.duration_s * 0.15
             self.fault = f"silver engine refuses {d:.1f} s, then hangs {d:.1f} s, then recovers"
         procs = PipelineProcesses(
-            self.endpoints.as_env() | {config.ENV_TOPIC_PREFIX: self.prefix} | self.spec.env,
+            self.endpoints.as_env() | {"NPCFLOW_TOPIC_PREFIX": self.prefix} | self.spec.env,
             self.work / self.prefix.rstrip("."),
             routers=self.spec.routers,
             workers=self.spec.workers,

@@ -30,6 +30,7 @@ from devstack.probes import probe_all
 from devstack.stack import EmbeddedStack
 from devstack.supervise import LOG_DIR, stop_from_pidfile
 from pipeline.config import Settings
+from pipeline.config.commands import load_settings, pass_settings
 
 log = logging.getLogger("npcflow.stack")
 
@@ -77,19 +78,9 @@ def _echo_endpoints(endpoints: StackEndpoints, stack: EmbeddedStack) -> None:
     )
 
 
-def _settings(ctx: click.Context) -> Settings:
-    """The settings ``npcflow`` read; read here when a command runs on its own (tests, ``-m``)."""
-    if ctx.obj is None:
-        ctx.obj = Settings.from_env()
-    settings: Settings = ctx.obj
-    return settings
-
-
 @click.group("stack", help="Run the embedded Kafka/PostgreSQL/Redis/S3/OpenSearch stack on 127.0.0.1.")
-@click.pass_context
-def stack(ctx: click.Context) -> None:
+def stack() -> None:
     """Group for the embedded-stack commands."""
-    _settings(ctx)
 
 
 @stack.command("up", short_help="Start the stack and write stack.env (Ctrl-C stops it).")
@@ -107,7 +98,7 @@ def stack(ctx: click.Context) -> None:
     "[default: NPCFLOW_KAFKA_NODES or 1].",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging on stderr.")
-@click.pass_obj
+@pass_settings
 def up(settings: Settings, detach: bool, brokers: str | None, verbose: bool) -> None:
     """Start every service not given by an NPCFLOW_* variable, probe all, write stack.env.
 
@@ -164,7 +155,7 @@ def up(settings: Settings, detach: bool, brokers: str | None, verbose: bool) -> 
 
 @stack.command("down", short_help="Stop what `stack up --detach` started.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging on stderr.")
-@click.pass_obj
+@pass_settings
 def down(settings: Settings, verbose: bool) -> None:
     """Stop the services `npcflow stack up --detach` started (by the pids it recorded).
 
@@ -187,7 +178,7 @@ def down(settings: Settings, verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line instead of a table.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds each service may take to answer.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging on stderr.")
-@click.pass_obj
+@pass_settings
 def check(settings: Settings, as_json: bool, timeout: float, verbose: bool) -> None:
     """Start the whole stack, probe each service on its own protocol, stop it, report.
 
@@ -268,7 +259,7 @@ def demo(
     """Start the embedded stack, the router and three tier workers, and simulate a game server."""
     from devstack.demo import run_demo, with_engines
 
-    settings = with_engines(_settings(ctx), engines)
+    settings = with_engines(load_settings(ctx), engines)
     summary = run_demo(settings, duration=duration, rate=rate, npcs=npcs, as_json=as_json, active=active)
     if as_json:
         click.echo(json.dumps(summary))

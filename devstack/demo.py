@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from devstack.processes import PipelineProcesses, background_yields, yield_cpu
 from devstack.stack import EmbeddedStack
 from pipeline import kafka
 from pipeline.client import NPCClient, ReplyTimeout
-from pipeline.config import ENV_EMBEDDED_THREADS, TIERS, ConfigError, Settings
+from pipeline.config import TIERS, ConfigError, Settings
 from pipeline.intents import GAME_ENGINE, IntentCache
 from pipeline.observability.metrics import percentiles
 from pipeline.observability.validate import group_lag
@@ -375,7 +375,7 @@ def with_engines(settings: Settings, spec: str | None) -> Settings:
         if not sep or tier.strip() not in TIERS or not engine.strip():
             raise ConfigError(f"--engines: bad entry {part!r}; write tier=engine pairs, e.g. silver=openai")
         per_tier[tier.strip()] = engine.strip()
-    return settings.with_(engines=replace(settings.engines, per_tier=per_tier))
+    return settings.with_(engines=settings.engines.with_(**per_tier))
 
 
 def run_demo(
@@ -413,7 +413,7 @@ def _run_demo(
         assert endpoints is not None
         settings = endpoints.apply_to(settings)
         asyncio.run(create_embedded_topics(settings, prefix))
-        env = endpoints.as_env() | stack.engine_env | {ENV_EMBEDDED_THREADS: "1"}
+        env = endpoints.as_env() | stack.engine_env | {"NPCFLOW_EMBEDDED_THREADS": "1"}
         for proc in stack.processes:  # CPU model servers yield to the router, like the embedded workers
             if proc.name in ("llama", "sagemaker"):
                 yield_cpu(proc.pid)

@@ -19,7 +19,7 @@ from devstack.errors import StackError
 from devstack.launchers import Launcher, free_ports, package_dir
 from devstack.probes import port_open, wait_until
 from devstack.supervise import ManagedProcess, stop_processes
-from pipeline.config import ENV_OPENAI_URL, ENV_SAGEMAKER_URL, TIERS, Settings, environ
+from pipeline.config import TIERS, Settings, environ
 
 
 class LlamaServerLauncher(Launcher):
@@ -146,7 +146,9 @@ def start_engine_servers(
             alive = proc.exit_problem
             wait_until(launcher.name, lambda lz=launcher: port_open(lz.port), deadline, alive=alive)
             wait_until(launcher.name, lambda lz=launcher: lz.ready(5.0), deadline, alive=alive)
-            env[ENV_OPENAI_URL if launcher.name == "llama" else ENV_SAGEMAKER_URL] = launcher.endpoint()
+            env["NPCFLOW_OPENAI_URL" if launcher.name == "llama" else "NPCFLOW_SAGEMAKER_URL"] = (
+                launcher.endpoint()
+            )
     except BaseException:
         stop_processes(procs)
         raise

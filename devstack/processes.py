@@ -50,7 +50,7 @@ class PipelineProcesses:
         ready = self.state_dir / "ready" / f"{name}.json"
         ready.parent.mkdir(parents=True, exist_ok=True)
         ready.unlink(missing_ok=True)
-        env = {**config.environ(), **self.env, **(extra_env or {}), config.ENV_READY_FILE: str(ready)}
+        env = {**config.environ(), **self.env, **(extra_env or {}), "NPCFLOW_READY_FILE": str(ready)}
         proc = ManagedProcess(
             name=name,
             argv=argv,
@@ -65,9 +65,7 @@ class PipelineProcesses:
             self._spawn(f"router-{i}", ["run", "router"], {})
         for tier, count in self.workers.items():
             extra = (
-                {f"{config.ENV_ENGINE}_{tier.value.upper()}": self.engines[tier]}
-                if tier in self.engines
-                else {}
+                {f"NPCFLOW_ENGINE_{tier.value.upper()}": self.engines[tier]} if tier in self.engines else {}
             )
             for i in range(count):
                 self._spawn(f"worker-{tier.value}-{i}", ["run", "worker", "--tier", tier.value], extra)

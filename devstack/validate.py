@@ -21,7 +21,6 @@ from typing import Any
 from devstack.demo import with_engines
 from devstack.processes import PipelineProcesses, background_yields
 from devstack.stack import EmbeddedStack
-from pipeline import config
 from pipeline.config import Settings
 from pipeline.observability.scrape import scrape
 from pipeline.observability.validate import TierReport, Validator, as_json, metrics_report
@@ -55,9 +54,9 @@ def validate_embedded(
                 endpoints.as_env()
                 | stack.engine_env
                 | {
-                    config.ENV_TOPIC_PREFIX: prefix,
-                    config.ENV_METRICS_PORT: "0",
-                    config.ENV_EMBEDDED_THREADS: "1",
+                    "NPCFLOW_TOPIC_PREFIX": prefix,
+                    "NPCFLOW_METRICS_PORT": "0",
+                    "NPCFLOW_EMBEDDED_THREADS": "1",
                 }
             )
             progress(f"starting the router and workers (engines: {', '.join(specs.values())})")

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from pipeline import eventloop
 from pipeline.config import Settings
+from pipeline.config.commands import config, pass_settings
 from pipeline.errors import UserFacingError
 from pipeline.observability.commands import EMBEDDED_VALIDATOR
 from topics.catalogue import CATALOGUE, Tier
@@ -120,7 +120,12 @@ def _missing_extra(name: str, help_text: str, hint: str) -> click.Command:
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
 @click.option("--debug", is_flag=True, help="Print the traceback of an error instead of one line.")
 @click.version_option(package_name="npcflow", message="npcflow %(version)s")
 @click.pass_context
@@ -130,11 +135,8 @@ def main(ctx: click.Context, log_level: str, debug: bool) -> None:
     Settings come from NPCFLOW_* environment variables; endpoints not set there come from
     .npcflow/stack.env written by `npcflow stack up --detach`.
     """
-    _setup_logging(log_level)
+    _setup_logging(log_level)  # settings are read by the commands that use them (pass_settings)
     ctx.meta[EMBEDDED_VALIDATOR] = _validate_embedded
-    settings = Settings.from_env()
-    ctx.obj = settings
-    eventloop.install(settings.process.event_loop)
 
 
 @main.group()
@@ -152,7 +154,7 @@ def topics() -> None:
     help="Also create a tenant's reply topic, npc.replies.<tenant_id>[.<name>] (repeatable). "
     "Workers never create reply topics; a game server registers its own here.",
 )
-@click.pass_obj
+@pass_settings
 def topics_create(settings: Settings, prefix: str | None, reply_topics: tuple[str, ...]) -> None:
     """Create every catalogue topic that does not exist yet (safe to repeat)."""
     from topics.admin import create_reply_topics, create_topics
@@ -177,7 +179,7 @@ def topics_create(settings: Settings, prefix: str | None, reply_topics: tuple[st
 @click.option(
     "--command-config", default="admin.properties", show_default=True, help="kafka-acls.sh's client file."
 )
-@click.pass_obj
+@pass_settings
 def topics_acl(
     settings: Settings,
     tenant: str,
@@ -202,7 +204,7 @@ def topics_acl(
 
 @topics.command("list")
 @click.option("--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX).")
-@click.pass_obj
+@pass_settings
 def topics_list(settings: Settings, prefix: str | None) -> None:
     """Print the catalogue: name, key, partitions, retention and purpose."""
     prefix = settings.topic_prefix if prefix is None else prefix
@@ -239,7 +241,7 @@ def run() -> None:
 
 
 @run.command("router")
-@click.pass_obj
+@pass_settings
 def run_router_cmd(settings: Settings) -> None:
     """The router: validate, classify, stamp the deadline, forward to the tier topic."""
     from pipeline.router.app import run_router
@@ -253,7 +255,7 @@ def run_router_cmd(settings: Settings) -> None:
 @click.option(
     "--engine", default=None, help="Engine spec (default: NPCFLOW_ENGINE_<TIER>, NPCFLOW_ENGINE, embedded)."
 )
-@click.pass_obj
+@pass_settings
 def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     """A tier worker: consume the tier topic, call the engine, reply."""
     from pipeline.observability.families import set_role
@@ -288,7 +290,7 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
 @click.option(
     "--port", type=int, default=None, help="HTTP port (default: NPCFLOW_MCP_PORT, 8765; 0: a free one)."
 )
-@click.pass_obj
+@pass_settings
 def run_mcp_cmd(settings: Settings, transport: str, host: str | None, port: int | None) -> None:
     """The game-state MCP server: follows game.state, serves Silver's tools and rag_search."""
     from pipeline.observability.metrics import serve_metrics
@@ -300,7 +302,7 @@ def run_mcp_cmd(settings: Settings, transport: str, host: str | None, port: int 
 
 
 @run.command("collector")
-@click.pass_obj
+@pass_settings
 def run_collector_cmd(settings: Settings) -> None:
     """The job collector: publish the final reply of each finished SageMaker Async job (Bronze)."""
     from workers.jobs.collector import run_collector
@@ -321,7 +323,7 @@ def run_collector_cmd(settings: Settings) -> None:
 @click.option("--max-tokens", default=32, show_default=True, help="Tokens the engine may generate.")
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, help="Seconds to wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole reply event as JSON.")
-@click.pass_obj
+@pass_settings
 def send_cmd(
     settings: Settings,
     text: str,
@@ -364,18 +366,17 @@ def job() -> None:
 
 @job.command("get")
 @click.argument("job_id")
-@click.pass_obj
+@pass_settings
 def job_get(settings: Settings, job_id: str) -> None:
     """Print one job's record as JSON: state (pending, completed, failed) and its final reply when done."""
     import dataclasses
     import json
 
-    from pipeline.config import ENV_S3_ENDPOINT
     from workers.jobs.store import JobStore
 
     if not settings.s3_endpoint:  # boto3 would otherwise ask AWS itself, for a bucket name anyone may own
         raise UserFacingError(
-            f"no S3 configured: set {ENV_S3_ENDPOINT}=URL (the jobs' store; on AWS its regional "
+            "no S3 configured: set NPCFLOW_S3_ENDPOINT=URL (the jobs' store; on AWS its regional "
             "endpoint, e.g. https://s3.eu-west-1.amazonaws.com) or start the embedded stack with "
             "`npcflow stack up --detach`"
         )
@@ -410,6 +411,7 @@ def _sink_commands() -> None:
 
 
 _sink_commands()
+main.add_command(config)
 
 
 if __name__ == "__main__":

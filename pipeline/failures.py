@@ -14,9 +14,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipeline import config
 from pipeline.config import Settings
-from pipeline.env_reader import load_env_file
+from pipeline.config.sources import environ, load_env_file
 
 #: ``scheme://user:secret@host`` → ``scheme://user:***@host``: an error line never shows a password.
 _SECRET = re.compile(r"(://[^:/@\s]+):[^@/\s]+@")
@@ -31,11 +30,11 @@ class Endpoint:
     field: str
 
 
-KAFKA = Endpoint(config.ENV_KAFKA_BOOTSTRAP, "the Kafka broker", "kafka_bootstrap")
-POSTGRES = Endpoint(config.ENV_DATABASE_URL, "PostgreSQL", "database_url")
-REDIS = Endpoint(config.ENV_REDIS_URL, "Redis", "redis_url")
-S3 = Endpoint(config.ENV_S3_ENDPOINT, "S3", "s3_endpoint")
-OPENSEARCH = Endpoint(config.ENV_OPENSEARCH_URL, "OpenSearch", "opensearch_url")
+KAFKA = Endpoint("NPCFLOW_KAFKA_BOOTSTRAP", "the Kafka broker", "kafka_bootstrap")
+POSTGRES = Endpoint("NPCFLOW_DATABASE_URL", "PostgreSQL", "database_url")
+REDIS = Endpoint("NPCFLOW_REDIS_URL", "Redis", "redis_url")
+S3 = Endpoint("NPCFLOW_S3_ENDPOINT", "S3", "s3_endpoint")
+OPENSEARCH = Endpoint("NPCFLOW_OPENSEARCH_URL", "OpenSearch", "opensearch_url")
 
 
 def redact(text: str) -> str:
@@ -46,7 +45,7 @@ def origin(variable: str, value: str | None, settings: Settings) -> str:
     """Where ``value`` of ``variable`` came from, as a phrase: the environment or stack.env."""
     if value is None:
         return f"{variable} is not set"
-    if config.environ().get(variable) == value:
+    if environ().get(variable) == value:
         return f"{variable} from the environment"
     stack_env = settings.state_dir / "stack.env"
     try:

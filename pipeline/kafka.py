@@ -3,7 +3,7 @@
 Producers, consumers and admin clients all take their options from :class:`~pipeline.config.Settings`
 here, so the latency-path choices (``linger_ms`` 0, ``acks=all``, the fetch wait, a short session
 timeout; docs/architecture.md, "The broker") are made once, and so is the TLS/SASL
-security (:mod:`pipeline.kafka_security`): no client of ours can connect in the clear to a cluster
+security (:mod:`pipeline.config.kafka`): no client of ours can connect in the clear to a cluster
 that asks for SASL_SSL. faust's own clients get the same security as ``broker_credentials``
 (:func:`pipeline.router.app.create_app`) and their fetch wait from :mod:`pipeline.router.transport`.
 """

@@ -12,6 +12,7 @@ import click
 from aiokafka.errors import KafkaError
 
 from pipeline.config import Settings
+from pipeline.config.commands import pass_settings
 from pipeline.router.policy import RoutingPolicy
 from pipeline.since import FORMS, parse_moment
 from replay.bounds import WindowError
@@ -100,7 +101,7 @@ def parse_offsets(specs: tuple[str, ...]) -> dict[int, tuple[int, int | None]] |
     help="Seconds past --until to read decisions and replies (a reply comes after its request).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
-@click.pass_obj
+@pass_settings
 def replay_cmd(
     settings: Settings,
     since: str | None,

@@ -19,20 +19,24 @@ class WorkerFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """One tier worker's settings: the process's :class:`Settings` plus the worker's own bounds."""
+    """One tier worker's settings: the process's :class:`Settings` plus the worker's own bounds.
+
+    The three bounds the environment sets come from :meth:`from_settings` (their defaults are
+    declared in :mod:`pipeline.config.workers`); the rest are the worker's own constants.
+    """
 
     settings: Settings
     tier: Tier
-    #: Engine calls at once (the engine's own concurrency may lower it).
-    max_in_flight: int = 8
+    #: Engine calls at once (the engine's own concurrency may lower it): ``NPCFLOW_MAX_IN_FLIGHT``.
+    max_in_flight: int
     #: Records taken from Kafka and not yet replied to (engine queue included): the memory bound.
-    max_pending: int = 1024
+    max_pending: int
+    #: Beyond the deadline, how long an engine call may run before it is abandoned as an error.
+    engine_grace_s: float
     #: None: ``<prefix>npcflow-worker-<tier>``, shared by every worker of the tier.
     group_id: str | None = None
     #: How long a rebalance may wait for this worker to finish the engine calls it has started.
     rebalance_timeout_ms: int = 60_000
-    #: Beyond the deadline, how long an engine call may run before it is abandoned as an error.
-    engine_grace_s: float = 30.0
     #: The longest any engine call may take, whatever deadline the request claims.
     engine_timeout_cap_s: float = 600.0
     commit_interval_s: float = 0.2

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from pipeline.config import Settings
+from pipeline.config.commands import load_settings, pass_settings
 from topics.catalogue import Tier
 
 TIER_CHOICES = [t.value for t in Tier] + ["all"]
@@ -78,7 +79,7 @@ def validate_cmd(
     from pipeline.observability.validate import Validator, metrics_report
     from pipeline.observability.validate import as_json as to_json
 
-    settings: Settings = ctx.obj
+    settings = load_settings(ctx)
     tiers = list(Tier) if tier == "all" else [Tier(tier)]
 
     def progress(line: str) -> None:
@@ -119,7 +120,7 @@ def cost_group() -> None:
 @click.option("--top", default=10, show_default=True, help="NPCs listed (those that cost most).")
 @click.option("--schema", default=None, help="PostgreSQL schema (default: NPCFLOW_SINK_PG_SCHEMA, public).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-@click.pass_obj
+@pass_settings
 def cost_report_cmd(
     settings: Settings, since: str, tenant: str | None, top: int, schema: str | None, as_json: bool
 ) -> None:
@@ -157,7 +158,7 @@ def cost_report_cmd(
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
 @click.option("--once", is_flag=True, help="Print one snapshot (two scrapes --interval apart) and exit.")
 @click.option("--json", "as_json", is_flag=True, help="With --once: print one JSON object.")
-@click.pass_obj
+@pass_settings
 def top_cmd(
     settings: Settings, metrics_targets: tuple[str, ...], interval: float, once: bool, as_json: bool
 ) -> None:

@@ -95,11 +95,10 @@ def serve(port: int | None, addr: str = "127.0.0.1") -> int | None:
     try:
         httpd = make_server(addr, port, _app(), ThreadingWSGIServer, handler_class=_Quiet)
     except (OverflowError, OSError) as exc:  # a port out of range, taken, or a host not ours
-        from pipeline.config import ENV_METRICS_HOST, ENV_METRICS_PORT
         from pipeline.errors import UserFacingError
 
         raise UserFacingError(
-            f"cannot serve metrics on {addr}:{port} ({ENV_METRICS_HOST}, {ENV_METRICS_PORT}): "
+            f"cannot serve metrics on {addr}:{port} (NPCFLOW_METRICS_HOST, NPCFLOW_METRICS_PORT): "
             f"{(getattr(exc, 'strerror', None) or str(exc)).rstrip('.')}; "
             "give a free port 1-65535, or 0 for any free port"
         ) from exc

@@ -145,7 +145,7 @@ def create_app(
     app = faust.App(
         app_id or f"{prefix}npcflow-router",
         broker=f"npcflow://{settings.require_kafka()}",
-        # TLS/SASL as every other client of ours (pipeline.kafka_security): faust's aiokafka driver
+        # TLS/SASL as every other client of ours (pipeline.config.kafka): faust's aiokafka driver
         # hands these to its consumer, producer and admin client.
         broker_credentials=settings.kafka.security.faust_credentials(),
         store="memory://",

@@ -16,7 +16,7 @@ from typing import Any
 import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from pipeline.config import DEFAULT_FETCH_MAX_WAIT_MS
+from pipeline.config import KafkaOptions
 
 #: The attribute of the faust app that carries the configured fetch wait to the transport.
 FETCH_WAIT_ATTR = "npcflow_fetch_max_wait_ms"
@@ -26,7 +26,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it builds its Fetcher; the consumer is not started yet.
-        consumer._fetch_max_wait_ms = getattr(transport.app, FETCH_WAIT_ATTR, DEFAULT_FETCH_MAX_WAIT_MS)
+        consumer._fetch_max_wait_ms = getattr(
+            transport.app, FETCH_WAIT_ATTR, KafkaOptions().fetch_max_wait_ms
+        )
         return consumer
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,8 @@ from devstack.engine_servers import start_engine_servers
 from devstack.supervise import stop_processes
 from pipeline import kafka as kafka_clients
 from pipeline.client import NPCClient
-from pipeline.config import Settings
+from pipeline.config import SageMakerSettings, Settings
 from pipeline.deadlines import deadline_headers, now_ms
-from pipeline.engine_settings import SageMakerSettings
 from tests.integration.kafka_util import eventually
 from tests.integration.test_worker import running_worker
 from topics.catalogue import TIER_TOPICS, Tier
@@ -37,7 +35,7 @@ def jobs_settings(settings: Settings, prefix: str, work_dir: Path) -> Iterator[S
     )
     sagemaker = SageMakerSettings(url=env["NPCFLOW_SAGEMAKER_URL"], poll_s=0.2, give_up_s=0.5)
     try:
-        yield settings.with_(topic_prefix=prefix, engines=replace(settings.engines, sagemaker=sagemaker))
+        yield settings.with_(topic_prefix=prefix, engines=settings.engines.with_(sagemaker=sagemaker))
     finally:
         stop_processes(procs)
 

@@ -168,8 +168,8 @@ def test_report_totals_equal_the_sums_over_the_replies_written(settings: Setting
 def test_cli_prints_the_same_report_as_json_and_a_table(settings: Settings, schema: str) -> None:
     assert settings.database_url
     env = config.environ() | {
-        config.ENV_DATABASE_URL: settings.database_url,
-        config.ENV_SINK_PG_SCHEMA: schema,
+        "NPCFLOW_DATABASE_URL": settings.database_url,
+        "NPCFLOW_SINK_PG_SCHEMA": schema,
     }
     run = [sys.executable, "-m", "pipeline.cli", "cost", "report", "--since", "1h"]
     as_json = subprocess.run([*run, "--json", "--tenant", "gs-a"], env=env, capture_output=True, text=True)

@@ -19,9 +19,8 @@ import pytest
 from devstack.engine_servers import start_engine_servers
 from devstack.launchers import free_ports
 from devstack.supervise import ManagedProcess, stop_processes
-from pipeline.config import EngineSettings, Settings
+from pipeline.config import EngineSettings, OpenAISettings, Settings
 from pipeline.deadlines import now_ms
-from pipeline.engine_settings import OpenAISettings
 from topics.schemas import Request
 from workers.engines import build_engine
 from workers.engines.base import EngineError, EngineUnavailable
@@ -32,7 +31,7 @@ from workers.resilience.exceptions import EngineTimeout, reason_kind
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ManagedProcess]]:
     state = tmp_path_factory.mktemp("llama")
-    settings = Settings(engines=EngineSettings(per_tier={"silver": "openai"}))
+    settings = Settings(engines=EngineSettings(silver="openai"))
     procs, env = start_engine_servers(settings, Path(state), "")
     try:
         yield env["NPCFLOW_OPENAI_URL"], procs[0]

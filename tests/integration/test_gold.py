@@ -21,13 +21,7 @@ from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
 from devstack.supervise import stop_processes
 from pipeline.client import NPCClient
-from pipeline.config import (
-    ENV_GOLD_ACTIVE_LEASE_MS,
-    ENV_GOLD_REFRESH_HZ,
-    ENV_INTENT_TTL_MS,
-    ENV_TOPIC_PREFIX,
-    Settings,
-)
+from pipeline.config import Settings
 from pipeline.intents import DefaultIntents, IntentCache
 from tests.integration.kafka_util import eventually, read_topic
 from topics.admin import create_topics
@@ -45,10 +39,10 @@ DEFAULTS = DefaultIntents.load()
 
 def processes(stack: StackEndpoints, prefix: str, work: Path, ttl_ms: int) -> PipelineProcesses:
     env = stack.as_env() | {
-        ENV_TOPIC_PREFIX: prefix,
-        ENV_INTENT_TTL_MS: str(ttl_ms),
-        ENV_GOLD_REFRESH_HZ: str(HZ),
-        ENV_GOLD_ACTIVE_LEASE_MS: str(LEASE_MS),
+        "NPCFLOW_TOPIC_PREFIX": prefix,
+        "NPCFLOW_INTENT_TTL_MS": str(ttl_ms),
+        "NPCFLOW_GOLD_REFRESH_HZ": str(HZ),
+        "NPCFLOW_GOLD_ACTIVE_LEASE_MS": str(LEASE_MS),
     }
     return PipelineProcesses(env, work, workers={Tier.GOLD: 1, Tier.SILVER: 1}, engines=ENGINES)
 
@@ -233,7 +227,7 @@ async def test_two_gold_workers_split_the_active_set_without_doubles(
     the other takes its NPCs over (rebuilt from the compacted topic) and keeps them fresh."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
     await create_topics(settings, prefix)
-    env = stack.as_env() | {ENV_TOPIC_PREFIX: prefix, ENV_GOLD_REFRESH_HZ: str(HZ)}
+    env = stack.as_env() | {"NPCFLOW_TOPIC_PREFIX": prefix, "NPCFLOW_GOLD_REFRESH_HZ": str(HZ)}
     procs = PipelineProcesses(
         env,
         work_dir / "two-workers",

@@ -14,7 +14,7 @@ from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
 from pipeline import kafka as kafka_clients
 from pipeline.client import NPCClient, ReplyTimeout
-from pipeline.config import ENV_EMBEDDED_THREADS, ENV_TOPIC_PREFIX, ClientSettings, Settings
+from pipeline.config import ClientSettings, Settings
 from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, VALID_REQUEST, encode
 from tests.integration.kafka_util import eventually, read_topic
 from topics.admin import create_reply_topics
@@ -30,7 +30,7 @@ ENGINES = {
 
 @pytest.fixture(scope="module")
 def pipeline(stack: StackEndpoints, prefix: str, work_dir: Path) -> Iterator[PipelineProcesses]:
-    env = stack.as_env() | {ENV_TOPIC_PREFIX: prefix, ENV_EMBEDDED_THREADS: "1"}
+    env = stack.as_env() | {"NPCFLOW_TOPIC_PREFIX": prefix, "NPCFLOW_EMBEDDED_THREADS": "1"}
     # Two routers share the intake in one consumer group: each must be assigned partitions to be ready.
     with PipelineProcesses(env, work_dir, routers=2, engines=ENGINES) as procs:
         yield procs

@@ -7,7 +7,7 @@ from pathlib import Path
 from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
 from pipeline import kafka as kafka_clients
-from pipeline.config import ENV_MAX_IN_FLIGHT, ENV_TOPIC_PREFIX, Settings
+from pipeline.config import Settings
 from pipeline.deadlines import deadline_headers, now_ms
 from tests.integration.kafka_util import read_topic
 from topics.catalogue import REPLIES, REQUESTS_GOLD, Tier
@@ -15,7 +15,7 @@ from topics.schemas import Reply, Request, Sla
 
 
 def gold_worker(stack: StackEndpoints, prefix: str, work: Path) -> PipelineProcesses:
-    env = stack.as_env() | {ENV_TOPIC_PREFIX: prefix, ENV_MAX_IN_FLIGHT: "1"}
+    env = stack.as_env() | {"NPCFLOW_TOPIC_PREFIX": prefix, "NPCFLOW_MAX_IN_FLIGHT": "1"}
     return PipelineProcesses(
         env, work, routers=0, workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=100"}
     )

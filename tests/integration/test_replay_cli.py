@@ -27,7 +27,7 @@ from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
 from pipeline import kafka as kafka_clients
 from pipeline.client import NPCClient
-from pipeline.config import ENV_TOPIC_PREFIX, Settings
+from pipeline.config import Settings
 from pipeline.router.policy import RoutingPolicy
 from replay.run import ReplayOptions, run_replay
 from replay.sandbox import REPLAY_OF_CONTEXT, Sandbox
@@ -79,7 +79,7 @@ def candidate_policy(tmp: Path) -> Path:
 @pytest.fixture(scope="module")
 def recorded(stack: StackEndpoints, settings: Settings, prefix: str, work_dir: Path) -> dict:
     """Run the pipeline on TRAFFIC + INVALID under ``prefix``; the window that holds it."""
-    env = stack.as_env() | {ENV_TOPIC_PREFIX: prefix}
+    env = stack.as_env() | {"NPCFLOW_TOPIC_PREFIX": prefix}
     since = int(time.time() * 1000) - 1
 
     async def send() -> list[Reply]:
@@ -143,7 +143,7 @@ def test_a_changed_policy_counts_exactly_the_requests_that_move(
 def test_export_has_one_row_per_request_through_the_cli(
     stack: StackEndpoints, prefix: str, recorded: dict, tmp_path: Path
 ) -> None:
-    env = {**stack.as_env(), ENV_TOPIC_PREFIX: prefix, "PATH": "/usr/bin:/bin"}
+    env = {**stack.as_env(), "NPCFLOW_TOPIC_PREFIX": prefix, "PATH": "/usr/bin:/bin"}
     rows: dict[str, list[dict]] = {}
     for name in ("rows.parquet", "rows.csv"):
         out = subprocess.run(
@@ -192,7 +192,7 @@ def test_into_replays_into_a_sandbox_where_every_request_is_answered(
 ) -> None:
     sandbox_prefix = f"sb{uuid.uuid4().hex[:6]}."
     asyncio.run(create_embedded_topics(settings, sandbox_prefix))
-    env = stack.as_env() | {ENV_TOPIC_PREFIX: sandbox_prefix}
+    env = stack.as_env() | {"NPCFLOW_TOPIC_PREFIX": sandbox_prefix}
     with PipelineProcesses(env, work_dir / "sandbox", engines=ENGINES):
         sandbox = Sandbox(settings, sandbox_prefix, prefix, speed=4.0, keep_links=True)
         replayed = options(prefix, recorded, into=sandbox_prefix)

@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -26,7 +25,7 @@ import redis.asyncio as aioredis
 from devstack.endpoints import StackEndpoints
 from devstack.launchers import free_ports
 from devstack.processes import PipelineProcesses
-from pipeline import config, kafka
+from pipeline import kafka
 from pipeline.config import Settings
 from tests.integration.kafka_util import eventually, read_topic
 from tests.unit.test_sinks import make_output
@@ -49,8 +48,8 @@ async def isolated(settings: Settings, **sink_options: object) -> Settings:
     await create_embedded_topics(settings, prefix)
     assert settings.database_url
     await migrate(settings.database_url, schema)
-    options = replace(settings.sinks, pg_schema=schema, batch_size=25, batch_ms=50, retry_max_s=0.5)
-    return settings.with_(topic_prefix=prefix, sinks=replace(options, **sink_options))
+    options = settings.sinks.with_(pg_schema=schema, batch_size=25, batch_ms=50, retry_max_s=0.5)
+    return settings.with_(topic_prefix=prefix, sinks=options.with_(**sink_options))
 
 
 async def produce(settings: Settings, outputs: Sequence[Output | bytes], per_s: float | None = None) -> None:
@@ -115,12 +114,12 @@ async def pg_rows(settings: Settings) -> dict[str, int]:
 
 def sink_env(stack: StackEndpoints, settings: Settings) -> dict[str, str]:
     return stack.as_env() | {
-        config.ENV_TOPIC_PREFIX: settings.topic_prefix,
-        config.ENV_SINK_PG_SCHEMA: settings.sinks.pg_schema,
-        config.ENV_SINK_BATCH_SIZE: str(settings.sinks.batch_size),
-        config.ENV_SINK_BATCH_MS: str(settings.sinks.batch_ms),
+        "NPCFLOW_TOPIC_PREFIX": settings.topic_prefix,
+        "NPCFLOW_SINK_PG_SCHEMA": settings.sinks.pg_schema,
+        "NPCFLOW_SINK_BATCH_SIZE": str(settings.sinks.batch_size),
+        "NPCFLOW_SINK_BATCH_MS": str(settings.sinks.batch_ms),
         # A restarted member joins in about half the session timeout on the embedded broker.
-        config.ENV_SESSION_TIMEOUT_S: "2",
+        "NPCFLOW_SESSION_TIMEOUT_S": "2",
     }
 
 

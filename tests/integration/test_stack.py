@@ -39,7 +39,7 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for var in config.ENDPOINT_VARS:
         monkeypatch.delenv(var, raising=False)
     state = tmp_path / "state"
-    monkeypatch.setenv(config.ENV_STATE_DIR, str(state))
+    monkeypatch.setenv("NPCFLOW_STATE_DIR", str(state))
     return state
 
 
@@ -166,7 +166,7 @@ def own_redis(tmp_path: Path) -> Iterator[str]:
 def test_service_given_by_environment_is_used_not_started(
     isolated_env: Path, own_redis: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(config.ENV_REDIS_URL, own_redis)
+    monkeypatch.setenv("NPCFLOW_REDIS_URL", own_redis)
     own_pids = _our_descendants()
     with EmbeddedStack(isolated_env) as embedded:
         assert embedded.endpoints is not None
@@ -175,7 +175,7 @@ def test_service_given_by_environment_is_used_not_started(
         assert "redis" not in _pidfile_pids(isolated_env)
         started = _our_descendants() - own_pids
         assert not any("redis-server" in " ".join(psutil.Process(p).cmdline()) for p in started)
-        assert config.load_env_file(isolated_env / STACK_ENV_FILE)[config.ENV_REDIS_URL] == own_redis
+        assert config.load_env_file(isolated_env / STACK_ENV_FILE)["NPCFLOW_REDIS_URL"] == own_redis
         # The redis the stack hands out is really ours.
         redis.Redis.from_url(embedded.endpoints.redis_url).set("npcflow-test", "mine")
         assert redis.Redis.from_url(own_redis).get("npcflow-test") == b"mine"
@@ -209,7 +209,7 @@ def test_foreground_up_leaves_nothing_when_stopped_or_killed(
             assert proc.poll() is None, f"stack up exited early: {err.read_text()}"
             assert time.monotonic() < deadline, f"stack up not ready: {err.read_text()}"
             time.sleep(0.1)
-        assert config.ENV_KAFKA_BOOTSTRAP in out.read_text()
+        assert "NPCFLOW_KAFKA_BOOTSTRAP" in out.read_text()
         everything = _with_descendants(_pidfile_pids(isolated_env))
         assert len(everything) >= len(SERVICES)
 

@@ -21,8 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
-from pipeline.config import Settings
-from pipeline.tool_settings import ToolSettings
+from pipeline.config import Settings, ToolSettings
 from tests.integration.test_worker import make_request, producer, running_worker, serve_one
 from topics.catalogue import GAME_STATE, Tier
 from topics.schemas import GameStateUpdate, Reply, ReplyStatus, Request, Sla

@@ -19,7 +19,6 @@ import pytest
 
 from devstack.processes import PipelineProcesses
 from devstack.supervise import stop_processes
-from pipeline import config
 from pipeline.client import NPCClient
 from pipeline.config import Settings
 from topics.catalogue import Tier
@@ -32,9 +31,9 @@ SLAS = {Tier.GOLD: Sla.REALTIME, Tier.SILVER: Sla.INTERACTIVE, Tier.BRONZE: Sla.
 @pytest.fixture(scope="module")
 def pipeline(settings: Settings, prefix: str, work_dir: Path) -> Iterator[PipelineProcesses]:
     env = settings_env(settings) | {
-        config.ENV_TOPIC_PREFIX: prefix,
-        config.ENV_METRICS_PORT: "0",
-        config.ENV_METRICS_HOST: "0.0.0.0",
+        "NPCFLOW_TOPIC_PREFIX": prefix,
+        "NPCFLOW_METRICS_PORT": "0",
+        "NPCFLOW_METRICS_HOST": "0.0.0.0",
     }
     with PipelineProcesses(env, work_dir, engines=ENGINES) as procs:
         yield procs
@@ -42,9 +41,9 @@ def pipeline(settings: Settings, prefix: str, work_dir: Path) -> Iterator[Pipeli
 
 def settings_env(settings: Settings) -> dict[str, str]:
     values = {
-        config.ENV_KAFKA_BOOTSTRAP: settings.kafka_bootstrap,
-        config.ENV_REDIS_URL: settings.redis_url,
-        config.ENV_S3_ENDPOINT: settings.s3_endpoint,
+        "NPCFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "NPCFLOW_REDIS_URL": settings.redis_url,
+        "NPCFLOW_S3_ENDPOINT": settings.s3_endpoint,
     }
     return {k: v for k, v in values.items() if v}
 

@@ -16,7 +16,6 @@ import pytest
 
 from devstack.processes import PipelineProcesses
 from devstack.supervise import stop_processes
-from pipeline import config
 from pipeline.config import Settings
 from pipeline.observability.scrape import scrape
 from pipeline.observability.validate import Validator, metrics_report
@@ -27,18 +26,18 @@ ENGINES = {Tier.GOLD: "scripted:latency_ms=5", Tier.SILVER: "scripted:latency_ms
 
 @pytest.fixture(scope="module")
 def pipeline(settings: Settings, prefix: str, work_dir: Path) -> Iterator[PipelineProcesses]:
-    env = {**_endpoint_env(settings), config.ENV_TOPIC_PREFIX: prefix, config.ENV_METRICS_PORT: "0"}
+    env = {**_endpoint_env(settings), "NPCFLOW_TOPIC_PREFIX": prefix, "NPCFLOW_METRICS_PORT": "0"}
     with PipelineProcesses(env, work_dir, engines=ENGINES) as procs:
         yield procs
 
 
 def _endpoint_env(settings: Settings) -> dict[str, str]:
     values = {
-        config.ENV_KAFKA_BOOTSTRAP: settings.kafka_bootstrap,
-        config.ENV_REDIS_URL: settings.redis_url,
-        config.ENV_DATABASE_URL: settings.database_url,
-        config.ENV_S3_ENDPOINT: settings.s3_endpoint,
-        config.ENV_OPENSEARCH_URL: settings.opensearch_url,
+        "NPCFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "NPCFLOW_REDIS_URL": settings.redis_url,
+        "NPCFLOW_DATABASE_URL": settings.database_url,
+        "NPCFLOW_S3_ENDPOINT": settings.s3_endpoint,
+        "NPCFLOW_OPENSEARCH_URL": settings.opensearch_url,
     }
     return {k: v for k, v in values.items() if v}
 

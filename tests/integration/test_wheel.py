@@ -21,7 +21,6 @@ import pytest
 
 from devstack.endpoints import StackEndpoints
 from devstack.supervise import ManagedProcess, stop_processes
-from pipeline import config
 
 ROOT = Path(__file__).resolve().parents[2]
 #: What a wheel is not built from: VCS data, venvs, caches, earlier builds, the dev stack's state.
@@ -79,7 +78,7 @@ def pipeline_from_wheel(
     venv: Path, stack: StackEndpoints, prefix: str, tmp_path: Path
 ) -> Iterator[dict[str, str]]:
     """A router and a scripted Silver worker from the venv; yields their environment once both serve."""
-    env = _clean_env() | stack.as_env() | {config.ENV_TOPIC_PREFIX: prefix}
+    env = _clean_env() | stack.as_env() | {"NPCFLOW_TOPIC_PREFIX": prefix}
     npcflow = str(venv / "bin" / "npcflow")
     commands = {
         "router": [npcflow, "run", "router"],
@@ -93,7 +92,7 @@ def pipeline_from_wheel(
             argv=argv,
             log_path=tmp_path / f"{name}.log",
             cwd=tmp_path,
-            env=env | {config.ENV_READY_FILE: str(ready)},
+            env=env | {"NPCFLOW_READY_FILE": str(ready)},
         )
         proc.start(die_with_parent=True)
         procs.append((proc, ready))

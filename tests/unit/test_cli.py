@@ -52,4 +52,4 @@ def test_a_malformed_setting_is_one_line_naming_the_variable(monkeypatch: pytest
     monkeypatch.setenv("NPCFLOW_MAX_PENDING", "lots")
     result = CliRunner().invoke(main, ["topics", "list"])
     assert result.exit_code != 0
-    assert "NPCFLOW_MAX_PENDING='lots' is not an integer" in result.output
+    assert "NPCFLOW_MAX_PENDING='lots': not an integer" in result.output

@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import ConfigError, Settings
+from pipeline.config import ConfigError, OpenAISettings, Settings
 from pipeline.deadlines import now_ms
-from pipeline.engine_settings import OpenAISettings
 from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import Tier
 from topics.schemas import ReplyStatus, Request, ServedBy, Sla

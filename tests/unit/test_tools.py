@@ -13,8 +13,8 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 
 from pipeline.config import ConfigError, Settings
+from pipeline.config.tools import ToolSettings, parse_allowlist
 from pipeline.router.policy import RoutingPolicy
-from pipeline.tool_settings import ToolSettings, parse_allowlist
 from topics.catalogue import Tier
 from topics.schemas import Latency, Reply, ReplyStatus, Request, ServedBy, ToolCall
 from workers.cache.result_step import ResultCacheStep
@@ -76,7 +76,7 @@ def test_allowlist_parsing_and_lookup() -> None:
     assert tools.allowed("gs-x", ["rag_search", "game_state_query"]) == ("rag_search",)
     assert tools.allowed("gs-b", ["rag_search"]) == ()
     assert ToolSettings().allowed("anyone", ["rag_search"]) == ("rag_search",)
-    with pytest.raises(ConfigError, match="NPCFLOW_TOOL_ALLOWLIST: unknown tool 'nope'"):
+    with pytest.raises(ConfigError, match="NPCFLOW_TOOL_ALLOWLIST='gs-a=nope': unknown tool 'nope'"):
         Settings.from_env({"NPCFLOW_TOOL_ALLOWLIST": "gs-a=nope"}, stack_file=False)
     with pytest.raises(ConfigError, match="NPCFLOW_RESULT_CACHE"):
         Settings.from_env({"NPCFLOW_RESULT_CACHE": "platinum"}, stack_file=False)

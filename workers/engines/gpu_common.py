@@ -11,7 +11,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from pipeline.config import ENV_GPU_MODEL, ConfigError
+from pipeline.config import ConfigError
 from topics.schemas import Request
 from workers.engines.base import EngineResult, EngineUnavailable
 from workers.engines.embedded import PERSONAS
@@ -19,7 +19,9 @@ from workers.engines.embedded import PERSONAS
 
 def require_model(kind: str, model: str | None) -> str:
     if not model:
-        raise ConfigError(f"{kind} engine: no model; write {kind}:<model id or path> or set {ENV_GPU_MODEL}")
+        raise ConfigError(
+            f"{kind} engine: no model; write {kind}:<model id or path> or set NPCFLOW_GPU_MODEL"
+        )
     return model
 
 

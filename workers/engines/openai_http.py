@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.engine_settings import OpenAISettings
+from pipeline.config import OpenAISettings
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
 from workers.engines.base import EngineError, EngineResult, EngineUnavailable
@@ -64,10 +64,10 @@ class OpenAIHTTPEngine(Lifecycle):
     def __init__(self, settings: OpenAISettings, persona: str = "silver", url: str | None = None) -> None:
         base = (url or settings.url or "").rstrip("/")
         if not base:
-            from pipeline.config import ENV_OPENAI_URL, ConfigError
+            from pipeline.config import ConfigError
 
             raise ConfigError(
-                f"openai engine: no server URL; set {ENV_OPENAI_URL}=http://host:port/v1 "
+                "openai engine: no server URL; set NPCFLOW_OPENAI_URL=http://host:port/v1 "
                 "or write the engine as openai:http://host:port/v1"
             )
         self.base_url = base

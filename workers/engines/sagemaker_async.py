@@ -19,7 +19,7 @@ import math
 import time
 from typing import Any
 
-from pipeline.config import ENV_SAGEMAKER_URL, Settings
+from pipeline.config import Settings
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
 from workers.engines.base import PRIOR_CHAIN, EngineError, EngineResult, EngineUnavailable
@@ -71,7 +71,7 @@ class SageMakerAsyncEngine(Lifecycle):
 
     async def _start(self) -> None:
         # No endpoint configured is the operator's to fix (a ConfigError), not an outage to wait out.
-        self._runtime = aws_client("sagemaker-runtime", self.config.url, ENV_SAGEMAKER_URL)
+        self._runtime = aws_client("sagemaker-runtime", self.config.url, "NPCFLOW_SAGEMAKER_URL")
         try:
             await self.store.ensure_bucket()
         except Exception as exc:

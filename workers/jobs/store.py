@@ -17,14 +17,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline.config import ENV_S3_ENDPOINT, ConfigError, Settings
+from pipeline.config import ConfigError, Settings
 
 PENDING = "pending"
 COMPLETED = "completed"
 FAILED = "failed"
 
 
-def aws_client(service: str, endpoint_url: str | None, variable: str = ENV_S3_ENDPOINT) -> Any:
+def aws_client(service: str, endpoint_url: str | None, variable: str = "NPCFLOW_S3_ENDPOINT") -> Any:
     """A boto3 client on an endpoint someone configured; a custom one (moto, MinIO, the dev stack)
     gets dummy keys if none are set.
 

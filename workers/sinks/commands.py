@@ -12,12 +12,13 @@ import json
 import click
 
 from pipeline.config import Settings
+from pipeline.config.commands import pass_settings
 from workers.sinks import SINKS
 
 
 @click.command("sink")
 @click.option("--sink", "name", type=click.Choice(list(SINKS)), required=True, help="The store to write.")
-@click.pass_obj
+@pass_settings
 def run_sink_cmd(settings: Settings, name: str) -> None:
     """A sink: consume npc.outputs in its own consumer group and write batches to one store."""
     from pipeline.observability.metrics import serve_metrics
@@ -37,7 +38,7 @@ def db() -> None:
 
 @db.command("migrate")
 @click.option("--schema", default=None, help="PostgreSQL schema (default: NPCFLOW_SINK_PG_SCHEMA, public).")
-@click.pass_obj
+@pass_settings
 def db_migrate(settings: Settings, schema: str | None) -> None:
     """Apply the SQL migrations in infrastructure/sql/ not applied yet (safe to repeat)."""
     import psycopg
@@ -65,7 +66,7 @@ def db_migrate(settings: Settings, schema: str | None) -> None:
 @click.option(
     "--install-templates", is_flag=True, help="Install the index templates in infrastructure/opensearch/."
 )
-@click.pass_obj
+@pass_settings
 def search_cmd(
     settings: Settings, text: str | None, size: int, as_json: bool, install_templates: bool
 ) -> None:

@@ -20,8 +20,8 @@ from typing import Any
 from mcp import Client, StdioServerParameters
 
 from pipeline import config
+from pipeline.config import ToolSettings
 from pipeline.lifecycle import Lifecycle
-from pipeline.tool_settings import ToolSettings
 
 log = logging.getLogger("npcflow.tools")
 

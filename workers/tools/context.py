@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pipeline.config.tools import KNOWN_TOOLS, ToolSettings
 from pipeline.observability import metrics
-from pipeline.tool_settings import KNOWN_TOOLS, ToolSettings
 from topics.schemas import Request, ToolCall
 from workers.engines.base import Engine, EngineResult, EngineWrapper
 from workers.tools.client import McpToolClient, ToolFailed, ToolUnavailable
