@@ -42,11 +42,11 @@ from psycopg import sql
 
 from pipeline import eventloop, kafka
 from pipeline.config import Settings
-from topics.admin import create_embedded_topics
+from pipeline.job_store import aws_client
+from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import OUTPUTS, Tier
 from topics.schemas import Output, Reply, ReplyStatus, Request, ServedBy, Sla, TokenUsage
 from workers.cache.results import ResultCache
-from workers.jobs.store import aws_client
 from workers.sinks import SINKS, build_sink
 from workers.sinks.migrations import migrate
 from workers.sinks.opensearch import DIALOGUE, STORY_ARCS, client, document, install_templates

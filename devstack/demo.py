@@ -31,7 +31,7 @@ from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import ENV_EMBEDDED_THREADS, TIERS, ConfigError, Settings
 from pipeline.intents import GAME_ENGINE, IntentCache
 from pipeline.observability.metrics import percentiles
-from topics.admin import create_embedded_topics
+from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import DLQ, REQUESTS, Tier
 from topics.schemas import Intent, Reply, ReplyStatus, Request, ServedBy, Sla
 from workers.sinks import SINKS

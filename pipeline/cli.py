@@ -17,8 +17,8 @@ import click
 
 from pipeline import eventloop
 from pipeline.config import Settings
-from pipeline.errors import UserFacingError
 from topics.catalogue import CATALOGUE, Tier
+from topics.errors import UserFacingError
 
 #: Commands that live outside the product, imported only when invoked (or listed by --help).
 LAZY_COMMANDS = {
@@ -104,7 +104,7 @@ def topics() -> None:
 @click.pass_obj
 def topics_create(settings: Settings, prefix: str | None, reply_topics: tuple[str, ...]) -> None:
     """Create every catalogue topic that does not exist yet (safe to repeat)."""
-    from topics.admin import create_reply_topics, create_topics
+    from pipeline.topic_admin import create_reply_topics, create_topics
 
     result = asyncio.run(create_topics(settings, prefix))
     if reply_topics:
@@ -264,7 +264,7 @@ def job_get(settings: Settings, job_id: str) -> None:
     import dataclasses
     import json
 
-    from workers.jobs.store import JobStore
+    from pipeline.job_store import JobStore
 
     store = JobStore.from_settings(settings)
     try:

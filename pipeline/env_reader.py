@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipeline.errors import UserFacingError
+from topics.errors import UserFacingError
 
 
 class ConfigError(UserFacingError, RuntimeError):

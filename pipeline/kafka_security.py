@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import UserFacingError
+from topics.errors import UserFacingError
 
 ENV_SECURITY_PROTOCOL = "NPCFLOW_KAFKA_SECURITY_PROTOCOL"
 ENV_SASL_MECHANISM = "NPCFLOW_KAFKA_SASL_MECHANISM"

@@ -12,11 +12,11 @@ import click
 from aiokafka.errors import KafkaError
 
 from pipeline.config import Settings
-from pipeline.router.policy import RoutingPolicy
 from replay.bounds import WindowError, parse_time
 from replay.progress import ProgressBar
 from replay.report import render_table
 from replay.run import ReplayOptions, run_replay
+from topics.policy import RoutingPolicy
 
 
 def parse_offsets(specs: tuple[str, ...]) -> dict[int, tuple[int, int | None]] | None:

@@ -8,13 +8,13 @@ generate its own types and clients from files instead of reading our code.
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic.json_schema import models_json_schema
 
-from pipeline import __version__
 from topics.catalogue import (
     ACTIVE,
     CATALOGUE,
@@ -27,6 +27,7 @@ from topics.catalogue import (
     TIER_TOPICS,
     reply_topic_pattern,
 )
+from topics.headers import DEADLINE_HEADER
 from topics.schemas import EVENTS, MAX_EVENT_BYTES, SCHEMA_VERSION, Event, Request
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -168,10 +169,10 @@ def asyncapi_document(prefix: str = "") -> dict[str, Any]:
         "asyncapi": "3.0.0",
         "info": {
             "title": "npcflow",
-            "version": __version__,
+            "version": metadata.version("npcflow"),
             "description": "Kafka topics and JSON events of the npcflow NPC inference pipeline. "
             f"Event schema version {SCHEMA_VERSION}. The absolute deadline of a routed request travels "
-            f"in the Kafka header `npcflow-deadline-ms` (epoch milliseconds, ASCII). {WIRE_RULES}",
+            f"in the Kafka header `{DEADLINE_HEADER}` (epoch milliseconds, ASCII). {WIRE_RULES}",
             "x-consumer-settings": CONSUMER_SETTINGS,
         },
         "defaultContentType": "application/json",

@@ -156,9 +156,9 @@ def top_cmd(
     fallbacks, breakers, cost per minute, cache hit rate, lag. Ctrl-C quits."""
     import time
 
-    from pipeline.errors import UserFacingError
     from pipeline.observability.top import build_view, render, scrape_targets
-    from pipeline.router.policy import RoutingPolicy
+    from topics.errors import UserFacingError
+    from topics.policy import RoutingPolicy
 
     targets = _targets(settings, metrics_targets)
     if not targets:

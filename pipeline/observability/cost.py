@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import UserFacingError
 from pipeline.observability.settings import ObservabilitySettings
+from topics.errors import UserFacingError
 
 BILLINGS = ("gpu", "sagemaker")
 #: Replies answered without an engine call: cost 0, the engine's price saved.

@@ -19,11 +19,11 @@ from typing import Any
 
 from pipeline import config
 from pipeline.config import Settings
-from pipeline.errors import UserFacingError
 from pipeline.observability.scrape import scrape
 from pipeline.observability.validate import TierReport, Validator, as_json, metrics_report
-from topics.admin import create_embedded_topics
+from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import Tier
+from topics.errors import UserFacingError
 
 
 def validate_embedded(

@@ -10,11 +10,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from pipeline.config import Settings, WorkerSettings
-from pipeline.deadlines import deadline_headers, now_ms
 from pipeline.observability.cost import Pricing
-from pipeline.router.policy import RoutingPolicy
 from tests.examples import VALID_REQUEST, encode
 from topics.catalogue import Tier
+from topics.headers import deadline_headers, now_ms
+from topics.policy import RoutingPolicy
 from topics.schemas import ReplyStatus, Request, ServedBy
 from workers.engines.base import EngineResult
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile

@@ -13,9 +13,9 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 
 from pipeline.config import ConfigError, Settings
-from pipeline.router.policy import RoutingPolicy
 from pipeline.tool_settings import ToolSettings, parse_allowlist
 from topics.catalogue import Tier
+from topics.policy import RoutingPolicy
 from topics.schemas import Latency, Reply, ReplyStatus, Request, ServedBy, ToolCall
 from workers.cache.result_step import ResultCacheStep
 from workers.engines.base import REFRESHING
