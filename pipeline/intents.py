@@ -1,4 +1,4 @@
-"""NPC intents: the default intents, the refresh header, and the game server's near cache.
+"""NPC intents: the default intents and the game server's near cache (the refresh header: topics.headers).
 
 An intent is an NPC's current short action (:class:`topics.schemas.Intent`). The Gold model
 refreshes intents asynchronously; everybody who needs one *now* reads it from a near cache that

@@ -20,9 +20,9 @@ RANK = {name: i for i, name in enumerate(LAYERS)}
 #: Imports allowed for now, each with the work that removes it. An entry that no longer matches an
 #: import (or whose file is gone) fails ``test_every_allowance_is_still_needed``: delete it then.
 ALLOWED: dict[str, set[str]] = {
-    # `npcflow validate --embedded` starts the dev stack; another change moves it into devstack/
-    # (issue 24, deliverable 1: "validate --embedded moves into devstack/"). Remove this entry
-    # when pipeline/observability/embedded.py is gone.
+    # `npcflow validate --embedded` starts the dev stack from here; a change in progress moves it
+    # into devstack/, where it belongs. Remove this entry when pipeline/observability/embedded.py
+    # is gone: test_every_allowance_is_still_needed fails while an entry matches no import.
     "pipeline/observability/embedded.py": {"devstack.demo", "devstack.processes", "devstack.stack"},
 }
 
