@@ -22,7 +22,7 @@ from devstack.kafka_dist import broker_identity
 from devstack.stack import EmbeddedStack
 from pipeline import kafka
 from pipeline.config import Settings
-from topics.admin import create_embedded_topics
+from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import BENCHMARK_TOPIC_CONFIG, TopicSpec
 from topics.schemas import Request, Sla
 

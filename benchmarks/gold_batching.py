@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 
-from pipeline.deadlines import now_ms
+from topics.headers import now_ms
 from topics.schemas import Request
 from workers.engines.batching import MicroBatcher
 from workers.engines.embedded import EmbeddedEngine

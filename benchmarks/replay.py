@@ -38,9 +38,9 @@ from benchkit import fresh_prefix, start_broker
 
 from pipeline import eventloop, kafka
 from pipeline.config import Settings
-from pipeline.router.policy import RoutingPolicy
-from topics.admin import create_embedded_topics
+from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import OUTPUTS, REQUESTS, ROUTING, Tier
+from topics.policy import RoutingPolicy
 from topics.schemas import (
     Latency,
     Output,
@@ -173,7 +173,7 @@ async def replay_report(
 
 def candidate() -> RoutingPolicy:
     """The packaged policy with realtime sent to Silver: every Gold request moves."""
-    data = yaml.safe_load(resources.files("pipeline.router").joinpath("policy.yaml").read_text())
+    data = yaml.safe_load(resources.files("topics").joinpath("policy.yaml").read_text())
     data["slas"]["realtime"]["tier"] = "silver"
     return RoutingPolicy.from_dict(data, "candidate")
 

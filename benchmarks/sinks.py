@@ -41,15 +41,15 @@ from psycopg import sql
 
 from pipeline import eventloop, kafka
 from pipeline.config import Settings
-from topics.admin import create_embedded_topics
+from pipeline.job_store import aws_client
+from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import OUTPUTS, Tier
 from topics.schemas import Output, Reply, ReplyStatus, Request, ServedBy, Sla, TokenUsage
 from workers.cache.results import ResultCache
-from workers.jobs.store import aws_client
 from workers.sinks import SINKS, build_sink
 from workers.sinks.migrations import migrate
 from workers.sinks.opensearch import DIALOGUE, STORY_ARCS, client, document, install_templates
-from workers.sinks.postgres_rows import COPY_TABLES, table_rows
+from workers.sinks.postgres_rows import COLUMNS, table_rows
 from workers.sinks.runner import SinkRunner
 from workers.sinks.s3 import PUT_THREADS
 
@@ -112,7 +112,7 @@ async def bare_postgres(settings: Settings, outputs: Sequence[Output], size: int
         for batch in batches(outputs, size):
             async with conn.transaction(), conn.cursor() as cur:
                 for table, rows in table_rows(batch).items():
-                    async with cur.copy(f"COPY {table} ({COPY_TABLES[table]}) FROM STDIN") as copy:
+                    async with cur.copy(f"COPY {table} ({COLUMNS[table]}) FROM STDIN") as copy:
                         for row in rows:
                             await copy.write_row(row)
         return time.perf_counter() - began

@@ -36,7 +36,7 @@ from pipeline import kafka
 from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import Settings
 from pipeline.observability.metrics import percentiles
-from topics.admin import create_embedded_topics
+from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import DLQ, Tier
 from topics.schemas import Reply, ReplyStatus, Sla
 

@@ -30,7 +30,7 @@ from pipeline.config import TIERS, ConfigError, Settings
 from pipeline.intents import GAME_ENGINE, IntentCache
 from pipeline.observability.metrics import percentiles
 from pipeline.observability.validate import group_lag
-from topics.admin import create_embedded_topics
+from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import DLQ, OUTPUTS, REQUESTS, Tier
 from topics.schemas import Intent, Reply, ReplyStatus, Request, ServedBy, Sla
 from workers.sinks import SINKS

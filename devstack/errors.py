@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.errors import UserFacingError
+from topics.errors import UserFacingError
 
 
 class StackError(UserFacingError, RuntimeError):

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from pipeline.deadlines import now_ms
+from pipeline.job_store import JobStore, split_s3_uri
+from topics.headers import now_ms
 from topics.schemas import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT, Request
 from workers.engines.embedded import EmbeddedEngine
-from workers.jobs.store import JobStore, split_s3_uri
 
 log = logging.getLogger("npcflow.sagemaker_local")
 

@@ -24,7 +24,7 @@ from devstack.stack import EmbeddedStack
 from pipeline.config import Settings
 from pipeline.observability.scrape import scrape
 from pipeline.observability.validate import TierReport, Validator, as_json, metrics_report
-from topics.admin import create_embedded_topics
+from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import Tier
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.deadlines import now_ms
 from topics.catalogue import ACTIVE
+from topics.headers import now_ms
 from topics.schemas import MAX_PROMPT_CHARS, ActiveNpc
 
 #: Asked of the model when nobody said what an active NPC is facing.

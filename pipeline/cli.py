@@ -18,9 +18,9 @@ import click
 
 from pipeline.config import Settings
 from pipeline.config.commands import config, pass_settings
-from pipeline.errors import UserFacingError
 from pipeline.observability.commands import EMBEDDED_VALIDATOR
 from topics.catalogue import CATALOGUE, Tier
+from topics.errors import UserFacingError
 from topics.fields import Sla
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def topics() -> None:
 @pass_settings
 def topics_create(settings: Settings, prefix: str | None, reply_topics: tuple[str, ...]) -> None:
     """Create every catalogue topic that does not exist yet (safe to repeat)."""
-    from topics.admin import create_reply_topics, create_topics
+    from pipeline.topic_admin import create_reply_topics, create_topics
 
     result = asyncio.run(create_topics(settings, prefix))
     if reply_topics:
@@ -372,7 +372,7 @@ def job_get(settings: Settings, job_id: str) -> None:
     import dataclasses
     import json
 
-    from workers.jobs.store import JobStore
+    from pipeline.job_store import JobStore
 
     if not settings.s3_endpoint:  # boto3 would otherwise ask AWS itself, for a bucket name anyone may own
         raise UserFacingError(

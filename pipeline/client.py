@@ -25,9 +25,9 @@ from aiokafka.errors import KafkaError
 
 from pipeline import kafka
 from pipeline.config import Settings
-from pipeline.deadlines import now_ms
 from pipeline.lifecycle import Lifecycle
 from topics.catalogue import REPLIES, REQUESTS
+from topics.headers import now_ms
 from topics.schemas import Reply, ReplyStatus, Request, Sla
 
 log = logging.getLogger("npcflow.client")
@@ -221,7 +221,7 @@ class NPCClient(Lifecycle):
         """
         from dataclasses import asdict
 
-        from workers.jobs.store import JobStore
+        from pipeline.job_store import JobStore
 
         record = await JobStore.from_settings(self.settings).get(job_id)
         return None if record is None else asdict(record)

@@ -1,4 +1,4 @@
-"""NPC intents: the default intents, the refresh header, and the game server's near cache.
+"""NPC intents: the default intents and the game server's near cache (the refresh header: topics.headers).
 
 An intent is an NPC's current short action (:class:`topics.schemas.Intent`). The Gold model
 refreshes intents asynchronously; everybody who needs one *now* reads it from a near cache that
@@ -34,24 +34,10 @@ log = logging.getLogger("npcflow.intents")
 
 __all__ = ["BUILTIN_DEFAULT_INTENT", "DefaultIntents"]  # re-exported: importers name them from here
 
-#: A routed Gold request carrying this header is a model refresh: the worker updates the NPC's
-#: intent and sends no reply (the router already answered).
-REFRESH_HEADER = "npcflow-refresh"
 #: The request ``context`` key naming the NPC's archetype.
 ARCHETYPE_KEY = "archetype"
 #: ``Intent.engine`` of an intent a game server set itself (``update_intent``).
 GAME_ENGINE = "game"
-
-
-def refresh_headers(deadline_ms: int) -> list[tuple[str, bytes]]:
-    """Headers of a refresh sent to the Gold tier topic (its own deadline: a refresh is not urgent)."""
-    from pipeline.deadlines import deadline_headers
-
-    return [*deadline_headers(deadline_ms, "gold"), (REFRESH_HEADER, b"1")]
-
-
-def is_refresh(headers: Iterable[tuple[str, bytes]] | None) -> bool:
-    return any(key == REFRESH_HEADER and value == b"1" for key, value in headers or ())
 
 
 def archetype_of(request: Request) -> str | None:

@@ -11,7 +11,7 @@ import re
 import time
 from datetime import UTC, datetime
 
-from pipeline.errors import UserFacingError
+from topics.errors import UserFacingError
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pipeline.errors import UserFacingError
+from topics.errors import UserFacingError
 
 
 class WindowError(UserFacingError, ValueError):

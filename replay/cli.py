@@ -13,12 +13,12 @@ from aiokafka.errors import KafkaError
 
 from pipeline.config import Settings
 from pipeline.config.commands import pass_settings
-from pipeline.router.policy import RoutingPolicy
 from pipeline.since import FORMS, parse_moment
 from replay.bounds import WindowError
 from replay.progress import ProgressBar
 from replay.report import render_table
 from replay.run import ReplayOptions, run_replay
+from topics.policy import RoutingPolicy
 
 
 def parse_offsets(specs: tuple[str, ...]) -> dict[int, tuple[int, int | None]] | None:

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserFacingError
 from replay.join import Entry
 from topics.catalogue import Tier
+from topics.errors import UserFacingError
 
 try:  # the `replay` extra; the report and the sandbox work without it
     import pyarrow as pa

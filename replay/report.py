@@ -20,10 +20,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from pipeline.router.policy import Route, RoutingPolicy, Unroutable
 from replay.histogram import Histogram, bucket_of
 from replay.join import Entry
 from topics.catalogue import Tier
+from topics.policy import Route, RoutingPolicy, Unroutable
 
 DEAD = "dead_lettered"
 

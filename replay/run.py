@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.router.policy import RoutingPolicy
 from replay.bounds import Bounds
 from replay.export import Exporter
 from replay.join import Entry, Join
@@ -22,6 +21,7 @@ from replay.report import WhatIf
 from replay.sandbox import Sandbox
 from replay.window import WindowReader, offsets_window
 from topics.catalogue import OUTPUTS, REQUESTS, ROUTING, Tier
+from topics.policy import RoutingPolicy
 
 #: Progress: (fraction of the window read or None, events read).
 Progress = Callable[[float | None, int], None]

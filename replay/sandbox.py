@@ -24,13 +24,13 @@ from aiokafka.structs import ConsumerRecord
 
 from pipeline import kafka
 from pipeline.config import Settings
-from pipeline.errors import UserFacingError
 from pipeline.lifecycle import Lifecycle
-from topics.admin import create_topics
+from pipeline.topic_admin import create_topics
 from topics.catalogue import REQUESTS
+from topics.errors import UserFacingError
+from topics.headers import replay_headers
 from topics.schemas import InvalidEvent, parse_request
 
-REPLAY_OF_HEADER = "npcflow-replay-of"
 REPLAY_OF_CONTEXT = "replay_of"
 _MAX_CONTEXT = 32
 #: Sends awaited together: a refused record fails the replay within this many.
@@ -126,7 +126,7 @@ class Sandbox(Lifecycle):
         assert self._producer is not None
         await self._pace(record.timestamp)
         value, key, original = self.rewrite(record.value)
-        headers = [(REPLAY_OF_HEADER, original.encode())] if original else []
+        headers = replay_headers(original)
         key = key if key is not None else record.key
         self._pending.append(await self._producer.send(self.topic, value, key=key, headers=headers))
         if len(self._pending) >= _IN_FLIGHT:

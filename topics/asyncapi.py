@@ -6,18 +6,17 @@ its Kafka headers, its key (the Kafka message binding) and, where it has one, it
 ``reply_topic`` field of the payload. The document is checked against the official AsyncAPI 3.0
 JSON Schema in ``tests/unit/test_asyncapi.py``.
 
-The header names here are the wire contract; the code that writes them (``pipeline/deadlines.py``,
-``pipeline/intents.py``, ``workers/resilience/fallback.py``, ``replay/sandbox.py``) is checked
-against them by that test.
+The header names are the wire contract of ``topics/headers.py``, which every writer of a header
+uses; that test also checks the headers the code writes against these schemas.
 """
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from pipeline import __version__
 from topics.catalogue import (
     ACTIVE,
     CATALOGUE,
@@ -34,6 +33,18 @@ from topics.catalogue import (
     TopicSpec,
 )
 from topics.fields import SCHEMA_VERSION
+from topics.headers import (
+    ATTEMPT_HEADER,
+    CHAIN_HEADER,
+    DEADLINE_HEADER,
+    FALLBACK_HEADERS,
+    FROM_HEADER,
+    ORIGINAL_DEADLINE_HEADER,
+    REASON_HEADER,
+    REFRESH_HEADER,
+    REPLAY_OF_HEADER,
+    TIER_HEADER,
+)
 from topics.schemas import EVENTS, MAX_CHAIN
 from topics.wire_rules import WIRE_RULES, add_request_rules
 
@@ -49,22 +60,8 @@ CONSUMER_SETTINGS = {
     "(a regex subscription rebalances whenever any tenant's reply topic appears)",
 }
 
-DEADLINE_HEADER = "npcflow-deadline-ms"
-TIER_HEADER = "npcflow-tier"
-REFRESH_HEADER = "npcflow-refresh"
-FALLBACK_ATTEMPT_HEADER = "npcflow-fallback-attempt"
-FALLBACK_FROM_HEADER = "npcflow-fallback-from"
-FALLBACK_REASON_HEADER = "npcflow-fallback-reason"
-FALLBACK_CHAIN_HEADER = "npcflow-fallback-chain"
-ORIGINAL_DEADLINE_HEADER = "npcflow-original-deadline-ms"
-REPLAY_OF_HEADER = "npcflow-replay-of"
-FALLBACK_HEADERS = (
-    FALLBACK_ATTEMPT_HEADER,
-    FALLBACK_FROM_HEADER,
-    FALLBACK_REASON_HEADER,
-    FALLBACK_CHAIN_HEADER,
-    ORIGINAL_DEADLINE_HEADER,
-)
+FALLBACK_ATTEMPT_HEADER, FALLBACK_FROM_HEADER = ATTEMPT_HEADER, FROM_HEADER
+FALLBACK_REASON_HEADER, FALLBACK_CHAIN_HEADER = REASON_HEADER, CHAIN_HEADER
 
 _EPOCH_MS = {"type": "string", "pattern": "^[0-9]{1,16}$"}
 _TIER = {"type": "string", "enum": [t.value for t in Tier]}
@@ -348,7 +345,7 @@ def asyncapi_document(prefix: str = "") -> dict[str, Any]:
         "asyncapi": "3.0.0",
         "info": {
             "title": "npcflow",
-            "version": __version__,
+            "version": metadata.version("npcflow"),
             "description": "Kafka topics and JSON events of the npcflow NPC inference pipeline. "
             f"Event schema version {SCHEMA_VERSION}. Each message gives its Kafka key (bindings.kafka.key) "
             f"and headers; a routed request's absolute deadline is the `{DEADLINE_HEADER}` header. "

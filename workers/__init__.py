@@ -1,1 +1,1 @@
-"""Tier workers, inference engines and (later) sinks."""
+"""The processes that serve: tier workers and their engines, the job collector, sinks, game state."""

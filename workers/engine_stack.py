@@ -7,8 +7,8 @@ answer steps that may answer without the engine (result cache, MCP tools: :mod:`
 
 from __future__ import annotations
 
-from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import Tier
+from topics.policy import RoutingPolicy
 from workers.engines.base import Engine
 from workers.engines.batching import MicroBatcher
 from workers.resilience import TierResilience, wrap_engine

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pipeline.observability.cost import Pricing
-from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import Tier
+from topics.policy import RoutingPolicy
 from topics.schemas import Latency, Reply, ReplyStatus, ServedBy, TierAttempt, TokenUsage
 from workers.engines.base import EngineResult
 

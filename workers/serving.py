@@ -27,12 +27,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pipeline.deadlines import read_deadline
-from pipeline.intents import is_refresh
 from pipeline.observability import metrics
 from pipeline.observability.cost import Pricing
-from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, Tier
+from topics.headers import FallbackContext, attempt, is_refresh, read_deadline
+from topics.policy import RoutingPolicy
 from topics.schemas import (
     DeadLetter,
     FieldError,
@@ -49,7 +48,7 @@ from workers.engines.base import PRIOR_CHAIN, REFRESHING, Engine, EngineError, E
 from workers.outbound import Outbound
 from workers.replies import build_reply
 from workers.resilience.exceptions import DeadlineReached, reason_kind
-from workers.resilience.fallback import FallbackContext, FallbackStep, Forwarded, attempt
+from workers.resilience.fallback import FallbackStep, Forwarded
 from workers.resilience.shedding import LoadShedder
 
 log = logging.getLogger("npcflow.worker")

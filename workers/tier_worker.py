@@ -24,8 +24,9 @@ from pipeline import kafka
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import families, metrics
 from pipeline.observability.cost import Pricing
-from pipeline.router.policy import RoutingPolicy
+from pipeline.reply_topics import ReplyTopics
 from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
+from topics.policy import RoutingPolicy
 from workers.cache.active_refresh import ActiveRefresher, serving_step
 from workers.cache.intents import IntentRefresh
 from workers.engine_stack import tier_engine
@@ -33,7 +34,6 @@ from workers.engines.base import Engine, EngineResult
 from workers.group_member import GroupMember
 from workers.hooks import standard_hooks
 from workers.offsets import OffsetTracker
-from workers.reply_topics import ReplyTopics
 from workers.resilience import TierResilience
 from workers.resilience.fair_share import FairShare
 from workers.resilience.fallback import FallbackStep, Forwarded, watch_late

@@ -16,7 +16,7 @@ import annotated_types
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
-from pipeline.errors import UserFacingError
+from topics.errors import UserFacingError
 
 
 class ConfigError(UserFacingError, RuntimeError):

@@ -74,10 +74,10 @@ def validate_cmd(
 ) -> None:
     """Probe TIER (or all) end to end: answered by the right tier, breaker closed, lag bounded,
     latency judged against the configured budgets. Exits 1 on failure."""
-    from pipeline.errors import UserFacingError
     from pipeline.observability.scrape import scrape
     from pipeline.observability.validate import Validator, metrics_report
     from pipeline.observability.validate import as_json as to_json
+    from topics.errors import UserFacingError
 
     settings = load_settings(ctx)
     tiers = list(Tier) if tier == "all" else [Tier(tier)]
@@ -166,9 +166,9 @@ def top_cmd(
     fallbacks, breakers, cost per minute, cache hit rate, lag. Ctrl-C quits."""
     import time
 
-    from pipeline.errors import UserFacingError
     from pipeline.observability.top import build_view, render, scrape_targets
-    from pipeline.router.policy import RoutingPolicy
+    from topics.errors import UserFacingError
+    from topics.policy import RoutingPolicy
 
     targets = _targets(settings, metrics_targets)
     if not targets:

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ObservabilitySettings
-from pipeline.errors import UserFacingError
+from topics.errors import UserFacingError
 
 BILLINGS = ("gpu", "sagemaker")
 #: Replies answered without an engine call: cost 0, the engine's price saved.

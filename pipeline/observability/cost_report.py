@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.errors import UserFacingError
 from pipeline.observability.cost import CACHED, Pricing
+from topics.errors import UserFacingError
 
 _TIER_ORDER = {"gold": 0, "silver": 1, "bronze": 2}
 

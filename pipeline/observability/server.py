@@ -95,7 +95,7 @@ def serve(port: int | None, addr: str = "127.0.0.1") -> int | None:
     try:
         httpd = make_server(addr, port, _app(), ThreadingWSGIServer, handler_class=_Quiet)
     except (OverflowError, OSError) as exc:  # a port out of range, taken, or a host not ours
-        from pipeline.errors import UserFacingError
+        from topics.errors import UserFacingError
 
         raise UserFacingError(
             f"cannot serve metrics on {addr}:{port} (NPCFLOW_METRICS_HOST, NPCFLOW_METRICS_PORT): "

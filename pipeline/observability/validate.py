@@ -33,8 +33,8 @@ from pipeline.config import Settings
 from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from pipeline.observability.scrape import Scrape
-from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import TIER_TOPICS, Tier
+from topics.policy import RoutingPolicy
 from topics.schemas import Intent, Reply, ServedBy, Sla
 
 TENANT = "npcflow-validate"
@@ -182,7 +182,7 @@ class Validator:
         if not self.settings.redis_url:
             report.details["breaker"] = "unknown (no NPCFLOW_REDIS_URL: breakers are per process)"
             return
-        from workers.resilience.breaker import BreakerBoard
+        from pipeline.breakers.board import BreakerBoard
 
         board = BreakerBoard.from_settings(
             self.settings.redis_url, self.settings.topic_prefix, self.settings.resilience

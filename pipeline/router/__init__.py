@@ -1,5 +1,6 @@
-"""The router: routing logic (no faust), the routing policy, and the faust app that wires them.
+"""The router: routing logic (no faust) and the faust app that wires it.
 
-Import :mod:`pipeline.router.logic` or :mod:`pipeline.router.policy` without pulling in faust;
-only :mod:`pipeline.router.app` and :mod:`pipeline.router.transport` need it.
+The routing policy it applies is the shared contract in :mod:`topics.policy`. Import
+:mod:`pipeline.router.logic` without pulling in faust; only :mod:`pipeline.router.app` and
+:mod:`pipeline.router.transport` need it.
 """

@@ -26,15 +26,15 @@ from pipeline.lifecycle import Lifecycle
 from pipeline.observability import families, metrics
 from pipeline.observability.cost import Pricing
 from pipeline.readiness import mark_ready
-from pipeline.router.gold import GoldPath, Produce
-from pipeline.router.logic import Headers, Router, RouterStats, Source
+from pipeline.reply_topics import ReplyTopics
+from pipeline.router.breakers import RouterFallback, breaker_detour
+from pipeline.router.gold import GoldPath
+from pipeline.router.logic import Router, RouterStats, Source
 from pipeline.router.monitor import LeanMonitor
-from pipeline.router.policy import RoutingPolicy
 from pipeline.router.transport import FETCH_WAIT_ATTR
 from topics.catalogue import REQUESTS
-from workers.reply_topics import ReplyTopics
-from workers.resilience.breaker import BreakerBoard, BreakerReader
-from workers.resilience.fallback import FORWARD, RouterFallback
+from topics.headers import Headers, Produce
+from topics.policy import RoutingPolicy
 
 log = logging.getLogger("npcflow.router")
 
@@ -102,14 +102,13 @@ def _gold_path(app: faust.App, settings: Settings, produce: Produce, decisions: 
 
 
 def _breaker_detour(app: faust.App, settings: Settings, policy: RoutingPolicy) -> RouterFallback | None:
-    """The tier breakers as the workers share them (Redis), read in the background; None: fallback off."""
-    if not settings.resilience.fallback:
+    """The tier breakers, read in the background while the app runs; None: fallback off."""
+    detour = breaker_detour(settings, policy)
+    if detour is None:
         return None
-    board = BreakerBoard.from_settings(settings.redis_url, settings.topic_prefix, settings.resilience)
-    tiers = {t.value for pair in FORWARD.items() for t in pair}
-    reader = BreakerReader(board, sorted(tiers))
+    fallback, reader = detour
     app.service(_lifecycle_service(reader))
-    return RouterFallback(reader, policy)
+    return fallback
 
 
 def _lifecycle_service(thing: Lifecycle) -> type[mode.Service]:

@@ -20,19 +20,16 @@ from typing import Protocol
 
 from pipeline.active import ActiveAnnouncer
 from pipeline.config import IntentSettings
-from pipeline.deadlines import now_ms
 from pipeline.intents import DefaultIntents, SeenIntent, archetype_of
 from pipeline.observability import families, metrics
 from pipeline.observability.cost import Pricing
-from pipeline.router.policy import Route
 from topics.catalogue import OUTPUTS, REPLIES, Tier
+from topics.headers import Produce, Record, now_ms
+from topics.policy import Route
 from topics.schemas import Latency, Output, Reply, ReplyStatus, Request, TierAttempt
 
 log = logging.getLogger("npcflow.router")
 
-Headers = list[tuple[str, bytes]]
-Produce = Callable[[str, bytes, bytes, Headers | None], Awaitable[None]]
-Record = Callable[[str, bytes, bytes], Awaitable[None]]
 TopicExists = Callable[[str], Awaitable[bool]]
 
 

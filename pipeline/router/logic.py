@@ -10,25 +10,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from pipeline.deadlines import deadline_headers, now_ms
 from pipeline.observability import families, metrics
 from pipeline.router.gold import GoldPath
-from pipeline.router.policy import Route, RoutingPolicy, Unroutable
 from topics.catalogue import DLQ, ROUTING, TIER_TOPICS, Tier
+from topics.headers import Headers, Produce, Record, deadline_headers, now_ms
+from topics.policy import Route, RoutingPolicy, Unroutable
 from topics.schemas import DeadLetter, InvalidEvent, Request, RoutingDecision, parse_request
 
 log = logging.getLogger("npcflow.router")
-
-Headers = list[tuple[str, bytes]]
-#: Forward a record: ``(topic, key, value, headers)``; returns once the producer has it queued.
-Produce = Callable[[str, bytes, bytes, Headers | None], Awaitable[None]]
-#: Record a routing decision: ``(topic, key, value)``; an audit trail, batched off the latency path.
-Record = Callable[[str, bytes, bytes], Awaitable[None]]
 
 
 class Detour(Protocol):
@@ -72,7 +66,7 @@ class Router:
         breakers: Detour | None = None,
     ) -> None:
         self.policy = policy
-        #: Diverts a route whose tier's breaker is open (workers/resilience/fallback.RouterFallback).
+        #: Diverts a route whose tier's breaker is open (pipeline/router/breakers.RouterFallback).
         self.breakers = breakers
         #: Gold's fast path (answer from the intent cache, refresh on the side); None: forward as any tier.
         self.gold = gold

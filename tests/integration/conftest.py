@@ -18,7 +18,7 @@ import pytest
 from devstack.endpoints import StackEndpoints
 from devstack.stack import EmbeddedStack
 from pipeline.config import Settings
-from topics.admin import create_embedded_topics
+from pipeline.topic_admin import create_embedded_topics
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ from devstack import kafka_dist
 from devstack.kafka_launcher import KafkaLauncher
 from pipeline import kafka
 from pipeline.config import Settings
-from pipeline.deadlines import DEADLINE_HEADER, TIER_HEADER
 from topics.catalogue import GAME_STATE, REQUESTS_GOLD, short_retention
+from topics.headers import DEADLINE_HEADER, TIER_HEADER
 
 
 def _topic(stem: str) -> str:

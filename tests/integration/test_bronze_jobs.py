@@ -17,15 +17,14 @@ from devstack.supervise import stop_processes
 from pipeline import kafka as kafka_clients
 from pipeline.client import NPCClient
 from pipeline.config import SageMakerSettings, Settings
-from pipeline.deadlines import deadline_headers, now_ms
+from pipeline.job_store import JobRecord, JobStore
 from tests.integration.kafka_util import eventually
 from tests.integration.test_worker import running_worker
 from topics.catalogue import TIER_TOPICS, Tier
+from topics.headers import attempt, deadline_headers, fallback_headers, now_ms
 from topics.schemas import Reply, ReplyStatus, Request, ServedBy, Sla
 from workers.engines.sagemaker_async import SageMakerAsyncEngine
 from workers.jobs.collector import JobCollector
-from workers.jobs.store import JobRecord, JobStore
-from workers.resilience.fallback import attempt, fallback_headers
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from pipeline.deadlines import now_ms
+from topics.headers import now_ms
 from topics.schemas import Request
 from workers.engines.base import EngineResult
 from workers.engines.batching import MicroBatcher

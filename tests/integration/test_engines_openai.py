@@ -20,7 +20,7 @@ from devstack.engine_servers import start_engine_servers
 from devstack.launchers import free_ports
 from devstack.supervise import ManagedProcess, stop_processes
 from pipeline.config import EngineSettings, OpenAISettings, Settings
-from pipeline.deadlines import now_ms
+from topics.headers import now_ms
 from topics.schemas import Request
 from workers.engines import build_engine
 from workers.engines.base import EngineError, EngineUnavailable

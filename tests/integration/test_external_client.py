@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
 from pipeline.config import Settings
-from topics.admin import create_reply_topics
+from pipeline.topic_admin import create_reply_topics
 from topics.catalogue import Tier
 from topics.export import export
 

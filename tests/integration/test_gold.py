@@ -23,8 +23,8 @@ from devstack.supervise import stop_processes
 from pipeline.client import NPCClient
 from pipeline.config import Settings
 from pipeline.intents import DefaultIntents, IntentCache
+from pipeline.topic_admin import create_topics
 from tests.integration.kafka_util import eventually, read_topic
-from topics.admin import create_topics
 from topics.catalogue import ACTIVE, Tier
 from topics.schemas import ActiveNpc, Intent, Reply, ServedBy, Sla
 from workers.cache.intents import IntentStore

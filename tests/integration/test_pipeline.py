@@ -15,9 +15,9 @@ from devstack.processes import PipelineProcesses
 from pipeline import kafka as kafka_clients
 from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import ClientSettings, Settings
+from pipeline.topic_admin import create_reply_topics
 from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, VALID_REQUEST, encode
 from tests.integration.kafka_util import eventually, read_topic
-from topics.admin import create_reply_topics
 from topics.catalogue import DLQ, REPLIES, REQUESTS, ROUTING, Tier
 from topics.schemas import DeadLetter, Reply, ReplyStatus, Request, RoutingDecision, ServedBy, Sla
 

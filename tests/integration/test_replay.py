@@ -8,9 +8,9 @@ from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
 from pipeline import kafka as kafka_clients
 from pipeline.config import Settings
-from pipeline.deadlines import deadline_headers, now_ms
 from tests.integration.kafka_util import read_topic
 from topics.catalogue import REPLIES, REQUESTS_GOLD, Tier
+from topics.headers import deadline_headers, now_ms
 from topics.schemas import Reply, Request, Sla
 
 

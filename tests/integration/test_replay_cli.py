@@ -28,12 +28,12 @@ from devstack.processes import PipelineProcesses
 from pipeline import kafka as kafka_clients
 from pipeline.client import NPCClient
 from pipeline.config import Settings
-from pipeline.router.policy import RoutingPolicy
+from pipeline.topic_admin import create_embedded_topics
 from replay.run import ReplayOptions, run_replay
 from replay.sandbox import REPLAY_OF_CONTEXT, Sandbox
 from tests.integration.kafka_util import read_topic
-from topics.admin import create_embedded_topics
 from topics.catalogue import OUTPUTS, REPLIES, REQUESTS, Tier
+from topics.policy import RoutingPolicy
 from topics.schemas import Output, Reply, Request, Sla
 
 ENGINES = {
@@ -68,7 +68,7 @@ def request(sla: Sla, max_tokens: int, n: int, created_ms: int | None = None) ->
 
 def candidate_policy(tmp: Path) -> Path:
     """Realtime goes to Silver; Bronze takes at most 1000 tokens (the 1500-token requests dead-letter)."""
-    default = yaml.safe_load(Path("pipeline/router/policy.yaml").read_text())
+    default = yaml.safe_load(Path("topics/policy.yaml").read_text())
     default["slas"]["realtime"]["tier"] = "silver"
     default["tiers"]["bronze"]["max_tokens"] = 1000
     path = tmp / "candidate.yaml"

@@ -65,12 +65,14 @@ def test_a_flooding_tenant_does_not_make_a_quiet_one_wait(stack: StackEndpoints,
     result = run_scenario("tenant-flood", stack, work_dir, duration_s=24, progress=None)
     assert_every_request_answered_once(result)
     assert result["victim_statuses"] == {"ok": result["victim_statuses"].get("ok", 0)}, result
-    # How much slower the quiet tenant gets (victim_ratio, target <= 2) is a timing: it is measured
-    # by `benchmarks/chaos.py --scenario tenant-flood`, not asserted here, where a loaded machine
-    # would make it fail at random. Here: it is measured at all, and nothing of the victim's is
-    # degraded while the flood is.
-    assert result["victim_ratio"] is not None, result
     assert result["flood_statuses"].get("fallback", 0) > 0, result  # the flood is degraded, not the victim
+    # The claim itself: under the flood the quiet tenant's p95 stays inside its budget and near its
+    # p95 alone. Behind a first-come slot it would queue with the flood up to the shedder's limit
+    # (its 250 ms budget, about 4 times its p95 alone). The benchmark's target is a ratio ≤ 2 (measured
+    # 1.41 to 1.61, docs/architecture.md, "Resilience"); 3 leaves room for a loaded machine.
+    victim, alone = result["victim_p95_ms"], result["victim_baseline_p95_ms"]
+    assert victim is not None and alone is not None, result
+    assert victim <= result["budget_ms"] and result["victim_ratio"] <= 3, result
 
 
 def test_kill_9_one_of_three_brokers_mid_load_loses_no_request(

@@ -27,9 +27,9 @@ from devstack.launchers import free_ports
 from devstack.processes import PipelineProcesses
 from pipeline import kafka
 from pipeline.config import Settings
+from pipeline.topic_admin import create_embedded_topics
 from tests.integration.kafka_util import eventually, read_topic
 from tests.unit.test_sinks import make_output
-from topics.admin import create_embedded_topics
 from topics.catalogue import OUTPUTS, SINK_DLQ, Tier
 from topics.schemas import DeadLetter, Output, ReplyStatus, ServedBy, Sla, TierAttempt
 from workers.sinks import SINKS, build_sink

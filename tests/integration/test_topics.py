@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from pipeline import kafka as kafka_clients
 from pipeline.cli import main
 from pipeline.config import ConfigError, Settings
-from topics.admin import create_embedded_topics, create_reply_topics, create_topics
+from pipeline.topic_admin import create_embedded_topics, create_reply_topics, create_topics
 from topics.catalogue import CATALOGUE, EMBEDDED_TOPIC_CONFIG, GAME_STATE, REPLIES, REQUESTS, REQUESTS_GOLD
 
 

@@ -13,10 +13,10 @@ from aiokafka import AIOKafkaProducer
 from pipeline import kafka as kafka_clients
 from pipeline.client import NPCClient
 from pipeline.config import Settings
-from pipeline.deadlines import deadline_headers, now_ms
+from pipeline.topic_admin import create_reply_topics
 from tests.integration.kafka_util import eventually, read_topic
-from topics.admin import create_reply_topics
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, TIER_TOPICS, Tier
+from topics.headers import deadline_headers, now_ms
 from topics.schemas import DeadLetter, Output, Reply, ReplyStatus, Request, ServedBy, Sla
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.tier_worker import TierWorker, WorkerConfig

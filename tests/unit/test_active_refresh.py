@@ -13,8 +13,8 @@ import pytest
 
 from pipeline.active import GENERIC_PROMPT, ActiveAnnouncer
 from pipeline.config import ConfigError, IntentSettings, Settings
-from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import Tier
+from topics.policy import RoutingPolicy
 from topics.schemas import ActiveNpc, Intent
 from workers.cache.active_refresh import ActiveRefresher, serving_step
 from workers.cache.intents import IntentRefresh

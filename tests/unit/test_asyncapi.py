@@ -17,14 +17,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline import deadlines, intents
 from pipeline.cli import main
-from replay import sandbox
 from tests.examples import VALID_REQUEST
-from topics import asyncapi
+from topics import asyncapi, headers
 from topics.catalogue import CATALOGUE, INTENTS, REQUESTS, TIER_TOPICS, Tier
 from topics.schemas import TierAttempt
-from workers.resilience import fallback
 
 SPEC = Path(__file__).resolve().parents[1] / "schemas" / "asyncapi" / "3.0.0.json"
 SPEC_SHA256 = "d4571a420e6ffb7fcc7066c95a6db1202f299a3c51daa103d0706bf30f95e626"
@@ -90,19 +87,11 @@ def as_headers(pairs: list[tuple[str, bytes]]) -> dict[str, str]:
     return {k: v.decode() for k, v in pairs}
 
 
-def test_header_names_are_the_ones_the_code_uses() -> None:
-    assert asyncapi.DEADLINE_HEADER == deadlines.DEADLINE_HEADER
-    assert asyncapi.TIER_HEADER == deadlines.TIER_HEADER
-    assert asyncapi.REFRESH_HEADER == intents.REFRESH_HEADER
-    assert asyncapi.FALLBACK_HEADERS == fallback.FALLBACK_HEADERS
-    assert asyncapi.REPLAY_OF_HEADER == sandbox.REPLAY_OF_HEADER
-
-
 def test_the_headers_the_code_writes_match_the_header_schemas(doc: dict[str, Any]) -> None:
     routed = headers_schema(doc, "routedRequest")
-    assert errors(routed, as_headers(deadlines.deadline_headers(1_800_000_000_000, "silver"))) == []
-    assert errors(routed, as_headers(intents.refresh_headers(1_800_000_000_000))) == []
-    handed_on = fallback.fallback_headers(
+    assert errors(routed, as_headers(headers.deadline_headers(1_800_000_000_000, "silver"))) == []
+    assert errors(routed, as_headers(headers.refresh_headers(1_800_000_000_000))) == []
+    handed_on = headers.fallback_headers(
         Tier.BRONZE,
         1_800_000_060_000,
         attempt=1,
@@ -115,11 +104,11 @@ def test_the_headers_the_code_writes_match_the_header_schemas(doc: dict[str, Any
     # A request without its deadline, or half a fallback, is not what the router writes.
     assert errors(routed, {asyncapi.TIER_HEADER: "gold"})
     assert errors(
-        routed, {**as_headers(deadlines.deadline_headers(1, "gold")), asyncapi.FALLBACK_ATTEMPT_HEADER: "1"}
+        routed, {**as_headers(headers.deadline_headers(1, "gold")), asyncapi.FALLBACK_ATTEMPT_HEADER: "1"}
     )
     intake = headers_schema(doc, "request")
-    assert errors(intake, {sandbox.REPLAY_OF_HEADER: "req-1"}) == []
-    assert errors(intake, {sandbox.REPLAY_OF_HEADER: 7})
+    assert errors(intake, {headers.REPLAY_OF_HEADER: "req-1"}) == []
+    assert errors(intake, {headers.REPLAY_OF_HEADER: 7})
 
 
 def test_every_topic_states_its_key_as_a_kafka_binding(doc: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.deadlines import now_ms
+from topics.headers import now_ms
 from topics.schemas import Request
 from workers.engines.base import EngineError, EngineResult
 from workers.engines.batching import MicroBatcher

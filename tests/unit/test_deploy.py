@@ -349,7 +349,7 @@ def _env_map_name(objs: tuple[dict[str, Any], ...]) -> str:
 
 
 def test_the_config_maps_carry_the_packaged_policy_and_pricing() -> None:
-    assert (K8S / "base/policy.yaml").read_text() == (ROOT / "pipeline/router/policy.yaml").read_text()
+    assert (K8S / "base/policy.yaml").read_text() == (ROOT / "topics/policy.yaml").read_text()
     assert (K8S / "base/pricing.yaml").read_text() == (
         ROOT / "pipeline/observability/pricing.yaml"
     ).read_text()

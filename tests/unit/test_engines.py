@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from pipeline.config import ConfigError, OpenAISettings, Settings
-from pipeline.deadlines import now_ms
-from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import Tier
+from topics.headers import now_ms
+from topics.policy import RoutingPolicy
 from topics.schemas import ReplyStatus, Request, ServedBy, Sla
 from workers.engines import build_engine
 from workers.engines.base import EngineError, EngineResult, EngineUnavailable

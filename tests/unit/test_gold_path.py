@@ -9,22 +9,14 @@ import pytest
 from prometheus_client import REGISTRY
 
 from pipeline.config import IntentSettings
-from pipeline.deadlines import deadline_headers, now_ms
-from pipeline.intents import (
-    BUILTIN_DEFAULT_INTENT,
-    REFRESH_HEADER,
-    DefaultIntents,
-    IntentCache,
-    intent_text,
-    is_refresh,
-    refresh_headers,
-)
+from pipeline.intents import BUILTIN_DEFAULT_INTENT, DefaultIntents, IntentCache, intent_text
 from pipeline.router.gold import GoldPath
 from pipeline.router.logic import Outcome, Router, Source
-from pipeline.router.policy import RoutingPolicy
 from tests.examples import encode, with_
 from tests.unit.fakes import Topics
 from topics.catalogue import Tier
+from topics.headers import REFRESH_HEADER, deadline_headers, is_refresh, now_ms, refresh_headers
+from topics.policy import RoutingPolicy
 from topics.schemas import ActiveNpc, Intent, Output, Reply, ReplyStatus, Request, ServedBy
 from workers.cache.intents import IntentRefresh, Refreshed
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile

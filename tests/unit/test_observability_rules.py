@@ -21,8 +21,8 @@ import yaml
 import pipeline.router.logic  # noqa: F401 - registers the router's families
 import workers.tier_worker  # noqa: F401 - registers the workers' families
 from pipeline.observability.families import HOPS, exported_names
-from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import Tier
+from topics.policy import RoutingPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "infrastructure" / "prometheus"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.router.policy import PolicyError, RoutingPolicy, Unroutable
 from tests.examples import VALID_REQUEST
 from topics.catalogue import Tier
+from topics.policy import PolicyError, RoutingPolicy, Unroutable
 from topics.schemas import Request, Sla
 
 POLICY = RoutingPolicy.load()

@@ -12,7 +12,6 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.config import Settings
-from pipeline.router.policy import RoutingPolicy, Unroutable
 from replay.bounds import Bounds, WindowError
 from replay.cli import parse_offsets
 from replay.export import Exporter, ExportError
@@ -22,6 +21,7 @@ from replay.report import WhatIf, render_table
 from replay.sandbox import REPLAY_OF_CONTEXT, Sandbox, SandboxError
 from replay.window import ReadStats, WindowReader, _Part
 from topics.catalogue import Tier
+from topics.policy import RoutingPolicy, Unroutable
 from topics.schemas import (
     Latency,
     Output,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from workers.reply_topics import ReplyTopics
+from pipeline.reply_topics import ReplyTopics
 
 
 class Cluster:

@@ -8,30 +8,30 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from pipeline.breakers.board import BreakerBoard
+from pipeline.breakers.state import BreakerPolicy, MemoryStore, Op, State, transition
 from pipeline.config import ConfigError, ResilienceSettings, Settings
-from pipeline.deadlines import deadline_headers, now_ms, read_deadline
+from pipeline.router.breakers import RouterFallback
 from pipeline.router.logic import Router, Source
-from pipeline.router.policy import RoutingPolicy
 from tests.examples import VALID_REQUEST, encode
 from topics.catalogue import Tier
+from topics.headers import (
+    ATTEMPT_HEADER,
+    FROM_HEADER,
+    FallbackContext,
+    attempt,
+    deadline_headers,
+    now_ms,
+    read_deadline,
+)
+from topics.policy import RoutingPolicy
 from topics.schemas import ReplyStatus, Request, RoutingDecision, Sla
 from workers.engines.base import EngineError, EngineResult, EngineUnavailable
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.resilience import BreakerOpen, DeadlineReached, TierResilience, wrap_engine
-from workers.resilience.breaker import BreakerBoard, BreakerGuard
-from workers.resilience.breaker_state import BreakerPolicy, MemoryStore, Op, State, transition
+from workers.resilience.breaker import BreakerGuard
 from workers.resilience.fair_share import FairShare
-from workers.resilience.fallback import (
-    ATTEMPT_HEADER,
-    FROM_HEADER,
-    CutAtDeadline,
-    FallbackContext,
-    FallbackStep,
-    Forwarded,
-    RouterFallback,
-    Substitute,
-    attempt,
-)
+from workers.resilience.fallback import CutAtDeadline, FallbackStep, Forwarded, Substitute
 from workers.resilience.shedding import LoadShedder
 from workers.serving import Replied, Serving
 
@@ -141,7 +141,7 @@ async def test_latency_trigger_opens_a_tier_whose_p95_exceeds_budget_times_facto
 
 
 def test_the_latency_window_is_judged_at_most_once_per_interval() -> None:
-    from workers.resilience.breaker import LatencyWindow
+    from pipeline.breakers.board import LatencyWindow
 
     window = LatencyWindow(min_samples=3, check_every_s=0.25)
     judged = []

@@ -7,11 +7,11 @@ from dataclasses import fields
 
 import pytest
 
-from pipeline.deadlines import DEADLINE_HEADER, TIER_HEADER
 from pipeline.router.logic import Outcome, Router, Source
-from pipeline.router.policy import RoutingPolicy
 from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, encode, with_
 from tests.unit.fakes import Topics
+from topics.headers import DEADLINE_HEADER, TIER_HEADER
+from topics.policy import RoutingPolicy
 from topics.schemas import DeadLetter, RoutingDecision
 
 NOW_MS = 1_790_000_000_100

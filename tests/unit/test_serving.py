@@ -10,16 +10,19 @@ import pytest
 from prometheus_client import REGISTRY
 
 from pipeline.config import Settings, WorkerSettings
-from pipeline.deadlines import deadline_headers, now_ms
 from pipeline.observability.cost import Pricing
-from pipeline.router.policy import RoutingPolicy
 from tests.examples import VALID_REQUEST, encode
 from topics.catalogue import Tier
+from topics.headers import deadline_headers, now_ms
+from topics.policy import RoutingPolicy
 from topics.schemas import ReplyStatus, Request, ServedBy
+from workers.cache.result_step import ResultCacheStep
 from workers.engines.base import EngineResult
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.hooks import standard_hooks
 from workers.resilience import EngineTimeout, Timeout
+from workers.resilience.breaker import BreakerGuard
+from workers.resilience.fallback import CutAtDeadline
 from workers.serving import DeadLettered, Hooks, Job, Replied, Serving
 from workers.tier_worker import TierWorker, WorkerConfig
 
@@ -236,12 +239,38 @@ def test_worker_config_comes_from_settings() -> None:
     assert WorkerConfig.from_settings(settings, Tier.GOLD, group_id="g").group == "g"
 
 
-def test_a_worker_wraps_its_engine_and_connects_nothing_before_start() -> None:
-    settings = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix=PREFIX)
+async def test_a_worker_wraps_its_engine_and_connects_nothing_before_start() -> None:
+    connections: list[int] = []
+
+    def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        writer.close()
+
+    # One listener stands in for the broker and Redis: a client that connects shows up here.
+    listener = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    settings = Settings(
+        kafka_bootstrap=f"127.0.0.1:{port}", redis_url=f"redis://127.0.0.1:{port}", topic_prefix=PREFIX
+    )
     engine = ScriptedEngine()
-    worker = TierWorker(WorkerConfig.from_settings(settings, Tier.SILVER, engine_grace_s=0.5), engine)
-    # Silver: BreakerGuard(CutAtDeadline(Timeout(engine))) (docs/architecture.md, "Resilience").
-    timeout = worker.engine.inner.inner  # type: ignore[attr-defined]
+    try:
+        worker = TierWorker(WorkerConfig.from_settings(settings, Tier.SILVER, engine_grace_s=0.5), engine)
+        await asyncio.sleep(0.3)  # what the constructor scheduled on the loop would have connected by now
+        assert connections == []
+        assert not worker.started and not engine.started
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    # Silver with Redis: ResultCacheStep(BreakerGuard(CutAtDeadline(Timeout(engine)))), the answer
+    # step outermost (workers/engine_stack.py; docs/architecture.md, "Resilience").
+    cached = worker.engine
+    assert isinstance(cached, ResultCacheStep)
+    guard = cached.inner
+    assert isinstance(guard, BreakerGuard) and [b.name for b in guard.breakers] == [
+        "tier:silver",
+        f"engine:{engine.name}",
+    ]
+    assert isinstance(guard.inner, CutAtDeadline)
+    timeout = guard.inner.inner
     assert isinstance(timeout, Timeout) and timeout.inner is engine
     assert timeout.grace_s == 0.5 and worker.serving.engine is worker.engine
-    assert not worker.started and worker.partitions() == set()

@@ -6,8 +6,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from pipeline.errors import UserFacingError
 from pipeline.lifecycle import Lifecycle
+from topics.errors import UserFacingError
 from topics.schemas import Request, TierAttempt, ToolCall
 
 #: The tiers the request being generated went through before this one (fallbacks), set by serving

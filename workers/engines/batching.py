@@ -8,7 +8,7 @@ the engine is busy with a batch, the group goes on collecting until it ends. An 
 without ``generate_batch`` gets the calls as before, at once and unbatched: grouping buys nothing
 there and must not cost a window. Engines with in-flight batching of their own (vLLM's
 ``AsyncLLM``, TensorRT-LLM's ``generate_async``) already batch concurrent calls; they need no
-window either. Measured with the embedded engine: docs/architecture.md, "Production engines".
+window either. Measured with the embedded engine: docs/architecture.md, "Production inference engines".
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``generate`` uploads the request as the job's input object, invokes the endpoint with the
 request id as ``InferenceId`` and ``RequestTTLSeconds`` / ``InvocationTimeoutSeconds`` sized from
-the request's remaining budget, records the job (:mod:`workers.jobs.store`), and returns at once
+the request's remaining budget, records the job (:mod:`pipeline.job_store`), and returns at once
 with ``job_id`` set: serving answers with an ``accepted`` notice, and the collector
 (:mod:`workers.jobs.collector`) publishes the final reply when the output (or failure) object
 appears. A replayed request whose job is already recorded is not submitted twice.
@@ -20,10 +20,10 @@ import time
 from typing import Any
 
 from pipeline.config import Settings
+from pipeline.job_store import JobRecord, JobStore, aws_client
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
 from workers.engines.base import PRIOR_CHAIN, EngineError, EngineResult, EngineUnavailable
-from workers.jobs.store import JobRecord, JobStore, aws_client
 
 #: SageMaker's own limits on the two per-request settings.
 TTL_RANGE_S = (60, 21_600)

@@ -28,17 +28,17 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline import kafka
 from pipeline.config import Settings
+from pipeline.job_store import COMPLETED, FAILED, JobRecord, JobStore
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability.cost import Pricing
 from pipeline.readiness import mark_ready
-from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import OUTPUTS, REPLIES, Tier
+from topics.headers import attempt
+from topics.policy import RoutingPolicy
 from topics.schemas import Output, Reply, ReplyStatus, Request, TierAttempt
 from workers.engines.base import EngineResult
-from workers.jobs.store import COMPLETED, FAILED, JobRecord, JobStore
 from workers.process import serve
 from workers.replies import build_reply
-from workers.resilience.fallback import attempt
 from workers.serving import Job
 
 log = logging.getLogger("npcflow.jobs")

@@ -12,21 +12,22 @@ tier by :func:`wrap_engine`, innermost first::
 Serving steps: :class:`~workers.resilience.fallback.FallbackStep` (re-publish to the next
 tier), :class:`~workers.resilience.shedding.LoadShedder` (degrade before queueing into a miss).
 The worker loop's engine slots are a :class:`~workers.resilience.fair_share.FairShare`. The
-router reads the tier breakers through :class:`~workers.resilience.breaker.BreakerReader` and
-diverts with :class:`~workers.resilience.fallback.RouterFallback`.
+breakers themselves live below the router and the workers (:mod:`pipeline.breakers`); the router
+reads them and diverts in :mod:`pipeline.router.breakers`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.breakers.board import BreakerBoard
 from pipeline.config import Settings
-from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import Tier
+from topics.policy import FORWARD, SUBSTITUTE, RoutingPolicy
 from workers.engines.base import Engine
-from workers.resilience.breaker import BreakerBoard, BreakerGuard
+from workers.resilience.breaker import BreakerGuard
 from workers.resilience.exceptions import BreakerOpen, DeadlineReached, EngineTimeout
-from workers.resilience.fallback import FORWARD, SUBSTITUTE, CutAtDeadline, Substitute
+from workers.resilience.fallback import CutAtDeadline, Substitute
 from workers.resilience.timeout import DEFAULT_CAP_S, DEFAULT_GRACE_S, Timeout
 
 __all__ = [

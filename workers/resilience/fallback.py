@@ -12,117 +12,30 @@
   and a late result only updates the outputs (never a second reply).
 - **Bronze** is last: an ``error`` reply naming every tier tried and why.
 - The router diverts Silver traffic straight to Bronze while Silver's breaker is open
-  (:class:`RouterFallback`), with the same headers.
+  (:class:`pipeline.router.breakers.RouterFallback`), with the same headers.
 
-Headers (all optional; a request without them is a first attempt):
-``npcflow-fallback-attempt`` (1, 2, …), ``npcflow-fallback-from`` (the tier that gave up),
-``npcflow-fallback-reason`` (why, short), ``npcflow-fallback-chain`` (JSON list of
-:class:`~topics.schemas.TierAttempt`), ``npcflow-original-deadline-ms``. The new deadline
-(``npcflow-deadline-ms``) is the later of the original one and now + the next tier's budget.
+The chain itself (which tier forwards to which, :data:`topics.policy.FORWARD`) and the fallback
+headers (:mod:`topics.headers`) are the shared contract. The new deadline is the later of the
+original one and now + the next tier's budget (:meth:`topics.policy.RoutingPolicy.next_deadline`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter
-
-from pipeline.deadlines import deadline_headers
 from pipeline.observability import metrics
-from pipeline.router.policy import Route, RoutingPolicy
 from topics.catalogue import ROUTING, TIER_TOPICS, Tier
-from topics.schemas import MAX_CHAIN, Request, RoutingDecision, TierAttempt
+from topics.headers import Headers, attempt, fallback_headers
+from topics.policy import FORWARD, RoutingPolicy
+from topics.schemas import Request, RoutingDecision, TierAttempt
 from workers.engines.base import Engine, EngineError, EngineResult, EngineWrapper, Substitution
 from workers.outbound import Outbound
 from workers.resilience.exceptions import DeadlineReached, reason_kind
-
-log = logging.getLogger("npcflow.fallback")
-
-ATTEMPT_HEADER = "npcflow-fallback-attempt"
-FROM_HEADER = "npcflow-fallback-from"
-REASON_HEADER = "npcflow-fallback-reason"
-CHAIN_HEADER = "npcflow-fallback-chain"
-ORIGINAL_DEADLINE_HEADER = "npcflow-original-deadline-ms"
-FALLBACK_HEADERS = (ATTEMPT_HEADER, FROM_HEADER, REASON_HEADER, CHAIN_HEADER, ORIGINAL_DEADLINE_HEADER)
-
-#: Where a tier's request goes when the tier cannot answer in time (re-published). Gold is not
-#: here: its in-time answer is the intent, and its refresh falls back inside the worker.
-FORWARD: dict[Tier, Tier] = {Tier.SILVER: Tier.BRONZE}
-#: Whose engine serves a tier's work when its own is down (:class:`Substitute`).
-SUBSTITUTE: dict[Tier, Tier] = {Tier.GOLD: Tier.SILVER}
-
-Headers = list[tuple[str, bytes]]
-_CHAIN = TypeAdapter(list[TierAttempt])
-
-
-@dataclass(frozen=True)
-class FallbackContext:
-    """What the fallback headers of a consumed record say (attempt 0: not a fallback)."""
-
-    attempt: int = 0
-    from_tier: str | None = None
-    reason: str = ""
-    chain: tuple[TierAttempt, ...] = ()
-    original_deadline_ms: int | None = None
-
-    @classmethod
-    def read(cls, headers: Iterable[tuple[str, bytes]] | None) -> FallbackContext:
-        """Parse the headers; malformed ones are ignored (the request is still served)."""
-        values = {k: v for k, v in headers or () if k in FALLBACK_HEADERS}
-        if not values:
-            return cls()
-        try:
-            attempt = int(values.get(ATTEMPT_HEADER, b"0"))
-            chain = tuple(_CHAIN.validate_json(values.get(CHAIN_HEADER, b"[]")))[:MAX_CHAIN]
-            original = values.get(ORIGINAL_DEADLINE_HEADER)
-            return cls(
-                attempt=attempt,
-                from_tier=values[FROM_HEADER].decode() if FROM_HEADER in values else None,
-                reason=values.get(REASON_HEADER, b"").decode(errors="replace"),
-                chain=chain,
-                original_deadline_ms=int(original) if original else None,
-            )
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("ignoring malformed fallback headers: %s", exc)
-            return cls()
-
-
-def fallback_headers(
-    to_tier: Tier,
-    deadline_ms: int,
-    *,
-    attempt: int,
-    from_tier: Tier,
-    reason: str,
-    chain: Sequence[TierAttempt],
-    original_deadline_ms: int,
-) -> Headers:
-    """Every header a re-published (or router-diverted) request carries."""
-    hops = json.dumps([hop.model_dump(mode="json") for hop in chain[-MAX_CHAIN:]])
-    return [
-        *deadline_headers(deadline_ms, to_tier.value),
-        (ATTEMPT_HEADER, str(attempt).encode()),
-        (FROM_HEADER, from_tier.value.encode()),
-        (REASON_HEADER, reason[:300].encode()),
-        (CHAIN_HEADER, hops.encode()),
-        (ORIGINAL_DEADLINE_HEADER, str(original_deadline_ms).encode()),
-    ]
-
-
-def next_deadline(policy: RoutingPolicy, tier: Tier, deadline_ms: int, now_ms: int) -> int:
-    """The deadline a request gets on ``tier``: its own, or the tier's budget from now if later."""
-    return max(deadline_ms, now_ms + policy.tiers[tier].default_budget_ms)
-
-
-def attempt(tier: Tier, outcome: str, reason: str = "") -> TierAttempt:
-    return TierAttempt(tier=tier, outcome=outcome, reason=reason[:300])  # type: ignore[arg-type]
 
 
 class FallbackJob(Protocol):
@@ -178,7 +91,7 @@ class FallbackStep:
         if to is None:
             return None
         now = int(time.time() * 1000)
-        deadline = next_deadline(self.policy, to, job.deadline_ms, now)
+        deadline = self.policy.next_deadline(to, job.deadline_ms, now)
         chain = (*job.chain, attempt(self.tier, outcome, reason))
         original = job.deadline_ms
         request = job.request
@@ -285,44 +198,6 @@ class Substitute(EngineWrapper):
                 reason=f"{kind}: {first}",
             )
             return replace(result, substituted=note)
-
-
-class TierHealth(Protocol):
-    def is_open(self, tier: str) -> bool: ...
-
-
-class RouterFallback:
-    """The router's one call into resilience: divert a route whose tier's breaker is open."""
-
-    def __init__(
-        self, health: TierHealth, policy: RoutingPolicy, *, clock: Callable[[], int] | None = None
-    ) -> None:
-        self.health = health
-        self.policy = policy
-        self._clock = clock or (lambda: int(time.time() * 1000))
-
-    def detour(self, route: Route) -> tuple[Route, Headers] | None:
-        """(the diverted route, its headers), or None to route as the policy said."""
-        to = FORWARD.get(route.tier)
-        if to is None or not self.health.is_open(route.tier.value) or self.health.is_open(to.value):
-            return None
-        now = self._clock()
-        reason = f"breaker open on {route.tier.value}"
-        deadline = next_deadline(self.policy, to, route.deadline_ms, now)
-        headers = fallback_headers(
-            to,
-            deadline,
-            attempt=1,
-            from_tier=route.tier,
-            reason=f"breaker_open: {reason}",
-            chain=[attempt(route.tier, "skipped", reason)],
-            original_deadline_ms=route.deadline_ms,
-        )
-        metrics.FALLBACKS.labels(route.tier.value, to.value, "breaker_open").inc()
-        diverted = replace(
-            route, tier=to, deadline_ms=deadline, reason=f"{route.reason} → {reason}: fallback to {to.value}"
-        )
-        return diverted, headers
 
 
 async def watch_late(late: asyncio.Future[EngineResult], on_result: Callable[[EngineResult], Any]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.errors import UserFacingError
+from topics.errors import UserFacingError
 
 
 class SinkUnavailable(Exception):

@@ -36,18 +36,10 @@ from topics.schemas import Output
 from workers.sinks.base import Sink, is_story_arc, latest_per_request
 from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
 from workers.sinks.migrations import check
+from workers.sinks.postgres_rows import COLUMNS
 
 log = logging.getLogger("npcflow.sinks")
 
-COLUMNS = {
-    "requests": "request_id, npc_id, tenant_id, prompt, max_tokens, sla, latency_budget_ms, tools, context,"
-    " reply_topic, created_at",
-    "replies": "request_id, npc_id, tenant_id, tier, served_tier, served_by, engine, status, late, text,"
-    " intent, error, job_id, chain, queue_ms, engine_ms, total_ms, replied_at_ms, replied_at",
-    "story_arcs": "request_id, npc_id, tenant_id, prompt, text, engine, replied_at_ms, replied_at",
-    "costs": "request_id, tenant_id, tier, served_tier, engine, prompt_tokens, completion_tokens, cost_usd,"
-    " replied_at_ms, replied_at",
-}
 _NULL = "\\N"
 
 

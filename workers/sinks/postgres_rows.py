@@ -1,9 +1,10 @@
-"""The four tables' rows computed in Python, column for column, as a bare psycopg client writes them.
+"""The four tables' columns, and their rows computed in Python the obvious way, value by value.
 
-The PostgreSQL sink does not use this: it COPYs the outputs' JSON once and lets the server take
-the columns out (:mod:`workers.sinks.postgres`). This mapping is the same data written the
-obvious way: the benchmark's bare client COPYs these rows (``benchmarks/sinks.py``), and the
-integration tests check that the sink's tables hold exactly these rows.
+:data:`COLUMNS` is the one list of each table's columns, in COPY order; the PostgreSQL sink
+(:mod:`workers.sinks.postgres`) writes them too, but formats its COPY text itself, faster. This
+mapping is the same data written plainly: the benchmark's bare psycopg client COPYs these rows
+(``benchmarks/sinks.py``), and the integration tests check that the sink's tables hold exactly
+these rows.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def output_values(output: Output) -> tuple[object, ...]:
     )
 
 
-COPY_TABLES = {
+#: Each table's columns in COPY order (the sink's COPY text and upserts, these rows).
+COLUMNS = {
     "requests": "request_id, npc_id, tenant_id, prompt, max_tokens, sla, latency_budget_ms, tools, context,"
     " reply_topic, created_at",
     "replies": "request_id, npc_id, tenant_id, tier, served_tier, served_by, engine, status, late, text,"
@@ -69,8 +71,8 @@ def _at(ms: int) -> datetime:
 
 
 def table_rows(outputs: Sequence[Output]) -> dict[str, list[tuple[object, ...]]]:
-    """The rows of each table (columns as in :data:`COPY_TABLES`) for outputs of distinct requests."""
-    rows: dict[str, list[tuple[object, ...]]] = {table: [] for table in COPY_TABLES}
+    """The rows of each table (columns as in :data:`COLUMNS`) for outputs of distinct requests."""
+    rows: dict[str, list[tuple[object, ...]]] = {table: [] for table in COLUMNS}
     for output in outputs:
         (request_id, npc_id, tenant_id, prompt, max_tokens, sla, budget, tools, context, reply_topic,
          created_ms, tier, served_tier, served_by, engine, status, late, text, intent, error, job_id,

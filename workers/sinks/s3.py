@@ -18,8 +18,8 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from pipeline.config import Settings
+from pipeline.job_store import aws_client
 from topics.schemas import Output
-from workers.jobs.store import aws_client
 from workers.sinks.base import Sink, is_story_arc, latest_per_request
 from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
 

@@ -14,8 +14,8 @@ tool is never counted against the engine.
 from __future__ import annotations
 
 from pipeline.config import Settings
-from pipeline.router.policy import RoutingPolicy
 from topics.catalogue import Tier
+from topics.policy import RoutingPolicy
 from workers.cache.result_step import ResultCacheStep
 from workers.cache.results import ResultCache
 from workers.engines.base import Engine

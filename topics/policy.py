@@ -1,7 +1,8 @@
-"""The routing policy: SLA classification, tier choice and deadlines, loaded from YAML.
+"""The routing policy: SLA classification, tier choice, tier budgets and the fallback chain.
 
-Kept free of Kafka so it can be unit-tested and replayed over recorded traffic; the router
-only calls :meth:`RoutingPolicy.route`.
+Loaded from YAML (``policy.yaml`` beside this module). Part of the shared contract because the
+router, every tier worker and a replay all decide with it; kept free of Kafka so it can be
+unit-tested and replayed over recorded traffic; the router only calls :meth:`RoutingPolicy.route`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import UserFacingError
 from topics.catalogue import Tier
+from topics.errors import UserFacingError
 from topics.schemas import Request, Sla
+
+#: Where a tier's request goes when the tier cannot answer in time (re-published by the worker,
+#: or diverted by the router while the tier's breaker is open). Gold is not here: its in-time
+#: answer is the intent, and its refresh falls back inside the worker.
+FORWARD: dict[Tier, Tier] = {Tier.SILVER: Tier.BRONZE}
+#: Whose engine serves a tier's work when its own is down (the Gold refresh's substitute).
+SUBSTITUTE: dict[Tier, Tier] = {Tier.GOLD: Tier.SILVER}
 
 
 class PolicyError(UserFacingError, ValueError):
@@ -55,11 +63,9 @@ class RoutingPolicy:
     def load(cls, path: Path | str | None = None) -> RoutingPolicy:
         """Load ``path`` (``Settings.policy_file``), else the packaged default policy."""
         text = (
-            Path(path).read_text()
-            if path
-            else resources.files("pipeline.router").joinpath("policy.yaml").read_text()
+            Path(path).read_text() if path else resources.files("topics").joinpath("policy.yaml").read_text()
         )
-        return cls.from_dict(yaml.safe_load(text), source=str(path or "pipeline/router/policy.yaml"))
+        return cls.from_dict(yaml.safe_load(text), source=str(path or "topics/policy.yaml"))
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "policy") -> RoutingPolicy:
@@ -155,6 +161,11 @@ class RoutingPolicy:
         if budget > ceiling or budget <= floor:
             return f" (budget {budget} ms lies outside {sla.value}'s class; the deadline follows the budget)"
         return ""
+
+    def next_deadline(self, tier: Tier, deadline_ms: int, now_ms: int) -> int:
+        """The deadline a request gets on ``tier`` when it falls back there: its own, or the tier's
+        budget from now if later."""
+        return max(deadline_ms, now_ms + self.tiers[tier].default_budget_ms)
 
     def cost_usd(self, tier: Tier, tokens: int) -> float:
         return round(self.tiers[tier].usd_per_1k_tokens * tokens / 1000.0, 9)

@@ -4,7 +4,7 @@ The rules, all of them (docs/architecture.md, "Resilience"):
 
 - **closed** → **open** after ``failures`` consecutive failed calls (any process's: the count is
   shared), or when the windowed p95 latency of successful calls exceeds ``budget * factor`` (that
-  trigger is measured in :mod:`workers.resilience.breaker` and applied here as ``Op.TRIP``).
+  trigger is measured in :mod:`pipeline.breakers.board` and applied here as ``Op.TRIP``).
 - **open** → **half-open** once ``cooldown_s`` has passed since it opened.
 - **half-open** admits at most ``probes`` calls; one success closes the breaker, one failure
   opens it again for another cooldown. Probes admitted by a process that died are forgotten after
@@ -12,8 +12,8 @@ The rules, all of them (docs/architecture.md, "Resilience"):
 
 :func:`transition` is the whole state machine as a pure function of the stored fields, so the
 in-memory store (one process, unit tests) and the Redis store (every router and worker) run the
-same code. Kept apart from :mod:`workers.resilience.breaker` (how one process uses its breakers:
-cache, latency window, guard, reader) so the rules and their storage read, and test, alone.
+same code. Kept apart from :mod:`pipeline.breakers.board` (how one process uses its breakers:
+cache, latency window) so the rules and their storage read, and test, alone.
 """
 
 from __future__ import annotations
