@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.config import Settings
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
-from workers.engines.base import PRIOR_CHAIN, EngineError, EngineResult, EngineUnavailable
+from workers.engines.base import PLAIN_CALL, CallContext, EngineError, EngineResult, EngineUnavailable
 from workers.jobs.store import JobRecord, JobStore, aws_client
 
 #: SageMaker's own limits on the two per-request settings.
@@ -80,20 +80,22 @@ class SageMakerAsyncEngine(Lifecycle):
     async def _stop(self) -> None:
         self._runtime = None
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         if self._runtime is None:
             raise EngineUnavailable(f"{self.name} used before start()")
         job_id = request.request_id
         try:
             if await self.store.get(job_id) is None:  # a replay of a submitted job is not resubmitted
-                await self._submit(request, deadline_ms)
+                await self._submit(request, deadline_ms, call)
         except EngineError:
             raise
         except Exception as exc:
             raise self._error(exc) from exc
         return EngineResult(text="", prompt_tokens=0, completion_tokens=0, job_id=job_id)
 
-    async def _submit(self, request: Request, deadline_ms: int) -> None:
+    async def _submit(self, request: Request, deadline_ms: int, call: CallContext) -> None:
         job_id = request.request_id
         body = json.dumps(job_input(request)).encode()
         input_location = await self.store.put_object(self.store.input_key(job_id), body)
@@ -124,7 +126,7 @@ class SageMakerAsyncEngine(Lifecycle):
                 "ttl_s": ttl_s,
                 "invocation_timeout_s": timeout_s,
                 # The tiers tried before (a Silver request that fell back): the final reply names them.
-                "chain_before": [a.model_dump(mode="json") for a in PRIOR_CHAIN.get()],
+                "chain_before": [a.model_dump(mode="json") for a in call.prior_chain],
             },
         )
         await self.store.put_pending(record)
