@@ -11,7 +11,8 @@ The steps, in order (docs/architecture.md, "One request"):
 3. :meth:`Serving.serve` — already past the deadline → an ``expired`` reply without an engine
    call; otherwise call the engine (an :class:`~workers.engines.base.EngineError`, a timeout
    included, → an ``error`` reply), then build the reply and its output event once:
-   :class:`Replied`.
+   :class:`Replied`. A Gold refresh job (``Job.refresh``) goes to its own step instead,
+   :class:`~workers.cache.refresh_serving.RefreshServing`, which writes an intent and never replies.
 
 Metrics, cost accounting and anything else that only observes are :class:`Hooks` called with
 each outcome as it is built (see :mod:`workers.hooks`). Behaviour that changes the answer
@@ -44,7 +45,7 @@ from topics.schemas import (
     parse_request,
 )
 from workers.cache.intents import IntentRefresh, IntentUpdate, Refreshed
-from workers.engines.base import PRIOR_CHAIN, REFRESHING, Engine, EngineError, EngineResult
+from workers.engines.base import CallContext, Engine, EngineError, EngineResult
 from workers.outbound import Outbound
 from workers.replies import build_reply
 from workers.resilience.exceptions import DeadlineReached, reason_kind
@@ -186,7 +187,7 @@ class Serving:
         #: Where a request goes when this tier cannot answer in time (None: reply with the error).
         self.fallback = fallback
         self.shedder = shedder or LoadShedder(enabled=False)
-        #: Gold's intent step: model results refresh the NPC's intent; refreshes are served by it.
+        #: Gold: every model result in a reply also becomes the NPC's intent.
         self.intents = intents
         self.engine = engine
         self.policy = policy
@@ -199,7 +200,11 @@ class Serving:
         self._default_budget_ms = policy.tiers[tier].default_budget_ms
 
     async def handle(self, record: IncomingRecord) -> Outcome:
-        """Accept and serve at once (no engine-slot bound): tests and single-record callers."""
+        """Accept and serve at once (no engine-slot bound): tests and single-record callers.
+
+        Every accepted record is answered with a reply here; the worker loop gives refresh jobs to
+        the refresh step instead (:mod:`workers.cache.refresh_serving`).
+        """
         accepted = self.accept(record)
         return accepted if isinstance(accepted, DeadLettered) else await self.serve(accepted)
 
@@ -254,33 +259,24 @@ class Serving:
         )
         return Output(request=job.request, reply=reply)
 
-    async def serve(self, job: Job) -> Replied | Refreshed | Forwarded:
+    async def serve(self, job: Job) -> Replied | Forwarded:
         """Answer an accepted request; call it once an engine slot is the caller's.
 
         The deadline is checked here, so time spent queueing for the slot counts against it.
-        A refresh goes to the intent step and ends without a reply.
+        A refresh job is not served here but by the refresh step
+        (:class:`~workers.cache.refresh_serving.RefreshServing`): it never replies.
         """
-        if job.refresh:
-            self.stats.engine_calls += 1
-            intents = self.intents or IntentRefresh(None, prefix=self.prefix)
-            refreshing = REFRESHING.set(True)
-            try:
-                return await intents.refresh(job.request, job.deadline_ms, self.engine)
-            finally:
-                REFRESHING.reset(refreshing)
         picked_ms = time.time() * 1000
         if picked_ms > job.deadline_ms:
             late_by = picked_ms - job.deadline_ms
             error = f"deadline passed {late_by:.0f} ms before a worker took it"
             return self._replied(job, ReplyStatus.EXPIRED, picked_ms, error=error)
         self.stats.engine_calls += 1
-        token = PRIOR_CHAIN.set(job.chain)
+        call = CallContext(prior_chain=job.chain)
         try:
-            result = await self.engine.generate(job.request, job.deadline_ms)
+            result = await self.engine.generate(job.request, job.deadline_ms, call)
         except EngineError as exc:
             return self._cannot_answer(job, picked_ms, exc)
-        finally:
-            PRIOR_CHAIN.reset(token)
         if result.job_id is not None:
             return self._accepted(job, picked_ms, result.job_id)
         update = self.intents.update(job.request, result, self.engine.name) if self.intents else None

@@ -29,6 +29,7 @@ from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
 from topics.policy import RoutingPolicy
 from workers.cache.active_refresh import ActiveRefresher, serving_step
 from workers.cache.intents import IntentRefresh
+from workers.cache.refresh_serving import RefreshServing
 from workers.engine_stack import tier_engine
 from workers.engines.base import Engine, EngineResult
 from workers.group_member import GroupMember
@@ -88,6 +89,13 @@ class TierWorker(Lifecycle):
             shedder=LoadShedder(enabled=config.settings.resilience.shedding),
             pricing=pricing,
         )
+        #: Refresh jobs (engine → intent, never a reply): the refresh header's and the refresher's.
+        self.refreshing = RefreshServing(
+            config.tier,
+            self.engine,
+            self.intents or IntentRefresh(None, prefix=config.prefix),
+            self.serving.stats,
+        )
         self.stats = WorkerStats(serving=self.serving.stats)
         self.failure: BaseException | None = None
         self._offsets = OffsetTracker()
@@ -101,7 +109,7 @@ class TierWorker(Lifecycle):
         self.refresher = (
             ActiveRefresher(
                 config.settings,
-                serving_step(self.serving, self._slots, lambda: self._outputs_producer),
+                serving_step(self.refreshing, self._slots, lambda: self._outputs_producer),
                 capacity=self._slots.slots,
             )
             if self.tier is Tier.GOLD
@@ -286,6 +294,8 @@ class TierWorker(Lifecycle):
             self._queued.discard(task)
             families.observe_hop(tier, "slot_wait", time.time() * 1000 - queued_ms)
             with families.IN_FLIGHT.labels(tier).track_inprogress():
+                if accepted.refresh:  # the router answered already: the engine renews the intent
+                    return await self.refreshing.serve(accepted)
                 return await self.serving.serve(accepted)
 
     async def _all_topics(self) -> set[str]:

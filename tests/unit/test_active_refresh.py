@@ -14,14 +14,14 @@ import pytest
 from pipeline.active import GENERIC_PROMPT, ActiveAnnouncer
 from pipeline.config import ConfigError, IntentSettings, Settings
 from topics.catalogue import Tier
-from topics.policy import RoutingPolicy
 from topics.schemas import ActiveNpc, Intent
 from workers.cache.active_refresh import ActiveRefresher, serving_step
 from workers.cache.intents import IntentRefresh
 from workers.cache.refresh_schedule import RefreshSchedule
+from workers.cache.refresh_serving import RefreshServing
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.resilience.fair_share import FairShare
-from workers.serving import Serving
+from workers.serving import ServingStats
 
 T0 = 1_790_000_000_000.0
 HZ = 2.0
@@ -200,12 +200,10 @@ class FakeProducer:
 def refresher_with(
     engine: ScriptedEngine, clock: FakeClock, capacity: int = 8
 ) -> tuple[ActiveRefresher, list[Intent]]:
-    """A refresher whose step is the Gold worker's: serving's refresh step in a slot, then the record."""
-    serving = Serving(
-        Tier.GOLD, engine, RoutingPolicy.load(), prefix="p.", intents=IntentRefresh(None, prefix="p.")
-    )
+    """A refresher whose step is the Gold worker's: the refresh serving step in a slot, then the record."""
+    refreshing = RefreshServing(Tier.GOLD, engine, IntentRefresh(None, prefix="p."), ServingStats())
     producer = FakeProducer()
-    step = serving_step(serving, FairShare(capacity), lambda: producer)  # type: ignore[arg-type,return-value]
+    step = serving_step(refreshing, FairShare(capacity), lambda: producer)  # type: ignore[arg-type,return-value]
     settings = Settings(
         kafka_bootstrap="127.0.0.1:1", topic_prefix="p.", intents=IntentSettings(refresh_hz=HZ)
     )

@@ -25,7 +25,7 @@ from topics.headers import now_ms
 from topics.policy import RoutingPolicy
 from topics.schemas import ReplyStatus, Request, ServedBy, Sla
 from workers.engines import build_engine
-from workers.engines.base import EngineError, EngineResult, EngineUnavailable
+from workers.engines.base import PLAIN_CALL, CallContext, EngineError, EngineResult, EngineUnavailable
 from workers.engines.openai_http import OpenAIHTTPEngine, _Stream
 from workers.engines.sagemaker_async import invocation_limits, job_input
 from workers.jobs.collector import parse_output
@@ -259,7 +259,9 @@ class _JobEngine:
     name = "sagemaker-async:test"
     max_concurrency = None
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         return EngineResult(text="", prompt_tokens=0, completion_tokens=0, job_id=request.request_id)
 
 

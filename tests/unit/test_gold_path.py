@@ -19,8 +19,9 @@ from topics.headers import REFRESH_HEADER, deadline_headers, is_refresh, now_ms,
 from topics.policy import RoutingPolicy
 from topics.schemas import ActiveNpc, Intent, Output, Reply, ReplyStatus, Request, ServedBy
 from workers.cache.intents import IntentRefresh, Refreshed
+from workers.cache.refresh_serving import RefreshServing
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
-from workers.serving import Replied, Serving
+from workers.serving import Job, Replied, Serving
 
 NOW_MS = 1_790_000_000_100
 SOURCE = Source("p.npc.requests", 3, 41)
@@ -285,10 +286,18 @@ def gold_serving(engine: object) -> Serving:
     )
 
 
+async def served_as_refresh(engine: ScriptedEngine, record: Rec) -> Refreshed:
+    """The Gold worker's path for a record with the refresh header: a refresh job, then the refresh step."""
+    serving = gold_serving(engine)
+    job = serving.accept(record)
+    assert isinstance(job, Job) and job.refresh and serving.intents is not None
+    return await RefreshServing(Tier.GOLD, engine, serving.intents, serving.stats).serve(job)
+
+
 async def test_a_refresh_writes_the_intent_and_never_replies() -> None:
     engine = ScriptedEngine(ScriptedProfile())
     raw = gold_request(created_at_ms=now_ms())
-    outcome = await gold_serving(engine).handle(Rec(raw, refresh_headers(now_ms() + 2000)))
+    outcome = await served_as_refresh(engine, Rec(raw, refresh_headers(now_ms() + 2000)))
     assert isinstance(outcome, Refreshed) and outcome.update is not None
     assert outcome.update.topic == "p.npc.intents" and outcome.update.key == b"npc-blacksmith-7"
     intent = outcome.update.intent
@@ -298,13 +307,13 @@ async def test_a_refresh_writes_the_intent_and_never_replies() -> None:
 
 async def test_a_refresh_whose_engine_fails_leaves_the_last_intent() -> None:
     engine = ScriptedEngine(ScriptedProfile(fail_every=1))
-    outcome = await gold_serving(engine).handle(Rec(gold_request(), refresh_headers(now_ms() + 2000)))
+    outcome = await served_as_refresh(engine, Rec(gold_request(), refresh_headers(now_ms() + 2000)))
     assert isinstance(outcome, Refreshed) and outcome.update is None and outcome.reason == "engine_error"
 
 
 async def test_an_expired_refresh_calls_no_engine() -> None:
     engine = ScriptedEngine(ScriptedProfile())
-    outcome = await gold_serving(engine).handle(Rec(gold_request(), refresh_headers(now_ms() - 1)))
+    outcome = await served_as_refresh(engine, Rec(gold_request(), refresh_headers(now_ms() - 1)))
     assert isinstance(outcome, Refreshed) and outcome.reason == "expired" and engine.calls == 0
 
 

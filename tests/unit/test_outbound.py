@@ -45,7 +45,7 @@ async def test_a_dead_letter_batches_with_the_outputs() -> None:
 
 
 class Down(ScriptedEngine):
-    async def generate(self, request, deadline_ms):  # type: ignore[no-untyped-def]
+    async def generate(self, request, deadline_ms, call):  # type: ignore[no-untyped-def]
         raise EngineError("engine down")
 
 

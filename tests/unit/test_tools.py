@@ -18,7 +18,7 @@ from topics.catalogue import Tier
 from topics.policy import RoutingPolicy
 from topics.schemas import Latency, Reply, ReplyStatus, Request, ServedBy, ToolCall
 from workers.cache.result_step import ResultCacheStep
-from workers.engines.base import REFRESHING
+from workers.engines.base import CallContext
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.replies import build_reply
 from workers.serving import Job
@@ -210,11 +210,7 @@ async def test_result_cache_is_not_used_when_the_answer_may_not_be_reused(
 ) -> None:
     engine = echo_engine()
     step = ResultCacheStep(engine, _Cache(hit), "gold", any_tier=False)  # type: ignore[arg-type]
-    token = REFRESHING.set(refresh)
-    try:
-        result = await step.generate(request(tools), _in(250))
-    finally:
-        REFRESHING.reset(token)
+    result = await step.generate(request(tools), _in(250), CallContext(refresh=refresh))
     assert engine.calls == 1 and result.cached is None
 
 

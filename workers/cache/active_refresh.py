@@ -38,10 +38,10 @@ from pipeline.lifecycle import Lifecycle
 from pipeline.observability import families, metrics
 from topics.catalogue import ACTIVE
 from topics.schemas import ActiveNpc, InvalidEvent, Request, Sla
-from workers.cache.intents import Refreshed
 from workers.cache.refresh_schedule import ActiveEntry, RefreshSchedule
+from workers.cache.refresh_serving import RefreshServing
 from workers.resilience.fair_share import FairShare
-from workers.serving import Job, Serving
+from workers.serving import Job
 
 log = logging.getLogger("npcflow.refresh")
 
@@ -64,7 +64,7 @@ def wall_ms() -> float:
 
 
 def serving_step(
-    serving: Serving, slots: FairShare, producer: Callable[[], AIOKafkaProducer | None]
+    serving: RefreshServing, slots: FairShare, producer: Callable[[], AIOKafkaProducer | None]
 ) -> RefreshStep:
     """A Gold worker's refresh step: the refresh serving step in one of its engine slots, then the
     intent record, batched with the outputs (``producer``: the worker's, once started).
@@ -81,8 +81,6 @@ def serving_step(
         async with slots.slot(request.tenant_id):
             with families.IN_FLIGHT.labels(tier).track_inprogress():
                 outcome = await serving.serve(job)
-        if not isinstance(outcome, Refreshed):
-            return "error"
         sender = producer()
         if outcome.update is not None and sender is not None:
             record = outcome.update.outbound()

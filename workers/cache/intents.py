@@ -2,10 +2,11 @@
 
 Every Gold model result, on time or late, becomes the NPC's intent: written to Redis with a TTL
 (:class:`IntentStore`, for readers that ask Redis) and published on the compacted ``npc.intents``
-topic (for near caches: routers and game servers). :class:`IntentRefresh` is the serving step:
-it builds the intent from an engine result and writes Redis; the worker loop produces the
-:class:`IntentUpdate` record. A refresh (a Gold request the router already answered) ends in a
-:class:`Refreshed` outcome: an intent to publish, or none, never a reply.
+topic (for near caches: routers and game servers). :class:`IntentRefresh` builds the intent from
+an engine result and writes Redis; the worker loop produces the :class:`IntentUpdate` record. A
+refresh (a Gold request the router already answered) is served by its own serving step
+(:mod:`workers.cache.refresh_serving`) and ends in a :class:`Refreshed` outcome: an intent to
+publish, or none, never a reply.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import redis.asyncio as aioredis
 from pipeline.config import Settings
 from pipeline.intents import intent_text
 from pipeline.lifecycle import Lifecycle
-from pipeline.observability import metrics
 from topics.catalogue import INTENTS
 from topics.schemas import Intent, Request
-from workers.engines.base import Engine, EngineError, EngineResult
+from workers.engines.base import EngineResult
 from workers.outbound import Outbound
 
 log = logging.getLogger("npcflow.intents")
@@ -95,7 +95,7 @@ class IntentStore(Lifecycle):
 
 
 class IntentRefresh(Lifecycle):
-    """The Gold worker's intent step: engine result → intent → Redis, and the record for ``npc.intents``."""
+    """Gold's intent writer: engine result → intent → Redis, and the record for ``npc.intents``."""
 
     def __init__(self, store: IntentStore | None, *, prefix: str = "") -> None:
         self.store = store
@@ -165,25 +165,3 @@ class IntentRefresh(Lifecycle):
             await self.store.put(intent)
         except Exception as exc:
             log.warning("intent for %s not stored in Redis: %s", intent.npc_id, exc)
-
-    async def refresh(self, request: Request, deadline_ms: int, engine: Engine) -> Refreshed:
-        """Serve a refresh: call the engine and write the intent; never a reply.
-
-        An engine error leaves the last intent in place: it ages out to the default, and the
-        router sends a new refresh once this one times out. (The resilience wrappers can answer
-        a refresh from another tier instead: docs/architecture.md, "Gold's two paths".)
-        """
-        if time.time() * 1000 > deadline_ms:
-            return self._done(Refreshed(request, None, "expired"))
-        try:
-            result = await engine.generate(request, deadline_ms)
-        except EngineError as exc:
-            log.info("refresh for %s failed: %s", request.npc_id, exc)
-            return self._done(Refreshed(request, None, "engine_error"))
-        update = await self.record(request, result, engine.name)
-        return self._done(Refreshed(request, update, "written" if update else "empty"))
-
-    @staticmethod
-    def _done(outcome: Refreshed) -> Refreshed:
-        metrics.INTENT_UPDATES.labels(outcome.reason).inc()
-        return outcome

@@ -29,7 +29,7 @@ import time
 from pipeline.observability import metrics
 from topics.schemas import Reply, Request
 from workers.cache.results import ResultCache
-from workers.engines.base import REFRESHING, CachedAnswer, Engine, EngineResult, EngineWrapper
+from workers.engines.base import PLAIN_CALL, CachedAnswer, CallContext, Engine, EngineResult, EngineWrapper
 
 #: Tools whose answers depend on the live game state: their requests bypass the cache.
 LIVE_TOOLS = frozenset({"game_state_query"})
@@ -63,17 +63,19 @@ class ResultCacheStep(EngineWrapper):
         await super()._stop()
         await self.cache.stop()
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
-        if REFRESHING.get():  # a Gold refresh asks for a new intent, not an old answer
-            return await self.inner.generate(request, deadline_ms)
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
+        if call.refresh:  # a Gold refresh asks for a new intent, not an old answer
+            return await self.inner.generate(request, deadline_ms, call)
         if LIVE_TOOLS.intersection(request.tools):
             metrics.RESULT_CACHE.labels(self.tier, "bypass").inc()
-            return await self.inner.generate(request, deadline_ms)
+            return await self.inner.generate(request, deadline_ms, call)
         hit = await self._lookup(request, deadline_ms)
         if hit is None or not reusable(hit, request):
             self.misses += 1
             metrics.RESULT_CACHE.labels(self.tier, "miss").inc()
-            return await self.inner.generate(request, deadline_ms)
+            return await self.inner.generate(request, deadline_ms, call)
         self.hits += 1
         metrics.RESULT_CACHE.labels(self.tier, "hit").inc()
         metrics.ENGINE_SECONDS_SAVED.labels(self.tier).inc(hit.latency.engine_ms / 1000)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -10,13 +9,27 @@ from pipeline.lifecycle import Lifecycle
 from topics.errors import UserFacingError
 from topics.schemas import Request, TierAttempt, ToolCall
 
-#: The tiers the request being generated went through before this one (fallbacks), set by serving
-#: around ``generate``. Request-scoped context outside the one engine protocol: an asynchronous
-#: engine (SageMaker jobs) keeps it so the job's final reply still names the whole chain.
-PRIOR_CHAIN: ContextVar[tuple[TierAttempt, ...]] = ContextVar("npcflow_prior_chain", default=())
-#: True while serving a Gold intent refresh: the result cache must not answer it (a refresh exists
-#: to get a new intent), set by serving like PRIOR_CHAIN.
-REFRESHING: ContextVar[bool] = ContextVar("npcflow_refreshing", default=False)
+
+@dataclass(frozen=True)
+class CallContext:
+    """What serving knows about one engine call beyond the request and its deadline.
+
+    Serving builds it; every wrapper passes it on unchanged to the engine inside (and to a
+    substitute). Most engines ignore it; the fields say who reads them. It is an argument, not
+    request state kept aside, so a call's facts are visible in the one engine protocol and a
+    test can pass them (docs/architecture.md, "Engines").
+    """
+
+    #: A Gold intent refresh: the result cache must not answer it (a refresh exists to get a new
+    #: intent; :mod:`workers.cache.result_step`).
+    refresh: bool = False
+    #: The tiers this request went through before this one (fallbacks): an asynchronous engine
+    #: (SageMaker jobs) keeps them so the job's final reply still names the whole chain.
+    prior_chain: tuple[TierAttempt, ...] = ()
+
+
+#: An ordinary call: not a refresh, a first attempt (direct callers: tests, benchmarks, tools).
+PLAIN_CALL = CallContext()
 
 
 class EngineError(RuntimeError):
@@ -65,7 +78,8 @@ class EngineResult:
 
 @runtime_checkable
 class Engine(Protocol):
-    """``generate`` gets the absolute deadline so an engine can size its own timeout from it."""
+    """``generate`` gets the absolute deadline so an engine can size its own timeout from it, and
+    the call's :class:`CallContext` (``PLAIN_CALL`` when the caller has nothing to say)."""
 
     name: str
     #: Calls the engine can usefully run at once; None when only the worker's limit applies.
@@ -75,7 +89,9 @@ class Engine(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult: ...
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult: ...
 
 
 class EngineWrapper(Lifecycle):
@@ -84,7 +100,8 @@ class EngineWrapper(Lifecycle):
     A wrapper is itself an :class:`Engine`, so wrappers compose (``Timeout(Breaker(engine))``)
     and the worker never knows how many there are. Starting or stopping a wrapper starts or
     stops the engine inside it; ``name`` and ``max_concurrency`` are the inner engine's, so
-    replies keep naming the engine that really answered. Subclasses implement ``generate``.
+    replies keep naming the engine that really answered. Subclasses implement ``generate`` and
+    pass ``call`` on to every engine they call.
     """
 
     def __init__(self, inner: Engine) -> None:
@@ -104,5 +121,7 @@ class EngineWrapper(Lifecycle):
     async def _stop(self) -> None:
         await self.inner.stop()
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         raise NotImplementedError

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from topics.schemas import Request
-from workers.engines.base import Engine, EngineError, EngineResult, EngineWrapper
+from workers.engines.base import PLAIN_CALL, CallContext, Engine, EngineError, EngineResult, EngineWrapper
 
 
 @runtime_checkable
@@ -26,6 +26,9 @@ class BatchEngine(Protocol):
     """An engine that can run several requests as one batch; results in the requests' order.
 
     A request that fails alone is an :class:`EngineError` in its slot; raising fails the batch.
+    It takes no :class:`~workers.engines.base.CallContext`: the micro-batcher sits right around the
+    engine (innermost, ``workers/engine_stack.py``), and nothing in a call's context changes how a
+    model runs a prompt; the wrappers that read it are all outside.
     """
 
     async def generate_batch(
@@ -77,9 +80,11 @@ class MicroBatcher(EngineWrapper):
         """Whether the engine inside runs batches; if not, calls pass straight through."""
         return self._batching
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         if not self._batching:
-            return await self.inner.generate(request, deadline_ms)
+            return await self.inner.generate(request, deadline_ms, call)
         loop = asyncio.get_running_loop()
         if self._group is None:
             self._group = _Group()

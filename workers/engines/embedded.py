@@ -22,7 +22,7 @@ from typing import Any
 
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
-from workers.engines.base import EngineError, EngineResult, EngineUnavailable
+from workers.engines.base import PLAIN_CALL, CallContext, EngineError, EngineResult, EngineUnavailable
 from workers.engines.embedded_batch import BatchDecoder
 
 #: Sequences one batch decodes at most (the micro-batcher's ``max_batch`` is capped to it).
@@ -98,7 +98,9 @@ class EmbeddedEngine(Lifecycle):
     async def _run(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         if self._llm is None:
             raise EngineUnavailable("embedded engine used before start()")
         # The prompt alone: an ``[npc_id]`` tag in front of it invited the model to answer with

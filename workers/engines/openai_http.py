@@ -29,7 +29,7 @@ from typing import Any
 from pipeline.config import OpenAISettings
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
-from workers.engines.base import EngineError, EngineResult, EngineUnavailable
+from workers.engines.base import PLAIN_CALL, CallContext, EngineError, EngineResult, EngineUnavailable
 from workers.engines.embedded import PERSONAS
 from workers.resilience.exceptions import EngineTimeout
 
@@ -134,7 +134,9 @@ class OpenAIHTTPEngine(Lifecycle):
         now = time.time() * 1000 if now_ms is None else now_ms
         return min(MAX_CALL_S, max(MIN_CALL_S, (deadline_ms - now) / 1000.0))
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         if self._client is None:
             raise EngineUnavailable("openai engine used before start()")
         httpx = _httpx()

@@ -23,7 +23,7 @@ from pipeline.config import Settings
 from pipeline.job_store import JobRecord, JobStore, aws_client
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
-from workers.engines.base import PRIOR_CHAIN, EngineError, EngineResult, EngineUnavailable
+from workers.engines.base import PLAIN_CALL, CallContext, EngineError, EngineResult, EngineUnavailable
 
 #: SageMaker's own limits on the two per-request settings.
 TTL_RANGE_S = (60, 21_600)
@@ -81,20 +81,22 @@ class SageMakerAsyncEngine(Lifecycle):
     async def _stop(self) -> None:
         self._runtime = None
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         if self._runtime is None:
             raise EngineUnavailable(f"{self.name} used before start()")
         job_id = request.request_id
         try:
             if await self.store.get(job_id) is None:  # a replay of a submitted job is not resubmitted
-                await self._submit(request, deadline_ms)
+                await self._submit(request, deadline_ms, call)
         except EngineError:
             raise
         except Exception as exc:
             raise self._error(exc) from exc
         return EngineResult(text="", prompt_tokens=0, completion_tokens=0, job_id=job_id)
 
-    async def _submit(self, request: Request, deadline_ms: int) -> None:
+    async def _submit(self, request: Request, deadline_ms: int, call: CallContext) -> None:
         job_id = request.request_id
         body = json.dumps(job_input(request)).encode()
         input_location = await self.store.put_object(self.store.input_key(job_id), body)
@@ -125,7 +127,7 @@ class SageMakerAsyncEngine(Lifecycle):
                 "ttl_s": ttl_s,
                 "invocation_timeout_s": timeout_s,
                 # The tiers tried before (a Silver request that fell back): the final reply names them.
-                "chain_before": [a.model_dump(mode="json") for a in PRIOR_CHAIN.get()],
+                "chain_before": [a.model_dump(mode="json") for a in call.prior_chain],
             },
         )
         await self.store.put_pending(record)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
-from workers.engines.base import EngineError, EngineResult, EngineUnavailable
+from workers.engines.base import PLAIN_CALL, CallContext, EngineError, EngineResult, EngineUnavailable
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,9 @@ class ScriptedEngine(Lifecycle):
     async def _stop(self) -> None:
         return None
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         self.calls += 1
         n = self.calls
         p = self.profile

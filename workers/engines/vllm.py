@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.lifecycle import Lifecycle
 from topics.schemas import Request
-from workers.engines.base import EngineError, EngineResult, EngineUnavailable
+from workers.engines.base import PLAIN_CALL, CallContext, EngineError, EngineResult, EngineUnavailable
 from workers.engines.gpu_common import import_extra, prompt_text, require_model, seed_of, to_result
 
 
@@ -53,7 +53,9 @@ class VLLMEngine(Lifecycle):
             max_tokens=request.max_tokens, temperature=0.7, seed=seed_of(request)
         )
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         if self._engine is None:
             raise EngineUnavailable(f"{self.name} used before start()")
         final = None

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from pipeline.breakers.board import Breaker
 from topics.schemas import Request
-from workers.engines.base import Engine, EngineResult, EngineWrapper
+from workers.engines.base import PLAIN_CALL, CallContext, Engine, EngineResult, EngineWrapper
 from workers.resilience.exceptions import BreakerOpen, DeadlineReached
 
 
@@ -33,14 +33,16 @@ class BreakerGuard(EngineWrapper):
         self.tier = tier
         self.stall_evidence_ms = stall_evidence_ms
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         for breaker in self.breakers:
             if not await breaker.allow():
                 raise BreakerOpen(breaker.name, breaker.snapshot.reason, tier=self.tier)
         started = time.monotonic()
         given_ms = deadline_ms - time.time() * 1000
         try:
-            result = await self.inner.generate(request, deadline_ms)
+            result = await self.inner.generate(request, deadline_ms, call)
         except asyncio.CancelledError:
             raise
         except DeadlineReached:

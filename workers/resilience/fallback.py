@@ -33,7 +33,15 @@ from topics.catalogue import ROUTING, TIER_TOPICS, Tier
 from topics.headers import Headers, attempt, fallback_headers
 from topics.policy import FORWARD, RoutingPolicy
 from topics.schemas import Request, RoutingDecision, TierAttempt
-from workers.engines.base import Engine, EngineError, EngineResult, EngineWrapper, Substitution
+from workers.engines.base import (
+    PLAIN_CALL,
+    CallContext,
+    Engine,
+    EngineError,
+    EngineResult,
+    EngineWrapper,
+    Substitution,
+)
 from workers.outbound import Outbound
 from workers.resilience.exceptions import DeadlineReached, reason_kind
 
@@ -139,18 +147,20 @@ class CutAtDeadline(EngineWrapper):
     Only a tier with somewhere to fall back to is cut; the last tier waits out the grace.
     """
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
-        call = asyncio.ensure_future(self.inner.generate(request, deadline_ms))
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
+        pending = asyncio.ensure_future(self.inner.generate(request, deadline_ms, call))
         remaining_s = max(0.0, (deadline_ms - time.time() * 1000) / 1000.0)
         try:
-            done, _ = await asyncio.wait({call}, timeout=remaining_s)
+            done, _ = await asyncio.wait({pending}, timeout=remaining_s)
         except asyncio.CancelledError:
-            call.cancel()
+            pending.cancel()
             raise
-        if call in done:
-            return call.result()
-        call.add_done_callback(_consume_exception)
-        raise DeadlineReached(self.name, late=call)
+        if pending in done:
+            return pending.result()
+        pending.add_done_callback(_consume_exception)
+        raise DeadlineReached(self.name, late=pending)
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:
@@ -180,14 +190,16 @@ class Substitute(EngineWrapper):
         await self.inner.stop()
         await self.substitute.stop()
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         try:
-            return await self.inner.generate(request, deadline_ms)
+            return await self.inner.generate(request, deadline_ms, call)
         except EngineError as first:
             kind = reason_kind(first)
             metrics.FALLBACKS.labels(self.from_tier.value, self.to_tier.value, kind).inc()
             try:
-                result = await self.substitute.generate(request, deadline_ms)
+                result = await self.substitute.generate(request, deadline_ms, call)
             except EngineError as second:
                 tiers = f"{self.from_tier.value}: {first}; {self.to_tier.value}"
                 raise EngineError(f"{tiers} ({self.substitute.name}): {second}") from second

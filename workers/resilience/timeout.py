@@ -11,7 +11,7 @@ import asyncio
 import time
 
 from topics.schemas import Request
-from workers.engines.base import Engine, EngineResult, EngineWrapper
+from workers.engines.base import PLAIN_CALL, CallContext, Engine, EngineResult, EngineWrapper
 from workers.resilience.exceptions import EngineTimeout
 
 DEFAULT_GRACE_S = 30.0
@@ -34,9 +34,11 @@ class Timeout(EngineWrapper):
         remaining_s = max(0.0, min((deadline_ms - now) / 1000.0, self.cap_s))
         return remaining_s + self.grace_s
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         timeout_s = self.timeout_s(deadline_ms)
         try:
-            return await asyncio.wait_for(self.inner.generate(request, deadline_ms), timeout_s)
+            return await asyncio.wait_for(self.inner.generate(request, deadline_ms, call), timeout_s)
         except TimeoutError:
             raise EngineTimeout(self.name, timeout_s) from None

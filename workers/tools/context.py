@@ -27,7 +27,7 @@ from typing import Any
 from pipeline.config.tools import KNOWN_TOOLS, ToolSettings
 from pipeline.observability import metrics
 from topics.schemas import Request, ToolCall
-from workers.engines.base import Engine, EngineResult, EngineWrapper
+from workers.engines.base import PLAIN_CALL, CallContext, Engine, EngineResult, EngineWrapper
 from workers.tools.client import McpToolClient, ToolFailed, ToolUnavailable
 
 #: Lore hits asked for per ``rag_search`` (the server caps it too).
@@ -95,9 +95,11 @@ class ToolContext(EngineWrapper):
         await super()._stop()
         await self.client.stop()
 
-    async def generate(self, request: Request, deadline_ms: int) -> EngineResult:
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
         if not request.tools:
-            return await self.inner.generate(request, deadline_ms)
+            return await self.inner.generate(request, deadline_ms, call)
         allowed = self.settings.allowed(request.tenant_id, request.tools)
         records = [
             ToolCall(tool=t, call=t, outcome="refused", error=_refusal(t, allowed))
@@ -111,7 +113,7 @@ class ToolContext(EngineWrapper):
         records.extend(record for record, _ in done)
         answers = [(call, text) for call, (_, text) in zip(calls, done, strict=True) if text is not None]
         enriched = with_context(request, answers, self.settings.max_result_chars)
-        result = await self.inner.generate(enriched, deadline_ms)
+        result = await self.inner.generate(enriched, deadline_ms, call)
         return replace(result, tool_calls=(*result.tool_calls, *records))
 
     async def _call(self, call: PlannedCall, timeout_s: float) -> tuple[ToolCall, str | None]:
