@@ -11,7 +11,8 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,16 +196,23 @@ async def floor_segment(settings: Settings, prefix: str, rate: float, duration: 
     return latencies
 
 
-def floor_run(
-    settings: Settings, floor: str, work: Path, rate: float, duration: float, label: str
-) -> list[float]:
-    """The two-hop floor on topics ``floor``; the relay runs only while measured (no CPU otherwise)."""
+@contextmanager
+def floor_relay(settings: Settings, floor: str, work: Path, label: str) -> Iterator[None]:
+    """The floor's relay process (``floor``'s intake → its replies) while the block runs."""
     relay = Path(__file__).with_name("relay.py")
     argv = [sys.executable, str(relay), "--bootstrap", settings.require_kafka()]
     argv += ["--source", REQUESTS.name(floor), "--target", REPLIES.name(floor), "--group", f"floor-{label}"]
     with PipelineProcesses({}, work / f"floor-{label}", routers=0, workers={}) as relays:
         relays.spawn("relay", argv)
         relays.wait_ready()
+        yield
+
+
+def floor_run(
+    settings: Settings, floor: str, work: Path, rate: float, duration: float, label: str
+) -> list[float]:
+    """The two-hop floor on topics ``floor``; the relay runs only while measured (no CPU otherwise)."""
+    with floor_relay(settings, floor, work, label):
         latencies = asyncio.run(floor_segment(settings, floor, rate, duration))
     log(f"floor (2 hops) {label}: {percentiles(latencies)}")
     return latencies
