@@ -203,8 +203,15 @@ async def test_two_workers_of_one_tier_share_the_load(
             await stack.enter_async_context(running_worker(settings, prefix, Tier.BRONZE, e, group_id=group))
             for e in engines
         ]
-        assert await eventually(lambda: all(w.partitions() for w in workers), timeout_s=30)
-        assert not set.intersection(*(w.partitions() for w in workers))
+        every = set(range(TIER_TOPICS[Tier.BRONZE].partitions))
+
+        def settled() -> bool:
+            # While the group rebalances the old owner still reports its partitions until its revoke
+            # runs: judge the assignment once it has settled (each some, none shared, all owned).
+            owned = [w.partitions() for w in workers]
+            return all(owned) and not set.intersection(*owned) and set.union(*owned) == every
+
+        assert await eventually(settled, timeout_s=30), [w.partitions() for w in workers]
         topic = TIER_TOPICS[Tier.BRONZE].name(prefix)
         requests = [make_request(100 + i, sla=Sla.ASYNC) for i in range(60)]
         deadline = now_ms() + 60_000
