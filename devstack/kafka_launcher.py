@@ -174,10 +174,6 @@ class KafkaLauncher(Launcher):
             if brokers < self.nodes:
                 raise StackError(f"kafka: {brokers} of {self.nodes} brokers registered so far")
 
-    @classmethod
-    def version_of(cls) -> str:
-        return kafka_dist.version()
-
 
 def _cluster_id() -> str:
     """A Kafka cluster id (a UUID in URL-safe base64), never starting with ``-`` as Kafka's own are not."""

@@ -206,13 +206,6 @@ def reply_topic_problem(topic: str, prefix: str, tenant_id: str) -> str | None:
     return None
 
 
-def reply_topic_allowed(topic: str, prefix: str | None = None, tenant_id: str | None = None) -> bool:
-    """Kept for callers that only ask yes/no; :func:`reply_topic_problem` says why."""
-    if tenant_id is None:
-        tenant_id = topic[len(REPLIES.name(prefix)) + 1 :].split(".")[0]
-    return reply_topic_problem(topic, prefix or "", tenant_id) is None
-
-
 CATALOGUE: tuple[TopicSpec, ...] = (
     REQUESTS,
     REQUESTS_GOLD,

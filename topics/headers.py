@@ -74,10 +74,6 @@ def read_deadline(headers: Iterable[tuple[str, bytes]] | None) -> int | None:
     return None
 
 
-def remaining_ms(deadline_ms: int, at_ms: float | None = None) -> float:
-    return deadline_ms - (time.time() * 1000 if at_ms is None else at_ms)
-
-
 def attempt(tier: Tier, outcome: str, reason: str = "") -> TierAttempt:
     """One entry of the fallback chain: a tier that was tried (or skipped) and why."""
     return TierAttempt(tier=tier, outcome=outcome, reason=reason[:300])  # type: ignore[arg-type]

@@ -9,11 +9,11 @@ with an error so the supervisor restarts the process and the unfinished records 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from typing import Protocol
 
 from pipeline import eventloop
+from pipeline.observability.server import mark_not_ready
 
 
 class Service(Protocol):
@@ -33,8 +33,13 @@ async def serve(service: Service, *, gc_gen0: int) -> BaseException | None:
     # Connected, modules loaded: the collector no longer walks all that on every collection.
     eventloop.settle_heap(gc_gen0)
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        mark_not_ready("stopping")  # /readyz answers 503 while the service finishes and commits
+        service.request_stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, service.request_stop)
+        loop.add_signal_handler(sig, on_signal)
     run_task = asyncio.create_task(service.run())
     stopped = asyncio.create_task(service.stopped())
     try:
@@ -45,8 +50,8 @@ async def serve(service: Service, *, gc_gen0: int) -> BaseException | None:
         service.request_stop()
         for task in (run_task, stopped):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Each ends cancelled or with what it raised (kept above as the failure), never raising here.
+        await asyncio.gather(run_task, stopped, return_exceptions=True)
         await service.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
