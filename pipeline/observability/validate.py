@@ -214,9 +214,10 @@ class Validator:
 
 
 async def group_lag(settings: Settings, group: str, topic: str) -> int | None:
-    """Sum over the topic's partitions of end offset - committed offset; None if the topic holds
-    records and nothing is committed (0 when it holds none: there was nothing to serve, as on the
-    Gold topic while the router answers Gold and the workers refresh the active set).
+    """Sum over the topic's partitions of end offset - committed offset (the first offset where
+    nothing is committed); None if the topic holds records and nothing is committed (0 when it
+    holds none: there was nothing to serve, as on the Gold topic while the router answers Gold and
+    the workers refresh the active set).
 
     Committed offsets are read as the group's own members read them (OffsetFetch through a consumer
     that never joins the group); end offsets come from ListOffsets(latest).
@@ -227,12 +228,14 @@ async def group_lag(settings: Settings, group: str, topic: str) -> int | None:
         tps = [TopicPartition(topic, p) for p in sorted(await kafka.partitions(consumer, topic))]
         committed = {tp: offset for tp in tps if (offset := await consumer.committed(tp)) is not None}
         ends = await consumer.end_offsets(tps)
-        if not committed:
-            starts = await consumer.beginning_offsets(tps)
-            return 0 if all(ends[tp] == starts[tp] for tp in tps) else None
+        starts = await consumer.beginning_offsets(tps)
     finally:
         await consumer.stop()
-    return sum(max(0, ends[tp] - offset) for tp, offset in committed.items())
+    if not committed:
+        return 0 if all(ends[tp] == starts[tp] for tp in tps) else None
+    # A partition the group has not committed on yet lags by all it holds: counting only the
+    # committed ones read 0 while a member that had just been assigned one had read none of it.
+    return sum(max(0, ends[tp] - committed.get(tp, starts[tp])) for tp in tps)
 
 
 def metrics_report(scrape: Scrape) -> dict[str, Any]:

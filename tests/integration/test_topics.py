@@ -99,3 +99,40 @@ def test_topics_create_reply_topic_command(kafka: str, monkeypatch) -> None:  # 
     assert f"{prefix}npc.replies.gs-9: created" in result.output
     refused = CliRunner().invoke(main, ["topics", "create", "--reply-topic", "npc.replies.."])
     assert refused.exit_code == 1 and "not a reply topic" in refused.output
+
+
+def test_group_lag_counts_a_partition_the_group_never_committed(settings: Settings) -> None:
+    """A member that has read one partition and not yet another still lags by the other's records."""
+    from aiokafka import TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    from pipeline.observability.validate import group_lag
+
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    asyncio.run(create_embedded_topics(settings, prefix))
+    topic, group = REQUESTS.name(prefix), f"{prefix}lag-group"
+
+    async def run() -> tuple[int | None, int | None, int | None]:
+        before = await group_lag(settings, group, topic)  # empty topic: nothing to serve
+        producer = kafka_clients.producer(settings, "lag-test")
+        await producer.start()
+        try:
+            for p in (0, 1):
+                for _ in range(3):
+                    await producer.send_and_wait(topic, b"x", partition=p)
+        finally:
+            await producer.stop()
+        nothing_committed = await group_lag(settings, group, topic)
+        consumer = kafka_clients.consumer(settings, "lag-test", group_id=group)
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(topic, 0)])
+            await consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(3, "")})
+        finally:
+            await consumer.stop()
+        return before, nothing_committed, await group_lag(settings, group, topic)
+
+    before, nothing_committed, one_committed = asyncio.run(run())
+    assert before == 0
+    assert nothing_committed is None
+    assert one_committed == 3  # partition 1's three records, unread
