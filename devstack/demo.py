@@ -74,9 +74,12 @@ DEFAULT_SCRIPTED_RATE = 50.0
 #: One malformed event every this many seconds, to show dead-lettering while traffic flows.
 INVALID_EVERY_S = 10.0
 #: Active NPCs by default: the embedded Gold model (≈ 0.3 s a refresh on 2 cores, several in one
-#: batch) kept each of 4 at ≈ 1.4 Hz beside Silver's and Bronze's models (docs/architecture.md,
-#: "Keeping the active set fresh"); with more, the scheduler lowers every rate evenly.
-DEFAULT_ACTIVE = 4
+#: batch) keeps each of 3 at ≈ 1.45 Hz beside Silver's and Bronze's models, and every Gold reply
+#: after the first 10 s came from a model intent in three runs; with 4 (≈ 1.4 Hz) some intents
+#: outlived their 1 s TTL before the next refresh landed, and 0.57-0.86 of those replies did
+#: (docs/architecture.md, "Keeping the active set fresh"). With more, the scheduler lowers every
+#: rate evenly.
+DEFAULT_ACTIVE = 3
 #: Gold's model-intent share counts replies to requests sent after this much of the run: the
 #: first intents need the first refreshes.
 GOLD_SETTLE_S = 10.0
