@@ -131,6 +131,19 @@ ReplyHook = Callable[[Replied], None]
 DeadLetterHook = Callable[[DeadLettered], None]
 
 
+class ServingStep(Protocol):
+    """What the worker loop asks of the step that serves an accepted job: a request's
+    (:class:`Serving`) or a Gold refresh's (:class:`~workers.cache.refresh_serving.RefreshServing`).
+
+    ``shed`` runs before the job queues for an engine slot (None: queue it); ``serve`` once a
+    slot is the caller's.
+    """
+
+    def shed(self, job: Job, expected_wait_ms: float, service_ms: float | None) -> Outcome | None: ...
+
+    async def serve(self, job: Job) -> Outcome: ...
+
+
 @dataclass
 class Hooks:
     """Observers called with each outcome as serving builds it (arq's ``on_job_end``).
@@ -225,9 +238,10 @@ class Serving:
     def shed(self, job: Job, expected_wait_ms: float, service_ms: float | None) -> Outcome | None:
         """Load shedding, before the job queues for a slot: degrade it now if the queue predicts a miss.
 
-        Silver → the request goes to Bronze (:class:`Forwarded`); a Gold refresh is skipped (the
-        router answered already; the intent ages to the default); a Gold request with nowhere to
-        go gets an ``expired`` reply saying why. Bronze is never shed. None: queue it.
+        Silver → the request goes to Bronze (:class:`Forwarded`); a Gold request with nowhere to
+        go gets an ``expired`` reply saying why. Bronze is never shed. None: queue it. (A Gold
+        refresh job is shed by its own step, :meth:`RefreshServing.shed
+        <workers.cache.refresh_serving.RefreshServing.shed>`.)
         """
         why = self.shedder.verdict(job.deadline_ms, time.time() * 1000, expected_wait_ms, service_ms)
         if why is None or self.tier is Tier.BRONZE:
@@ -237,8 +251,6 @@ class Serving:
             metrics.SHED.labels(self.tier.value, "forwarded").inc()
             return forwarded
         metrics.SHED.labels(self.tier.value, "skipped").inc()
-        if job.refresh:
-            return Refreshed(job.request, None, "shed")
         return self._replied(
             job, ReplyStatus.EXPIRED, time.time() * 1000, error=why, tried=attempt(self.tier, "shed", why)
         )

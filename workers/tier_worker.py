@@ -39,7 +39,7 @@ from workers.resilience import TierResilience
 from workers.resilience.fair_share import FairShare
 from workers.resilience.fallback import FallbackStep, Forwarded, watch_late
 from workers.resilience.shedding import LoadShedder
-from workers.serving import DeadLettered, Hooks, Outcome, Serving, ServingStats
+from workers.serving import DeadLettered, Hooks, Outcome, Serving, ServingStats, ServingStep
 from workers.worker_config import WorkerConfig
 
 log = logging.getLogger("npcflow.worker")
@@ -95,6 +95,7 @@ class TierWorker(Lifecycle):
             self.engine,
             self.intents or IntentRefresh(None, prefix=config.prefix),
             self.serving.stats,
+            self.serving.shedder,
         )
         self.stats = WorkerStats(serving=self.serving.stats)
         self.failure: BaseException | None = None
@@ -281,7 +282,9 @@ class TierWorker(Lifecycle):
                 f"register it with `npcflow topics create --reply-topic {topic}`"
             )
             return self.serving.dead_letter(record, reason)
-        shed = self.serving.shed(
+        # A refresh header's job renews an intent the router answered from; the rest get replies.
+        step: ServingStep = self.refreshing if accepted.refresh else self.serving
+        shed = step.shed(
             accepted, self._slots.expected_wait_ms(accepted.request.tenant_id), self._slots.service_ms
         )
         if shed is not None:
@@ -294,9 +297,7 @@ class TierWorker(Lifecycle):
             self._queued.discard(task)
             families.observe_hop(tier, "slot_wait", time.time() * 1000 - queued_ms)
             with families.IN_FLIGHT.labels(tier).track_inprogress():
-                if accepted.refresh:  # the router answered already: the engine renews the intent
-                    return await self.refreshing.serve(accepted)
-                return await self.serving.serve(accepted)
+                return await step.serve(accepted)
 
     async def _all_topics(self) -> set[str]:
         return set(await self.member.consumer.topics())

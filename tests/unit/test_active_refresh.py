@@ -21,6 +21,7 @@ from workers.cache.refresh_schedule import RefreshSchedule
 from workers.cache.refresh_serving import RefreshServing
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.resilience.fair_share import FairShare
+from workers.resilience.shedding import LoadShedder
 from workers.serving import ServingStats
 
 T0 = 1_790_000_000_000.0
@@ -201,7 +202,9 @@ def refresher_with(
     engine: ScriptedEngine, clock: FakeClock, capacity: int = 8
 ) -> tuple[ActiveRefresher, list[Intent]]:
     """A refresher whose step is the Gold worker's: the refresh serving step in a slot, then the record."""
-    refreshing = RefreshServing(Tier.GOLD, engine, IntentRefresh(None, prefix="p."), ServingStats())
+    refreshing = RefreshServing(
+        Tier.GOLD, engine, IntentRefresh(None, prefix="p."), ServingStats(), LoadShedder()
+    )
     producer = FakeProducer()
     step = serving_step(refreshing, FairShare(capacity), lambda: producer)  # type: ignore[arg-type,return-value]
     settings = Settings(

@@ -23,6 +23,7 @@ from workers.engines.base import PLAIN_CALL, CallContext, Engine, EngineError, E
 from workers.engines.batching import MicroBatcher
 from workers.resilience.breaker import BreakerGuard
 from workers.resilience.fallback import CutAtDeadline, FallbackStep, Substitute
+from workers.resilience.shedding import LoadShedder
 from workers.resilience.timeout import Timeout
 from workers.serving import Job, Replied, Serving, ServingStats
 from workers.tools.client import McpToolClient
@@ -121,7 +122,9 @@ async def test_a_reply_call_carries_the_tiers_tried_before_and_is_no_refresh() -
 async def test_a_refresh_call_says_refresh_and_a_first_reply_call_says_nothing() -> None:
     engine = Recorder()
     req = request()
-    refreshing = RefreshServing(Tier.GOLD, engine, IntentRefresh(None, prefix="p."), ServingStats())
+    refreshing = RefreshServing(
+        Tier.GOLD, engine, IntentRefresh(None, prefix="p."), ServingStats(), LoadShedder()
+    )
     await refreshing.serve(Job(req, now_ms() + 2000, "", refresh=True))
     gold = Serving(Tier.GOLD, engine, POLICY, prefix="p.")  # type: ignore[arg-type]
     await gold.handle(Record(req.to_bytes(), deadline_headers(now_ms() + 2000, "gold")))

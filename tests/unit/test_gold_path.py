@@ -21,6 +21,7 @@ from topics.schemas import ActiveNpc, Intent, Output, Reply, ReplyStatus, Reques
 from workers.cache.intents import IntentRefresh, Refreshed
 from workers.cache.refresh_serving import RefreshServing
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
+from workers.resilience.shedding import LoadShedder
 from workers.serving import Job, Replied, Serving
 
 NOW_MS = 1_790_000_000_100
@@ -291,7 +292,7 @@ async def served_as_refresh(engine: ScriptedEngine, record: Rec) -> Refreshed:
     serving = gold_serving(engine)
     job = serving.accept(record)
     assert isinstance(job, Job) and job.refresh and serving.intents is not None
-    return await RefreshServing(Tier.GOLD, engine, serving.intents, serving.stats).serve(job)
+    return await RefreshServing(Tier.GOLD, engine, serving.intents, serving.stats, LoadShedder()).serve(job)
 
 
 async def test_a_refresh_writes_the_intent_and_never_replies() -> None:

@@ -23,6 +23,7 @@ from topics.headers import (
     deadline_headers,
     now_ms,
     read_deadline,
+    refresh_headers,
 )
 from topics.policy import RoutingPolicy
 from topics.schemas import ReplyStatus, Request, RoutingDecision, Sla
@@ -334,6 +335,24 @@ async def test_shedding_forwards_silver_and_never_sheds_bronze() -> None:
     assert isinstance(shed, Forwarded) and shed.decision.reason.startswith("silver → bronze (shed)")
     bronze = Serving(Tier.BRONZE, ScriptedEngine(), POLICY, prefix=PREFIX, shedder=LoadShedder())
     assert bronze.shed(job, 10_000, 10_000) is None  # type: ignore[arg-type]
+
+
+async def test_shedding_skips_a_gold_refresh_and_expires_a_gold_request() -> None:
+    """Gold forwards nowhere: a shed request is answered ``expired``; a shed refresh writes nothing."""
+    from workers.cache.intents import IntentRefresh, Refreshed
+    from workers.cache.refresh_serving import RefreshServing
+
+    gold = Serving(Tier.GOLD, ScriptedEngine(), POLICY, prefix=PREFIX, shedder=LoadShedder())
+    refreshing = RefreshServing(Tier.GOLD, ScriptedEngine(), IntentRefresh(None), gold.stats, gold.shedder)
+    plain = gold.accept(Record(request().to_bytes(), deadline_headers(now_ms() + 50, "gold")))
+    refresh = gold.accept(Record(request().to_bytes(), refresh_headers(now_ms() + 50)))
+    assert not plain.refresh and refresh.refresh  # type: ignore[union-attr]
+    assert refreshing.shed(refresh, expected_wait_ms=1, service_ms=1) is None  # type: ignore[arg-type]
+    skipped = refreshing.shed(refresh, expected_wait_ms=400, service_ms=50)  # type: ignore[arg-type]
+    assert isinstance(skipped, Refreshed) and skipped.update is None and skipped.reason == "shed"
+    assert skipped.records() == []
+    expired = gold.shed(plain, expected_wait_ms=400, service_ms=50)  # type: ignore[arg-type]
+    assert isinstance(expired, Replied) and expired.reply.status is ReplyStatus.EXPIRED
 
 
 async def test_late_result_becomes_an_output_not_a_reply() -> None:

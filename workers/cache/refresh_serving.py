@@ -18,6 +18,7 @@ from pipeline.observability import metrics
 from topics.catalogue import Tier
 from workers.cache.intents import IntentRefresh, Refreshed
 from workers.engines.base import CallContext, Engine, EngineError
+from workers.resilience.shedding import LoadShedder
 from workers.serving import Job, ServingStats
 
 log = logging.getLogger("npcflow.intents")
@@ -29,11 +30,25 @@ REFRESH_CALL = CallContext(refresh=True)
 class RefreshServing:
     """Serves a tier's refresh jobs with its engine; ``intents`` writes what the engine said."""
 
-    def __init__(self, tier: Tier, engine: Engine, intents: IntentRefresh, stats: ServingStats) -> None:
+    def __init__(
+        self, tier: Tier, engine: Engine, intents: IntentRefresh, stats: ServingStats, shedder: LoadShedder
+    ) -> None:
         self.tier = tier
         self.engine = engine
         self.intents = intents
         self.stats = stats
+        self.shedder = shedder
+
+    def shed(self, job: Job, expected_wait_ms: float, service_ms: float | None) -> Refreshed | None:
+        """Skip a refresh the queue says would finish past its deadline (None: queue it).
+
+        Nothing to forward and no one to reply to: the router answered already, and the intent
+        ages to the default until the NPC's next refresh.
+        """
+        if self.shedder.verdict(job.deadline_ms, time.time() * 1000, expected_wait_ms, service_ms) is None:
+            return None
+        metrics.SHED.labels(self.tier.value, "skipped").inc()
+        return Refreshed(job.request, None, "shed")
 
     async def serve(self, job: Job) -> Refreshed:
         """Call the engine and write the intent; call it once an engine slot is the caller's.
