@@ -92,6 +92,9 @@ class Replied:
     outputs_topic: str
     #: Gold: the model result as the NPC's new intent, for ``npc.intents``.
     intent_update: IntentUpdate | None = None
+    #: The request as it came in (valid JSON the strict schema accepted): the output embeds it
+    #: instead of serialising the parsed request again. Empty: serialise it.
+    request_bytes: bytes = b""
 
     @property
     def key(self) -> bytes:
@@ -104,7 +107,7 @@ class Replied:
         key, reply = self.key, self.reply.to_bytes()
         records = [Outbound(self.reply_topic, key, reply, urgent=True)]
         if self.output is not None:
-            output = Output.wire(self.output.request.to_bytes(), reply)
+            output = Output.wire(self.request_bytes or self.output.request.to_bytes(), reply)
             records.append(Outbound(self.outputs_topic, key, output))
         if self.intent_update is not None:
             records.append(self.intent_update.outbound())
@@ -374,6 +377,7 @@ class Serving:
             job.reply_topic,
             self._outputs_topic,
             intent_update,
+            job.raw,
         )
         self.stats.replies[status.value] = self.stats.replies.get(status.value, 0) + 1
         self.hooks.replied(outcome)

@@ -23,9 +23,12 @@ async def test_a_reply_goes_out_at_once_and_its_output_and_intent_batch() -> Non
         intents=IntentRefresh(None, prefix=PREFIX),
     )
     req = request()
-    outcome = await gold.handle(routed(req))
+    # As a game server might write it: other spacing, keys in another order.
+    sent = json.dumps(dict(reversed(json.loads(req.to_bytes()).items())), indent=1).encode()
+    outcome = await gold.handle(Record(sent, routed(req).headers))
     assert isinstance(outcome, Replied)
     reply, output, intent = outcome.records()
+    assert sent in output.value  # the request as it came in, not serialised again
     assert (reply.topic, reply.urgent, reply.key) == (f"{PREFIX}npc.replies", True, req.request_id.encode())
     assert Reply.from_bytes(reply.value) == outcome.reply
     assert (output.topic, output.urgent, output.key) == (f"{PREFIX}npc.outputs", False, reply.key)
