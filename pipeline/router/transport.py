@@ -1,20 +1,34 @@
-"""A faust transport whose worker consumer honours the configured ``fetch_max_wait_ms``.
+"""The router's faust transport: the stock aiokafka driver with its consumer on the app's own loop.
 
-faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer, so the router
-would be the one consumer of ours that ``NPCFLOW_FETCH_MAX_WAIT_MS`` does not reach (Kafka answers
-a waiting fetch as soon as a record arrives, so this is about one setting meaning one thing, and
-an idle router's poll rate, not latency). Faust loads transports from the ``faust.transports``
-entry point by URL scheme, so the router uses ``npcflow://host:port`` and gets this transport:
-the stock aiokafka driver with only the fetch wait changed, read from the app (set by
-:func:`create_app` from ``Settings.kafka.fetch_max_wait_ms``).
+Two changes, both read from the app (set by :func:`~pipeline.router.app.create_app`):
+
+- **No consumer thread.** faust's aiokafka driver runs its Kafka consumer in a second thread with
+  its own event loop and hands every fetch, commit and seek across through a method queue. For a
+  router whose agent only awaits (it never blocks its loop), that thread buys nothing and costs
+  every record two loop handoffs and a GIL contest with the agent's thread: profiled at 500
+  requests/s, the agent's thread spent a quarter of its samples waiting to get the GIL back after
+  a socket write. Here the "thread" is a service on the app's loop: ``call_thread`` awaits the
+  call in place, and nothing else about the driver changes (aiokafka's heartbeats were always
+  tasks on the consumer's loop; now that is the app's).
+- **The configured fetch wait.** faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for its
+  worker consumer, so the router would be the one consumer of ours that ``NPCFLOW_FETCH_MAX_WAIT_MS``
+  does not reach (Kafka answers a waiting fetch as soon as a record arrives: this is about one
+  setting meaning one thing, and an idle router's poll rate, not latency).
+
+Faust loads transports from the ``faust.transports`` entry point by URL scheme, so the router
+uses ``npcflow://host:port`` and gets this transport.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.utils.futures import maybe_async
 
 from pipeline.config import KafkaOptions
 
@@ -23,6 +37,41 @@ FETCH_WAIT_ATTR = "npcflow_fetch_max_wait_ms"
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer "thread", run as a service on the app's loop (see the module docstring)."""
+
+    def __init__(self, consumer: Any, *, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
+        super().__init__(consumer, loop=loop, thread_loop=loop, **kwargs)
+        self._serving: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        """What the thread would run, as a task here: start, then serve until stopped."""
+        assert not self._thread_started.is_set()
+        self._thread_started.set()
+        self._thread_running = running = self.parent_loop.create_future()
+        self._serving = asyncio.ensure_future(self._serve())
+        try:
+            await asyncio.wait({running, self._serving}, return_when=asyncio.FIRST_COMPLETED)
+            if not running.done():  # _serve ended before it was up: raise what it raised
+                await self._serving
+        finally:
+            self._thread_running = None
+
+    async def call_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await maybe_async(fun(*args, **kwargs))
+
+    async def cast_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.add_future(maybe_async(fun(*args, **kwargs)))
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._serving is not None:
+            with contextlib.suppress(Exception):
+                await self._serving
+
+    async def _gather_remaining_tasks(self) -> None:
+        """A real thread's loop ends with its thread, so mode cancels every task still on it.
+        This loop is the app's: its tasks are not ours to cancel."""
+
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it builds its Fetcher; the consumer is not started yet.
@@ -38,6 +87,6 @@ class Consumer(faust_aiokafka.Consumer):
 
 
 class Transport(faust_aiokafka.Transport):
-    """The aiokafka transport with a latency-friendly fetch wait; selected by ``npcflow://`` URLs."""
+    """The aiokafka transport, consumer on the app's loop; selected by ``npcflow://`` URLs."""
 
     Consumer = Consumer
