@@ -40,6 +40,11 @@ MISSING_HINT = {
     "replay.cli": "the replay package, part of every install: reinstall npcflow",
 }
 
+#: ``--prefix`` of the ``topics`` commands: None means the settings' NPCFLOW_TOPIC_PREFIX.
+TOPIC_PREFIX = click.option(
+    "--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX)."
+)
+
 
 def _validate_embedded(*args: object, **kwargs: object) -> object:
     """``validate --embedded`` runs the dev stack: wired here, so ``pipeline`` never imports ``devstack``."""
@@ -75,7 +80,7 @@ def topics() -> None:
 
 
 @topics.command("create")
-@click.option("--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX).")
+@TOPIC_PREFIX
 @click.option(
     "--reply-topic",
     "reply_topics",
@@ -105,7 +110,7 @@ def topics_create(settings: Settings, prefix: str | None, reply_topics: tuple[st
     show_default=True,
     help="The principal npcflow's router, workers and collector authenticate as.",
 )
-@click.option("--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX).")
+@TOPIC_PREFIX
 @click.option(
     "--command-config", default="admin.properties", show_default=True, help="kafka-acls.sh's client file."
 )
@@ -133,7 +138,7 @@ def topics_acl(
 
 
 @topics.command("list")
-@click.option("--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX).")
+@TOPIC_PREFIX
 @pass_settings
 def topics_list(settings: Settings, prefix: str | None) -> None:
     """Print the catalogue: name, key, partitions, retention and purpose."""
@@ -190,6 +195,7 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     """A tier worker: consume the tier topic, call the engine, reply."""
     from pipeline.observability.families import set_role
     from pipeline.observability.metrics import serve_metrics
+    from topics.policy import SUBSTITUTE
     from workers.engines import build_engine
     from workers.run import run_worker
     from workers.worker_config import WorkerConfig
@@ -200,9 +206,9 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     config = WorkerConfig.from_settings(settings, tier_enum)
     # Gold's refresh falls back to Silver's engine while Gold's is down (docs/architecture.md, "Resilience").
     substitute = None
-    if tier_enum is Tier.GOLD and settings.resilience.fallback:
-        silver = Tier.SILVER.value
-        substitute = build_engine(settings.engines.spec_for(silver), silver, settings)
+    if settings.resilience.fallback and tier_enum in SUBSTITUTE:
+        other = SUBSTITUTE[tier_enum].value
+        substitute = build_engine(settings.engines.spec_for(other), other, settings)
     serve_metrics(settings.process.metrics_port, settings.observability.metrics_host)
     set_role(f"worker-{tier}")
     asyncio.run(run_worker(config, build_engine(spec, tier, settings), substitute))
