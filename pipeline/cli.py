@@ -1,21 +1,21 @@
-"""The ``npcflow`` command: a thin shell over importable functions.
+"""The ``npcflow`` command's commands: the composition root, a thin shell over importable functions.
 
-The embedded stack's commands (``stack``, ``demo``) live in the ``devstack`` package and are
-registered lazily: ``npcflow run router|worker`` in production never imports laptop tooling,
-and a base install without the ``[embedded]`` extra says which extra to install.
+How the command line behaves (lazy commands, one-line errors, ``--debug``, ``--version``) is
+pipeline/command_line.py; this module says which commands there are and wires each to the layer
+that does the work. The embedded stack's commands (``stack``, ``demo``) live in the ``devstack``
+package and are registered lazily: ``npcflow run router|worker`` in production never imports
+laptop tooling, and a base install without the ``[embedded]`` extra says which extra to install.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from pipeline.command_line import root_group
 from pipeline.config import Settings
 from pipeline.config.commands import config, pass_settings
 from pipeline.observability.commands import EMBEDDED_VALIDATOR
@@ -40,55 +40,10 @@ MISSING_HINT = {
     "replay.cli": "the replay package, part of every install: reinstall npcflow",
 }
 
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-class _Cli(click.Group):
-    """Lazy dev-stack commands; errors a user can fix become one clear line, not a traceback."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in LAZY_COMMANDS:
-            return super().get_command(ctx, cmd_name)
-        module_name, attr, help_text = LAZY_COMMANDS[cmd_name]
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            return _missing_extra(cmd_name, help_text, f"{MISSING_HINT[module_name]} ({exc})")
-        command: click.Command = getattr(module, attr)
-        return command
-
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except UserFacingError as exc:
-            if ctx.params.get("debug"):
-                raise
-            raise click.ClickException(str(exc)) from exc
-        except Exception as exc:
-            if ctx.params.get("debug"):
-                raise
-            raise click.ClickException(_one_line(exc, ctx.obj)) from exc
-
-
-def _one_line(exc: Exception, settings: Settings | None) -> str:
-    """A failure a user can fix names what to change; anything else is a bug, and says how to see it."""
-    from pipeline.failures import explain
-
-    line = explain(exc, settings if isinstance(settings, Settings) else None)
-    if line is not None:
-        return line
-    return f"{type(exc).__name__}: {exc} (a bug in npcflow: run `npcflow --debug …` for the traceback)"
+#: ``--prefix`` of the ``topics`` commands: None means the settings' NPCFLOW_TOPIC_PREFIX.
+TOPIC_PREFIX = click.option(
+    "--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX)."
+)
 
 
 def _validate_embedded(*args: object, **kwargs: object) -> object:
@@ -109,33 +64,13 @@ def _broker_up(settings: Settings) -> None:
     asyncio.run(probe(settings))
 
 
-def _missing_extra(name: str, help_text: str, hint: str) -> click.Command:
-    """A stand-in command that says what to install, instead of an ImportError traceback."""
-
-    def fail() -> None:
-        raise click.ClickException(f"`npcflow {name}` needs {hint}")
-
-    settings = {"ignore_unknown_options": True, "allow_extra_args": True}
-    return click.Command(name, callback=fail, help=help_text, context_settings=settings)
-
-
-@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
-@click.option("--debug", is_flag=True, help="Print the traceback of an error instead of one line.")
-@click.version_option(package_name="npcflow", message="npcflow %(version)s")
-@click.pass_context
-def main(ctx: click.Context, log_level: str, debug: bool) -> None:
+@root_group(LAZY_COMMANDS, MISSING_HINT)
+def main(ctx: click.Context) -> None:
     """npcflow: route NPC inference requests over Kafka to Gold, Silver and Bronze tiers.
 
     Settings come from NPCFLOW_* environment variables; endpoints not set there come from
     .npcflow/stack.env written by `npcflow stack up --detach`.
     """
-    _setup_logging(log_level)  # settings are read by the commands that use them (pass_settings)
     ctx.meta[EMBEDDED_VALIDATOR] = _validate_embedded
 
 
@@ -145,7 +80,7 @@ def topics() -> None:
 
 
 @topics.command("create")
-@click.option("--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX).")
+@TOPIC_PREFIX
 @click.option(
     "--reply-topic",
     "reply_topics",
@@ -175,7 +110,7 @@ def topics_create(settings: Settings, prefix: str | None, reply_topics: tuple[st
     show_default=True,
     help="The principal npcflow's router, workers and collector authenticate as.",
 )
-@click.option("--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX).")
+@TOPIC_PREFIX
 @click.option(
     "--command-config", default="admin.properties", show_default=True, help="kafka-acls.sh's client file."
 )
@@ -203,7 +138,7 @@ def topics_acl(
 
 
 @topics.command("list")
-@click.option("--prefix", default=None, help="Topic name prefix (default: NPCFLOW_TOPIC_PREFIX).")
+@TOPIC_PREFIX
 @pass_settings
 def topics_list(settings: Settings, prefix: str | None) -> None:
     """Print the catalogue: name, key, partitions, retention and purpose."""
@@ -260,6 +195,7 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     """A tier worker: consume the tier topic, call the engine, reply."""
     from pipeline.observability.families import set_role
     from pipeline.observability.metrics import serve_metrics
+    from topics.policy import SUBSTITUTE
     from workers.engines import build_engine
     from workers.run import run_worker
     from workers.worker_config import WorkerConfig
@@ -270,9 +206,9 @@ def run_worker_cmd(settings: Settings, tier: str, engine: str | None) -> None:
     config = WorkerConfig.from_settings(settings, tier_enum)
     # Gold's refresh falls back to Silver's engine while Gold's is down (docs/architecture.md, "Resilience").
     substitute = None
-    if tier_enum is Tier.GOLD and settings.resilience.fallback:
-        silver = Tier.SILVER.value
-        substitute = build_engine(settings.engines.spec_for(silver), silver, settings)
+    if settings.resilience.fallback and tier_enum in SUBSTITUTE:
+        other = SUBSTITUTE[tier_enum].value
+        substitute = build_engine(settings.engines.spec_for(other), other, settings)
     serve_metrics(settings.process.metrics_port, settings.observability.metrics_host)
     set_role(f"worker-{tier}")
     asyncio.run(run_worker(config, build_engine(spec, tier, settings), substitute))

@@ -1,6 +1,6 @@
 """Failures a user can cause, each said in one line that names what to change.
 
-The ``npcflow`` command (pipeline/cli.py) prints every error as one line unless ``--debug``
+The ``npcflow`` command (pipeline/command_line.py) prints every error as one line unless ``--debug``
 is given. This module knows the exceptions behind the failures a user can fix (an endpoint
 that is down or refuses us, a path that cannot be written), and names the setting behind an
 endpoint and where its value came from: the environment or ``.npcflow/stack.env`` (the file

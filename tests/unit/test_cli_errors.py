@@ -155,9 +155,9 @@ def test_each_client_librarys_connection_error_names_its_endpoint_without_its_pa
 
 
 def test_an_unexpected_error_is_one_line_that_points_at_debug() -> None:
-    from pipeline.cli import _one_line
+    from pipeline.command_line import one_line
 
-    line = _one_line(KeyError("x"), None)
+    line = one_line(KeyError("x"), None)
     assert "--debug" in line and "KeyError" in line
 
 
@@ -171,12 +171,12 @@ def test_a_missing_lazy_package_names_what_to_install(
     """The image once lacked replay/: the hint must not send an analyst to the embedded stack."""
     from click.testing import CliRunner
 
-    from pipeline import cli
+    from pipeline import cli, command_line
 
     def missing(name: str) -> object:
         raise ImportError(f"No module named {name.split('.')[0]!r}")
 
-    monkeypatch.setattr(cli.importlib, "import_module", missing)
+    monkeypatch.setattr(command_line.importlib, "import_module", missing)
     result = CliRunner().invoke(cli.main, [command], env={"NPCFLOW_STATE_DIR": str(tmp_path)})
     assert result.exit_code == 1
     assert hint in result.output
