@@ -24,7 +24,8 @@ from pipeline import kafka
 from pipeline.config import Settings
 from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import BENCHMARK_TOPIC_CONFIG, TopicSpec
-from topics.schemas import Request, Sla
+from topics.fields import Sla
+from topics.schemas import Request
 
 
 @dataclass

@@ -35,7 +35,8 @@ from pipeline.config import Settings
 from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import REPLIES, REQUESTS
-from topics.schemas import Intent, Reply, Request, Sla
+from topics.fields import Sla
+from topics.schemas import Intent, Reply, Request
 
 CHURN_EVERY_S = 10.0
 CHURN_SHARE = 0.10

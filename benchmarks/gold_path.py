@@ -63,7 +63,8 @@ from pipeline.config import Settings
 from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import REPLIES, REQUESTS
-from topics.schemas import Intent, Reply, Request, Sla
+from topics.fields import Sla
+from topics.schemas import Intent, Reply, Request
 
 TARGETS = {
     "model_intent_share": 0.95,

@@ -38,7 +38,8 @@ from pipeline.config import Settings
 from pipeline.observability.metrics import percentiles
 from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import DLQ, Tier
-from topics.schemas import Reply, ReplyStatus, Sla
+from topics.fields import ReplyStatus, Sla
+from topics.schemas import Reply
 
 log = logging.getLogger("npcflow.chaos")
 

@@ -32,7 +32,8 @@ from pipeline.observability.metrics import percentiles
 from pipeline.observability.validate import group_lag
 from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import DLQ, OUTPUTS, REQUESTS, Tier
-from topics.schemas import Intent, Reply, ReplyStatus, Request, ServedBy, Sla
+from topics.fields import ReplyStatus, ServedBy, Sla
+from topics.schemas import Intent, Reply, Request
 from workers.sinks import SINKS
 from workers.sinks import counts as sink_counts
 

@@ -272,7 +272,7 @@ def send_cmd(
 ) -> None:
     """Send one request as a game server would (the SDK, pipeline/client.py) and print its reply."""
     from pipeline.client import NPCClient, ReplyTimeout
-    from topics.schemas import ReplyStatus
+    from topics.fields import ReplyStatus
 
     async def ask() -> Reply:
         async with NPCClient(settings, tenant_id=tenant) as client:

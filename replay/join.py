@@ -8,7 +8,7 @@ request never gets a decision or a reply); and at most ``max_open`` entries are 
 leaving first when more arrive. Memory is therefore ``max_open`` entries at most, whatever the
 window's length (docs/architecture.md, "Replay for analysts").
 
-Requests are parsed exactly as the router parses them (:func:`topics.schemas.parse_request` under
+Requests are parsed exactly as the router parses them (:func:`topics.rejections.parse_request` under
 the recorded prefix): an invalid one is what the router dead-lettered. Decisions and replies were
 validated by the router and workers that wrote them; unless the full rows are wanted (an export),
 only the fields the report uses are read (:class:`DecisionView`, :class:`ReplyView`, msgspec
@@ -26,15 +26,9 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from topics.catalogue import Tier
-from topics.schemas import (
-    InvalidEvent,
-    Output,
-    Reply,
-    ReplyStatus,
-    Request,
-    RoutingDecision,
-    parse_request,
-)
+from topics.fields import ReplyStatus
+from topics.rejections import parse_request
+from topics.schemas import InvalidEvent, Output, Reply, Request, RoutingDecision
 
 
 class _Latency(msgspec.Struct, frozen=True):

@@ -2,7 +2,7 @@
 
 Each recorded request goes through the router's own two decisions, as ``Router._route`` makes
 them (:mod:`pipeline.router.logic`): the one definition of a valid request
-(:func:`topics.schemas.parse_request` under the recorded prefix, done once by the join) and the
+(:func:`topics.rejections.parse_request` under the recorded prefix, done once by the join) and the
 candidate's :meth:`RoutingPolicy.route` with the request record's timestamp as the time it was
 received; an invalid or :class:`Unroutable` request is a dead letter. Nothing is produced: a
 replay must not write decisions or dead letters, and skipping the router's record building keeps

@@ -29,7 +29,8 @@ from pipeline.topic_admin import create_topics
 from topics.catalogue import REQUESTS
 from topics.errors import UserFacingError
 from topics.headers import replay_headers
-from topics.schemas import InvalidEvent, parse_request
+from topics.rejections import parse_request
+from topics.schemas import InvalidEvent
 
 REPLAY_OF_CONTEXT = "replay_of"
 _MAX_CONTEXT = 32

@@ -45,10 +45,35 @@ from topics.headers import (
     REPLAY_OF_HEADER,
     TIER_HEADER,
 )
-from topics.schemas import EVENTS, MAX_CHAIN
+from topics.rejections import DeadLetter
+from topics.schemas import (
+    MAX_CHAIN,
+    ActiveNpc,
+    Event,
+    GameStateUpdate,
+    Intent,
+    Output,
+    Reply,
+    Request,
+    RoutingDecision,
+)
 from topics.wire_rules import WIRE_RULES, add_request_rules
 
 KAFKA_BINDING_VERSION = "0.5.0"
+
+#: Every event the catalogue's topics carry, in the order the exported documents list them (the
+#: components here, one JSON Schema file each in :mod:`topics.export`). Here rather than with the
+#: models because the dead letter lives with the rejection side, which imports the events.
+EVENTS: tuple[type[Event], ...] = (
+    Request,
+    Reply,
+    Output,
+    RoutingDecision,
+    DeadLetter,
+    GameStateUpdate,
+    Intent,
+    ActiveNpc,
+)
 
 #: Consumer settings that work for an external client on the embedded broker (and on real Kafka).
 CONSUMER_SETTINGS = {

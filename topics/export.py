@@ -13,15 +13,16 @@ from typing import Any
 
 import yaml
 
-from topics.asyncapi import asyncapi_document
-from topics.schemas import EVENTS, SCHEMA_VERSION, Event, Request
+from topics.asyncapi import EVENTS, asyncapi_document
+from topics.fields import SCHEMA_VERSION
+from topics.schemas import Event, Request
 from topics.wire_rules import add_request_rules
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def event_json_schema(model: type[Event], prefix: str = "") -> dict[str, Any]:
-    """The standalone JSON Schema for one event, as validated by :mod:`topics.schemas`.
+    """The standalone JSON Schema for one event, as its model validates it.
 
     For a request the reply-topic family and the byte limit under ``prefix`` are written in, so a
     client validating against this file rejects what the router would.

@@ -23,17 +23,17 @@ MAX_PROMPT_CHARS = 4000
 MAX_TOKENS_LIMIT = 2000
 MAX_LATENCY_BUDGET_MS = 3_600_000
 MAX_TIMESTAMP_MS = 2**53 - 1
-#: Dead letters keep at most this much of the original event.
-MAX_DEAD_LETTER_ORIGINAL = 256 * 1024
-#: A dead letter lists at most this many field errors (``errors_omitted`` counts the rest) ...
-MAX_DEAD_LETTER_ERRORS = 20
-#: ... each string in them cut to this many characters, so a dead letter never amplifies its input:
-#: its size is at most 4/3 of the original (base64) plus DEAD_LETTER_OVERHEAD_BYTES.
+#: Each string of a field error (:class:`topics.schemas.FieldError`) is cut to this many characters:
+#: a field path can echo hostile keys, and a dead letter must not amplify its input
+#: (:mod:`topics.rejections` holds the dead letter's own limits).
 MAX_ERROR_TEXT = 200
-MAX_REASON_CHARS = 4000
-DEAD_LETTER_OVERHEAD_BYTES = 24 * 1024
 #: An intent is a short action ("flee: run to the gate"), not dialogue.
 MAX_INTENT_CHARS = 256
+
+
+def cut_text(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters, the cut marked with an ellipsis, for a bounded string field."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _integral_float_to_int(value: Any) -> Any:
@@ -52,7 +52,8 @@ Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, patt
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
 #: A reply topic as the schema alone can check it; the family rule (prefix, tenant) is in
-#: :func:`parse_request` and, for the exported schema, in :func:`topics.wire_rules.add_request_rules`.
+#: :func:`topics.rejections.parse_request` and, for the exported schema, in
+#: :func:`topics.wire_rules.add_request_rules`.
 ReplyTopicName = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_REPLY_TOPIC_CHARS, pattern=r"^[A-Za-z0-9._-]+$")
 ]

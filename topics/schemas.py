@@ -1,31 +1,30 @@
-"""The event schemas, defined once as pydantic models and exported as JSON Schema / AsyncAPI.
+"""The events on the wire, defined once as pydantic models and exported as JSON Schema / AsyncAPI.
 
 Validation is strict on purpose: a game server written in C++ or C# generates its types from
 the exported JSON Schema, so the Python side must accept exactly what that schema accepts —
-no silent coercion of ``"8"`` to ``8``, no unknown fields. Every rejection names the field and
-the rule, and that text is what lands in the dead-letter record. The field types and limits
-are in :mod:`topics.fields` (re-exported here).
+no silent coercion of ``"8"`` to ``8``, no unknown fields. The field types and limits are in
+:mod:`topics.fields`; what becomes of an event that fails here (the dead letter, the one request
+parser) is :mod:`topics.rejections`.
+
+:class:`InvalidEvent` and the :class:`FieldError` it carries are defined here, with the events:
+decoding raises them (:meth:`Event.from_bytes` refuses a null, empty, oversized or non-UTF-8 body
+before pydantic sees it), so every reader of an event can name the failure without importing the
+rejection side, which itself imports these events.
 """
 
 from __future__ import annotations
 
-import base64
-import time
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from topics.catalogue import Tier, reply_topic_problem
-from topics.fields import (  # re-exported (see __all__): callers import the field types from here
-    DEAD_LETTER_OVERHEAD_BYTES,
-    MAX_DEAD_LETTER_ERRORS,
-    MAX_DEAD_LETTER_ORIGINAL,
+from topics.catalogue import Tier
+from topics.fields import (
     MAX_ERROR_TEXT,
     MAX_EVENT_BYTES,
     MAX_INTENT_CHARS,
     MAX_LATENCY_BUDGET_MS,
     MAX_PROMPT_CHARS,
-    MAX_REASON_CHARS,
     MAX_TOKENS_LIMIT,
     SCHEMA_VERSION,
     ContextKey,
@@ -39,8 +38,8 @@ from topics.fields import (  # re-exported (see __all__): callers import the fie
     Sla,
     TimestampMs,
     ToolName,
-    TopicName,
     bounded_int,
+    cut_text,
 )
 
 
@@ -60,6 +59,61 @@ class Event(BaseModel):
     def from_bytes(cls, raw: bytes | None) -> Self:
         """Parse and validate one event; raises :class:`InvalidEvent` with a readable reason."""
         return cls.model_validate_json(_decode_body(raw, cls.max_bytes))
+
+
+#: One broken rule of a refused event. No class docstring: pydantic would export it as the
+#: schema's description, and the exported documents are a contract.
+class FieldError(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    field: Annotated[str, StringConstraints(max_length=MAX_ERROR_TEXT)]
+    rule: Annotated[str, StringConstraints(max_length=MAX_ERROR_TEXT)]
+    message: Annotated[str, StringConstraints(max_length=MAX_ERROR_TEXT)]
+
+    @classmethod
+    def cut(cls, field: str, rule: str, message: str) -> FieldError:
+        """One error with each string cut to MAX_ERROR_TEXT (a field path can echo hostile keys)."""
+        return cls(
+            field=cut_text(field, MAX_ERROR_TEXT),
+            rule=cut_text(rule, MAX_ERROR_TEXT),
+            message=cut_text(message, MAX_ERROR_TEXT),
+        )
+
+
+class InvalidEvent(ValueError):
+    """An event the pipeline refuses; ``reason`` is one line naming each bad field and its rule.
+
+    Here, not in :mod:`topics.rejections`, because decoding an event raises it (``from_bytes``
+    below); ``parse_request`` there raises it too, for a request's field and reply-topic rules.
+    """
+
+    def __init__(self, reason: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errors = errors or []
+
+
+def _decode_body(raw: bytes | None, max_bytes: int | None) -> str:
+    if raw is None:
+        raise InvalidEvent(
+            "null value (a tombstone): expected a JSON object",
+            [FieldError(field="", rule="null_value", message="")],
+        )
+    if not raw:
+        raise InvalidEvent(
+            "empty body: expected a JSON object", [FieldError(field="", rule="empty", message="")]
+        )
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise InvalidEvent(
+            f"event is {len(raw)} bytes, over the {max_bytes}-byte limit",
+            [FieldError(field="", rule="max_event_bytes", message=f"{len(raw)} > {max_bytes}")],
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(
+            f"body is not valid UTF-8 (byte {exc.start}: {exc.reason})",
+            [FieldError(field="", rule="utf8", message=exc.reason)],
+        ) from None
 
 
 class Request(Event):
@@ -202,81 +256,6 @@ class RoutingDecision(Event):
     stage: Literal["router", "worker"] = "router"
 
 
-class FieldError(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-    field: Annotated[str, StringConstraints(max_length=MAX_ERROR_TEXT)]
-    rule: Annotated[str, StringConstraints(max_length=MAX_ERROR_TEXT)]
-    message: Annotated[str, StringConstraints(max_length=MAX_ERROR_TEXT)]
-
-    @classmethod
-    def cut(cls, field: str, rule: str, message: str) -> FieldError:
-        """One error with each string cut to MAX_ERROR_TEXT (a field path can echo hostile keys)."""
-        return cls(field=_cut(field), rule=_cut(rule), message=_cut(message))
-
-
-def _cut(text: str, limit: int = MAX_ERROR_TEXT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class DeadLetter(Event):
-    """An event that could not be accepted, with the original bytes (base64) and where it came from."""
-
-    event_name: ClassVar[str] = "dead_letter"
-    reason: Annotated[str, StringConstraints(max_length=MAX_REASON_CHARS)]
-    errors: Annotated[list[FieldError], Field(max_length=MAX_DEAD_LETTER_ERRORS)] = Field(
-        default_factory=list
-    )
-    errors_omitted: bounded_int() = Field(default=0, description="Field errors beyond the first 20.")
-    original_b64: str = Field(description="The original bytes, base64; cut to 256 KiB when larger.")
-    original_size: bounded_int()
-    original_truncated: bool = False
-    original_null: bool = Field(
-        default=False, description="The record's value was null (a tombstone), not an empty byte string."
-    )
-    source_topic: TopicName
-    source_partition: bounded_int()
-    source_offset: bounded_int()
-    stage: Literal["router", "worker", "sink"]
-    failed_at_ms: TimestampMs
-
-    def original(self) -> bytes:
-        return base64.b64decode(self.original_b64)
-
-    @classmethod
-    def of(
-        cls,
-        raw: bytes | None,
-        reason: str,
-        topic: str,
-        partition: int,
-        offset: int,
-        errors: list[FieldError] | None = None,
-        stage: Literal["router", "worker", "sink"] = "router",
-    ) -> DeadLetter:
-        """The record for one rejected event: its bytes (cut to fit a Kafka message) and its origin.
-
-        Bounded whatever the input: at most MAX_DEAD_LETTER_ERRORS errors with their strings cut,
-        the reason cut, so its size is ≤ 4/3 · len(raw) + DEAD_LETTER_OVERHEAD_BYTES.
-        """
-        body = raw or b""
-        kept = body[:MAX_DEAD_LETTER_ORIGINAL]
-        errors = errors or []
-        return cls(
-            reason=_cut(reason, MAX_REASON_CHARS),
-            errors=[FieldError.cut(e.field, e.rule, e.message) for e in errors[:MAX_DEAD_LETTER_ERRORS]],
-            errors_omitted=max(0, len(errors) - MAX_DEAD_LETTER_ERRORS),
-            original_b64=base64.b64encode(kept).decode(),
-            original_size=len(body),
-            original_truncated=len(kept) < len(body),
-            original_null=raw is None,
-            source_topic=topic,
-            source_partition=partition,
-            source_offset=offset,
-            stage=stage,
-            failed_at_ms=int(time.time() * 1000),
-        )
-
-
 JsonValue = Any
 
 
@@ -337,126 +316,21 @@ class ActiveNpc(Event):
     announced_at_ms: TimestampMs
 
 
-EVENTS: tuple[type[Event], ...] = (
-    Request,
-    Reply,
-    Output,
-    RoutingDecision,
-    DeadLetter,
-    GameStateUpdate,
-    Intent,
-    ActiveNpc,
-)
-
-
-class InvalidEvent(ValueError):
-    """An event the pipeline refuses; ``reason`` is one line naming each bad field and its rule."""
-
-    def __init__(self, reason: str, errors: list[FieldError] | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.errors = errors or []
-
-
-def _decode_body(raw: bytes | None, max_bytes: int | None) -> str:
-    if raw is None:
-        raise InvalidEvent(
-            "null value (a tombstone): expected a JSON object",
-            [FieldError(field="", rule="null_value", message="")],
-        )
-    if not raw:
-        raise InvalidEvent(
-            "empty body: expected a JSON object", [FieldError(field="", rule="empty", message="")]
-        )
-    if max_bytes is not None and len(raw) > max_bytes:
-        raise InvalidEvent(
-            f"event is {len(raw)} bytes, over the {max_bytes}-byte limit",
-            [FieldError(field="", rule="max_event_bytes", message=f"{len(raw)} > {max_bytes}")],
-        )
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent(
-            f"body is not valid UTF-8 (byte {exc.start}: {exc.reason})",
-            [FieldError(field="", rule="utf8", message=exc.reason)],
-        ) from None
-
-
-def field_errors(exc: ValidationError) -> list[FieldError]:
-    """Pydantic's errors as (field path, rule, message) triples."""
-    out = []
-    for err in exc.errors(include_url=False):
-        path = ".".join(str(p) for p in err["loc"]) or "(body)"
-        out.append(FieldError.cut(path, err["type"], err["msg"]))
-    return out
-
-
-def parse_request(raw: bytes | None, prefix: str | None = None) -> Request:
-    """Decode and validate an intake event under a topic prefix; failures become :class:`InvalidEvent`.
-
-    This is the one definition of a valid request (router and workers call it): the exported
-    JSON Schema for the same prefix accepts exactly these events, but for the cross-field
-    tenant rule of ``reply_topic`` and the byte limit, which its description states. With
-    ``prefix`` None the reply-topic family is not checked (reading recorded traffic).
-    """
-    try:
-        request = Request.from_bytes(raw)
-    except ValidationError as exc:
-        errors = field_errors(exc)
-        shown = "; ".join(f"{e.field}: {e.message} [{e.rule}]" for e in errors[:MAX_DEAD_LETTER_ERRORS])
-        omitted = len(errors) - MAX_DEAD_LETTER_ERRORS
-        more = f"; and {omitted} more" if omitted > 0 else ""
-        raise InvalidEvent(f"invalid request: {shown}{more}", errors) from None
-    if request.reply_topic is not None and prefix is not None:
-        problem = reply_topic_problem(request.reply_topic, prefix, request.tenant_id)
-        if problem:
-            error = FieldError.cut("reply_topic", "reply_topic_family", problem)
-            raise InvalidEvent(f"invalid request: reply_topic: {problem} [reply_topic_family]", [error])
-    return request
-
-
 __all__ = [
-    "DEAD_LETTER_OVERHEAD_BYTES",
     "MAX_CHAIN",
-    "MAX_DEAD_LETTER_ERRORS",
-    "MAX_DEAD_LETTER_ORIGINAL",
-    "MAX_ERROR_TEXT",
-    "MAX_EVENT_BYTES",
-    "MAX_INTENT_CHARS",
-    "MAX_LATENCY_BUDGET_MS",
-    "MAX_PROMPT_CHARS",
-    "MAX_REASON_CHARS",
-    "MAX_TOKENS_LIMIT",
-    "SCHEMA_VERSION",
     "ActiveNpc",
-    "ContextKey",
-    "ContextValue",
-    "DeadLetter",
     "Event",
     "FieldError",
     "GameStateUpdate",
-    "Identifier",
     "Intent",
     "InvalidEvent",
     "JsonValue",
     "Latency",
     "Output",
     "Reply",
-    "ReplyStatus",
-    "ReplyTopicName",
     "Request",
-    "RequestId",
     "RoutingDecision",
-    "SchemaVersion",
-    "ServedBy",
-    "Sla",
     "TierAttempt",
-    "TimestampMs",
     "TokenUsage",
     "ToolCall",
-    "ToolName",
-    "TopicName",
-    "bounded_int",
-    "field_errors",
-    "parse_request",
 ]

@@ -34,8 +34,9 @@ from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from pipeline.observability.scrape import Scrape
 from topics.catalogue import TIER_TOPICS, Tier
+from topics.fields import ServedBy, Sla
 from topics.policy import RoutingPolicy
-from topics.schemas import Intent, Reply, ServedBy, Sla
+from topics.schemas import Intent, Reply
 
 TENANT = "npcflow-validate"
 #: Silver's and Bronze's probes may take this long: the tier must answer, however slowly.

@@ -20,7 +20,8 @@ from pipeline.router.gold import GoldPath
 from topics.catalogue import DLQ, ROUTING, TIER_TOPICS, Tier
 from topics.headers import Headers, Produce, Record, deadline_headers, now_ms
 from topics.policy import Route, RoutingPolicy, Unroutable
-from topics.schemas import DeadLetter, InvalidEvent, Request, RoutingDecision, parse_request
+from topics.rejections import DeadLetter, parse_request
+from topics.schemas import InvalidEvent, Request, RoutingDecision
 
 log = logging.getLogger("npcflow.router")
 

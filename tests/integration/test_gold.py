@@ -26,7 +26,8 @@ from pipeline.intents import DefaultIntents, IntentCache
 from pipeline.topic_admin import create_topics
 from tests.integration.kafka_util import eventually, read_topic
 from topics.catalogue import ACTIVE, Tier
-from topics.schemas import ActiveNpc, Intent, Reply, ServedBy, Sla
+from topics.fields import ServedBy, Sla
+from topics.schemas import ActiveNpc, Intent, Reply
 from workers.cache.intents import IntentStore
 
 ENGINES = {Tier.GOLD: "scripted:latency_ms=5", Tier.SILVER: "scripted:latency_ms=2"}

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from tests.examples import VALID_REQUEST
+from topics.asyncapi import EVENTS
 from topics.catalogue import CATALOGUE, REPLIES
-from topics.schemas import EVENTS
 
 
 def test_schema_export_writes_json_schemas_and_asyncapi(tmp_path: Path) -> None:

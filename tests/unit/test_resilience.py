@@ -15,6 +15,7 @@ from pipeline.router.breakers import RouterFallback
 from pipeline.router.logic import Router, Source
 from tests.examples import VALID_REQUEST, encode
 from topics.catalogue import Tier
+from topics.fields import ReplyStatus, Sla
 from topics.headers import (
     ATTEMPT_HEADER,
     FROM_HEADER,
@@ -26,7 +27,7 @@ from topics.headers import (
     refresh_headers,
 )
 from topics.policy import RoutingPolicy
-from topics.schemas import ReplyStatus, Request, RoutingDecision, Sla
+from topics.schemas import Request, RoutingDecision
 from workers.engines.base import EngineError, EngineResult, EngineUnavailable
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.resilience import BreakerOpen, DeadlineReached, TierResilience, wrap_engine

@@ -12,7 +12,8 @@ from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, encode, with
 from tests.unit.fakes import Topics
 from topics.headers import DEADLINE_HEADER, TIER_HEADER
 from topics.policy import RoutingPolicy
-from topics.schemas import DeadLetter, RoutingDecision
+from topics.rejections import DeadLetter
+from topics.schemas import RoutingDecision
 
 NOW_MS = 1_790_000_000_100
 SOURCE = Source("p.npc.requests", 3, 41)

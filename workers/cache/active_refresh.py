@@ -37,7 +37,8 @@ from pipeline.intents import ARCHETYPE_KEY
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import families, metrics
 from topics.catalogue import ACTIVE
-from topics.schemas import ActiveNpc, InvalidEvent, Request, Sla
+from topics.fields import Sla
+from topics.schemas import ActiveNpc, InvalidEvent, Request
 from workers.cache.refresh_schedule import ActiveEntry, RefreshSchedule
 from workers.cache.refresh_serving import RefreshServing
 from workers.resilience.fair_share import FairShare

@@ -11,7 +11,8 @@ from typing import Any, NamedTuple
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from topics.schemas import FieldError, InvalidEvent, Output, field_errors
+from topics.rejections import field_errors
+from topics.schemas import FieldError, InvalidEvent, Output
 from workers.sinks.base import Sink
 
 

@@ -34,7 +34,7 @@ from pipeline.config import Settings
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import metrics
 from topics.catalogue import OUTPUTS, SINK_DLQ
-from topics.schemas import DeadLetter
+from topics.rejections import DeadLetter
 from workers.group_member import GroupMember, past
 from workers.process import serve
 from workers.sinks.base import Sink
