@@ -1,7 +1,7 @@
 """What every benchmark shares: the broker it ran on, fresh topics, the load's pacing and reply
 matching, CPU accounting, and what the broker holds.
 
-Every measured segment starts on topics of its own (a new prefix, :func:`fresh_prefix`) created
+Every measured segment starts on topics of its own (a new prefix, :func:`fresh_topics`) created
 with the benchmark retention (:data:`topics.catalogue.BENCHMARK_TOPIC_CONFIG`), so segments never
 read each other's traffic, and the JSON says which broker it was and how many records each
 partition held at the end of a segment. A load sends at a steady rate (:func:`pace`) and matches
@@ -77,6 +77,13 @@ def fresh_prefix(label: str) -> str:
 
 def create_fresh_topics(settings: Settings, prefix: str) -> None:
     asyncio.run(create_embedded_topics(settings, prefix, overrides=BENCHMARK_TOPIC_CONFIG))
+
+
+def fresh_topics(settings: Settings, label: str) -> str:
+    """A new prefix for one of ``label``'s segments, with its topics created; returns the prefix."""
+    prefix = fresh_prefix(label)
+    create_fresh_topics(settings, prefix)
+    return prefix
 
 
 def cpu_seconds(pid: int) -> float:

@@ -30,8 +30,7 @@ from benchkit import (
     CpuMeter,
     PendingReplies,
     bench_settings,
-    create_fresh_topics,
-    fresh_prefix,
+    fresh_topics,
     load_clients,
     pace,
     realtime_request,
@@ -147,8 +146,7 @@ def run(settings: Settings, rate: float, duration: float, window_s: float) -> di
     with ExitStack() as stack:
         broker = start_broker(settings, work, stack)
         settings = broker.settings
-        prefix = fresh_prefix("soak")
-        create_fresh_topics(settings, prefix)
+        prefix = fresh_topics(settings, "soak")
         env = {"NPCFLOW_KAFKA_BOOTSTRAP": settings.require_kafka(), "NPCFLOW_TOPIC_PREFIX": prefix}
         procs = PipelineProcesses(
             env, work / "pipeline", workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=5"}

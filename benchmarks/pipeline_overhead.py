@@ -27,8 +27,7 @@ from benchkit import (
     CpuMeter,
     PendingReplies,
     bench_settings,
-    create_fresh_topics,
-    fresh_prefix,
+    fresh_topics,
     load_clients,
     pace,
     realtime_request,
@@ -156,8 +155,7 @@ def run(settings: Settings, rate: float, duration: float, segments: int) -> dict
         pipe = Side("pipeline", key_by_request=False)
         for k in range(segments):
             for side in (floor, pipe):
-                prefix = fresh_prefix(side.name)
-                create_fresh_topics(settings, prefix)
+                prefix = fresh_topics(settings, side.name)
                 with ExitStack() as processes:
                     pids = starters[side.name](bootstrap, prefix, work / f"{side.name}-{k}", processes)
                     side.pids = ({"broker": broker.pid} if broker.pid else {}) | pids | {"load": os.getpid()}

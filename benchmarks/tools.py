@@ -33,8 +33,7 @@ from aiokafka import ConsumerRecord
 from benchkit import (
     PendingReplies,
     bench_settings,
-    create_fresh_topics,
-    fresh_prefix,
+    fresh_topics,
     load_clients,
     pace,
     start_broker,
@@ -196,8 +195,7 @@ def run(
         for k in range(segments):
             for side in (base, tools):
                 print(f"segment {k + 1}/{segments}: {side.name}", file=sys.stderr, flush=True)
-                prefix = fresh_prefix(f"tools-{side.name}")
-                create_fresh_topics(settings, prefix)
+                prefix = fresh_topics(settings, f"tools-{side.name}")
                 with ExitStack() as processes:
                     start_processes(settings, prefix, work / f"{side.name}-{k}", processes, engine_ms)
                     asyncio.run(segment(settings, prefix, side, rate, duration / segments))
