@@ -24,19 +24,21 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord
 from benchkit import (
     Broker,
-    cpu_seconds,
-    create_fresh_topics,
-    fresh_prefix,
+    CpuMeter,
+    PendingReplies,
+    bench_settings,
+    fresh_topics,
+    load_clients,
+    pace,
     realtime_request,
     records_per_partition,
     start_broker,
 )
 
 from devstack.processes import PipelineProcesses
-from pipeline import eventloop, kafka
 from pipeline.config import Settings
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import REPLIES, REQUESTS, REQUESTS_GOLD, Tier
@@ -96,72 +98,47 @@ async def load(
     settings: Settings, prefix: str, rate: float, duration: float, windows: Windows
 ) -> tuple[int, int, Counter[str]]:
     """Send ``rate`` Gold requests per second for ``duration`` s; returns (sent, received, statuses)."""
-    intake, replies = REQUESTS.name(prefix), REPLIES.name(prefix)
-    producer = kafka.producer(settings, "soak-load")
-    consumer = kafka.consumer(settings, "soak-load")
-    await producer.start()
-    await consumer.start()
-    tps = [TopicPartition(replies, p) for p in sorted(await kafka.partitions(consumer, replies))]
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)  # fresh topics: every reply on them is ours
-    sent_at: dict[str, float] = {}
+    intake = REQUESTS.name(prefix)
+    producer, consumer = await load_clients(settings, "soak-load", REPLIES.name(prefix))
     statuses: Counter[str] = Counter()
     received = 0
-    start = time.perf_counter()
-    done_sending = asyncio.Event()
 
-    async def receive() -> None:
+    def on_reply(record: ConsumerRecord, t0: float, now: float) -> None:
         nonlocal received
-        drain_deadline: float | None = None
-        while sent_at or not done_sending.is_set():
-            if done_sending.is_set():
-                drain_deadline = drain_deadline or time.perf_counter() + DRAIN_S
-                if time.perf_counter() > drain_deadline:
-                    return
-            batches = await consumer.getmany(timeout_ms=50)
-            now = time.perf_counter()
-            for records in batches.values():
-                for r in records:
-                    rid = (r.key or b"").decode()
-                    t0 = sent_at.pop(rid, None)
-                    if t0 is None:
-                        continue
-                    received += 1
-                    statuses[Reply.from_bytes(r.value).status.value] += 1
-                    i = windows.index(t0 - start)
-                    windows.received[i] += 1
-                    if t0 - start >= WARMUP_S:
-                        windows.latencies.setdefault(i, []).append((now - t0) * 1000)
+        received += 1
+        statuses[Reply.from_bytes(record.value).status.value] += 1
+        i = windows.index(t0 - start)
+        windows.received[i] += 1
+        if t0 - start >= WARMUP_S:
+            windows.latencies.setdefault(i, []).append((now - t0) * 1000)
 
-    receiver = asyncio.create_task(receive())
-    tick, owed, n, next_tick = 0.005, 0.0, 0, start
+    pending: PendingReplies[float] = PendingReplies(on_reply, drain_s=DRAIN_S)
     current = 0
-    while (elapsed := time.perf_counter() - start) < duration:
+
+    def on_tick(elapsed: float) -> None:
+        nonlocal current
         if windows.index(elapsed) > current:
             windows.close_window()
             if current > 0:
                 windows.print_row(current - 1)
             current = windows.index(elapsed)
-        owed += rate * tick
-        while owed >= 1:
-            owed -= 1
-            request = realtime_request(n, "soak", "s")
-            rid = request.request_id
-            sent_at[rid] = time.perf_counter()
-            windows.sent[windows.index(sent_at[rid] - start)] += 1
-            await producer.send(intake, request.to_bytes(), key=request.npc_id.encode())
-            n += 1
-        next_tick += tick
-        await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
+
+    async def send(n: int) -> None:
+        request = realtime_request(n, "soak", "s")
+        sent_at = pending.sent[request.request_id.encode()] = time.perf_counter()
+        windows.sent[windows.index(sent_at - start)] += 1
+        await producer.send(intake, request.to_bytes(), key=request.npc_id.encode())
+
+    start = time.perf_counter()
+    pending.start(consumer)
+    sent = await pace(rate, duration, send, on_tick)
     windows.close_window()
-    await producer.flush()
-    done_sending.set()
-    await receiver
+    await pending.finish(producer)
     for i in range(max(0, current - 1), windows.index(duration - 1e-9) + 1):
         windows.print_row(i)
     await consumer.stop()
     await producer.stop()
-    return n, received, statuses
+    return sent, received, statuses
 
 
 def run(settings: Settings, rate: float, duration: float, window_s: float) -> dict[str, object]:
@@ -169,15 +146,13 @@ def run(settings: Settings, rate: float, duration: float, window_s: float) -> di
     with ExitStack() as stack:
         broker = start_broker(settings, work, stack)
         settings = broker.settings
-        prefix = fresh_prefix("soak")
-        create_fresh_topics(settings, prefix)
+        prefix = fresh_topics(settings, "soak")
         env = {"NPCFLOW_KAFKA_BOOTSTRAP": settings.require_kafka(), "NPCFLOW_TOPIC_PREFIX": prefix}
         procs = PipelineProcesses(
             env, work / "pipeline", workers={Tier.GOLD: 1}, engines={Tier.GOLD: "scripted:latency_ms=5"}
         )
         stack.enter_context(procs)
-        pids = {p.name: p.pid for p, _ in procs.procs} | {"load": os.getpid()}
-        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        cpu = CpuMeter({p.name: p.pid for p, _ in procs.procs} | {"load": os.getpid()})
         print(
             f"soak: {rate:.0f} req/s for {duration:.0f} s on {broker.identity['broker']} "
             f"({broker.identity['broker']}), windows of {window_s:.0f} s",
@@ -189,7 +164,7 @@ def run(settings: Settings, rate: float, duration: float, window_s: float) -> di
         sent, received, statuses = asyncio.run(load(settings, prefix, rate, duration, windows))
         wall = time.perf_counter() - t0
         broker_cores = round((broker.cpu_s() - cpu0) / wall, 2) if broker.pid else None
-        cores = {name: round((cpu_seconds(pid) - cpu_before[name]) / wall, 2) for name, pid in pids.items()}
+        cores = cpu.cores(wall)
         held = asyncio.run(records_per_partition(settings, prefix, (REQUESTS, REQUESTS_GOLD, REPLIES)))
         rss = broker.rss_mib()
     rows = [windows.row(i) for i in range(windows.index(duration - 1e-9) + 1)]
@@ -226,10 +201,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0, help="seconds per reported window (default 10)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     args = parser.parse_args()
-    # The environment only: a stack.env left in .npcflow must not pick the broker by accident.
-    settings = Settings.from_env(stack_file=False)
-    eventloop.install(settings.process.event_loop)
-    result = run(settings, args.rate, args.duration, args.window)
+    result = run(bench_settings(), args.rate, args.duration, args.window)
     if not args.json:
         print(
             f"first p95 {result['first_p95_ms']} ms, last p95 {result['last_p95_ms']} ms, "

@@ -10,14 +10,16 @@ import asyncio
 import sys
 import threading
 import time
+import uuid
 from array import array
-from collections.abc import Awaitable, Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from benchkit import create_fresh_topics, load_clients
+from aiokafka import ConsumerRecord
+from benchkit import PendingReplies, ReplyReader, create_fresh_topics, load_clients, pace
 
 from devstack.processes import PipelineProcesses
 from pipeline.config import Settings
@@ -25,7 +27,7 @@ from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from pipeline.observability.scrape import Scrape, scrape
 from topics.catalogue import REPLIES, REQUESTS, Tier
-from topics.schemas import Reply
+from topics.schemas import Reply, Request, Sla
 
 ARCHETYPES = ("guard", "merchant", "villager", "wolf", "bandit", "child")
 
@@ -36,6 +38,47 @@ def log(message: str) -> None:
 
 def archetype(index: int) -> str:
     return ARCHETYPES[index % len(ARCHETYPES)]
+
+
+def gold_request(n: int, npc_id: str, kind: str, budget_ms: int) -> Request:
+    """The ``n``-th Gold request of a load: a game event near an NPC of archetype ``kind``, created now."""
+    return Request(
+        request_id=f"g{n:08d}-{uuid.uuid4().hex[:6]}",
+        npc_id=npc_id,
+        tenant_id="bench",
+        prompt="A wolf jumps out of the bushes.",
+        max_tokens=8,
+        sla=Sla.REALTIME,
+        latency_budget_ms=budget_ms,
+        context={"archetype": kind},
+        created_at_ms=int(time.time() * 1000),
+    )
+
+
+@dataclass
+class GoldReplies:
+    """The requests a Gold load sent once measuring, and the replies to them (both modes' tally)."""
+
+    #: Request id → when it was created (epoch ms), for the requests measured.
+    created_ms: dict[str, float] = field(default_factory=dict)
+    reply_ms: list[float] = field(default_factory=list)
+    served_by: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+    replied: int = 0
+    duplicates: int = 0
+
+    def measured(self, request: Request) -> None:
+        self.created_ms[request.request_id] = request.created_at_ms
+        self.sent += 1
+
+    def count(self, reply: Reply, created: float, arrived_ms: float) -> bool:
+        """Count ``reply`` if its request was measured (else it is the warm-up's); says which."""
+        if reply.request_id not in self.created_ms:
+            return False
+        self.replied += 1
+        self.reply_ms.append(arrived_ms - created)
+        self.served_by[reply.served_by.value] += 1
+        return True
 
 
 def gold_processes(
@@ -138,59 +181,23 @@ class FrameReader(threading.Thread):
                 next_frame = time.perf_counter()
 
 
-async def pace(
-    rate: float,
-    duration: float,
-    send: Callable[[int], Awaitable[None]],
-    on_tick: Callable[[float], None] | None = None,
-) -> int:
-    """Call ``send(n)`` ``rate`` times a second for ``duration`` seconds, in 5 ms ticks."""
-    tick, owed, n = 0.005, 0.0, 0
-    start = next_tick = time.perf_counter()
-    while time.perf_counter() - start < duration:
-        owed += rate * tick
-        while owed >= 1:
-            owed -= 1
-            await send(n)
-            n += 1
-        if on_tick is not None:
-            on_tick(time.perf_counter() - start)
-        next_tick += tick
-        await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
-    return n
-
-
 async def floor_segment(settings: Settings, prefix: str, rate: float, duration: float) -> list[float]:
     """Produce → relay process → consume (two hops), keyed by request id; milliseconds per record."""
-    intake, replies = REQUESTS.name(prefix), REPLIES.name(prefix)
-    producer, consumer = await load_clients(settings, "bench-floor", replies)
-    sent_at: dict[bytes, float] = {}
+    intake = REQUESTS.name(prefix)
+    producer, consumer = await load_clients(settings, "bench-floor", REPLIES.name(prefix))
     latencies: list[float] = []
-    done = asyncio.Event()
-
-    async def receive() -> None:
-        while not (done.is_set() and not sent_at):
-            batches = await consumer.getmany(timeout_ms=50)
-            now = time.perf_counter()
-            for records in batches.values():
-                for r in records:
-                    t0 = sent_at.pop(r.key or b"", None)
-                    if t0 is not None:
-                        latencies.append((now - t0) * 1000)
+    pending: PendingReplies[float] = PendingReplies(
+        lambda _record, t0, now: latencies.append((now - t0) * 1000)
+    )
 
     async def send(n: int) -> None:
         key = f"f{n:08d}".encode()
-        sent_at[key] = time.perf_counter()
+        pending.sent[key] = time.perf_counter()
         await producer.send(intake, b'{"floor":true,"pad":"' + b"x" * 200 + b'"}', key=key)
 
-    receiver = asyncio.create_task(receive())
+    pending.start(consumer)
     await pace(rate, duration, send)
-    await producer.flush()
-    done.set()
-    try:
-        await asyncio.wait_for(receiver, timeout=10.0)
-    except TimeoutError:
-        receiver.cancel()
+    await pending.finish(producer)
     await consumer.stop()
     await producer.stop()
     return latencies
@@ -218,46 +225,26 @@ def floor_run(
     return latencies
 
 
-@dataclass
-class ReplyMatcher:
-    """Replies matched to the requests sent: each counted once, a second copy as a duplicate."""
+class ReplyMatcher(ReplyReader[float]):
+    """Gold's replies matched by the request id they carry: each counted once, a second copy as a duplicate.
 
-    #: Request id → when it was created (epoch ms), until its reply arrives.
-    pending: dict[str, float] = field(default_factory=dict)
-    answered: set[str] = field(default_factory=set)
-    duplicates: int = 0
-    _done: asyncio.Event = field(default_factory=asyncio.Event)
-    _reader: asyncio.Task[None] | None = None
+    :attr:`sent` maps a request id (bytes) to when it was created (epoch ms), and
+    ``on_reply(reply, created_ms, arrived_ms)`` runs once a request, on the same clock.
+    """
 
-    def start(self, consumer: AIOKafkaConsumer, on_reply: Callable[[Reply, float, float], None]) -> None:
-        """Read replies in the background until :meth:`finish`."""
-        self._reader = asyncio.create_task(self.read(consumer, self._done, on_reply))
+    def __init__(self, on_reply: Callable[[Reply, float, float], None]) -> None:
+        super().__init__(drain_s=15.0, poll_ms=20, clock=lambda: time.time() * 1000)
+        self._on_reply = on_reply
+        self.answered: set[str] = set()
+        self.duplicates = 0
 
-    async def finish(self, producer: AIOKafkaProducer, timeout_s: float = 15.0) -> None:
-        """Flush the requests, then wait (at most ``timeout_s``) for the replies still pending."""
-        await producer.flush()
-        self._done.set()
-        assert self._reader is not None, "start() first"
-        try:
-            await asyncio.wait_for(self._reader, timeout=timeout_s)
-        except TimeoutError:
-            self._reader.cancel()
-
-    async def read(
-        self, consumer: AIOKafkaConsumer, done: asyncio.Event, on_reply: Callable[[Reply, float, float], None]
-    ) -> None:
-        """Until ``done`` and nothing pending: ``on_reply(reply, created_ms, arrived_ms)`` once a request."""
-        while not (done.is_set() and not self.pending):
-            batches = await consumer.getmany(timeout_ms=20)
-            arrived_ms = time.time() * 1000
-            for records in batches.values():
-                for r in records:
-                    reply = Reply.from_bytes(r.value)
-                    if reply.request_id in self.answered:
-                        self.duplicates += 1
-                        continue
-                    created = self.pending.pop(reply.request_id, None)
-                    if created is None:
-                        continue  # not this run's
-                    self.answered.add(reply.request_id)
-                    on_reply(reply, created, arrived_ms)
+    def _match(self, record: ConsumerRecord, arrived: float) -> None:
+        reply = Reply.from_bytes(record.value)
+        if reply.request_id in self.answered:
+            self.duplicates += 1
+            return
+        created = self.sent.pop(reply.request_id.encode(), None)
+        if created is None:
+            return  # not this run's
+        self.answered.add(reply.request_id)
+        self._on_reply(reply, created, arrived)

@@ -22,21 +22,27 @@ import asyncio
 import random
 import statistics
 import time
-import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchkit import load_clients
-from gold_common import FrameReader, ReplyMatcher, archetype, gold_processes, log, pace, scrape_procs
+from benchkit import load_clients, pace
+from gold_common import (
+    FrameReader,
+    GoldReplies,
+    ReplyMatcher,
+    archetype,
+    gold_processes,
+    gold_request,
+    log,
+    scrape_procs,
+)
 
 from devstack.processes import PipelineProcesses
 from pipeline.config import Settings
 from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import REPLIES, REQUESTS
-from topics.fields import Sla
-from topics.schemas import Intent, Reply, Request
+from topics.schemas import Intent, Reply
 
 CHURN_EVERY_S = 10.0
 CHURN_SHARE = 0.10
@@ -84,53 +90,33 @@ class ActiveSet:
 
 
 @dataclass
-class Replies:
-    created_ms: dict[str, float] = field(default_factory=dict)
-    reply_ms: list[float] = field(default_factory=list)
+class Replies(GoldReplies):
     #: Created → the router answered (the reply's replied_at_ms): the rest is the reply's way back.
     answered_ms: list[float] = field(default_factory=list)
-    served_by: Counter[str] = field(default_factory=Counter)
-    sent: int = 0
-    replied: int = 0
-    duplicates: int = 0
 
 
 async def requests(settings: Settings, prefix: str, active: ActiveSet, args: argparse.Namespace) -> Replies:
     """Gold requests at ``args.rate`` over the active NPCs for the warm-up and the measured window."""
     producer, consumer = await load_clients(settings, "bench-game", REPLIES.name(prefix))
-    out, matcher = Replies(), ReplyMatcher()
-    pending = matcher.pending
+    out = Replies()
     measuring = {"on": False}
 
     def on_reply(reply: Reply, created: float, arrived_ms: float) -> None:
-        if reply.request_id in out.created_ms:
-            out.replied += 1
-            out.reply_ms.append(arrived_ms - created)
+        if out.count(reply, created, arrived_ms):
             out.answered_ms.append(reply.replied_at_ms - created)
-            out.served_by[reply.served_by.value] += 1
+
+    matcher = ReplyMatcher(on_reply)
 
     async def send(n: int) -> None:
         members = active.members
         npc_id, kind = members[n * 7919 % len(members)]
-        created_ms = int(time.time() * 1000)
-        request = Request(
-            request_id=f"g{n:08d}-{uuid.uuid4().hex[:6]}",
-            npc_id=npc_id,
-            tenant_id="bench",
-            prompt="A wolf jumps out of the bushes.",
-            max_tokens=8,
-            sla=Sla.REALTIME,
-            latency_budget_ms=args.budget_ms,
-            context={"archetype": kind},
-            created_at_ms=created_ms,
-        )
-        pending[request.request_id] = created_ms
+        request = gold_request(n, npc_id, kind, args.budget_ms)
+        matcher.sent[request.request_id.encode()] = request.created_at_ms
         if measuring["on"]:
-            out.created_ms[request.request_id] = created_ms
-            out.sent += 1
+            out.measured(request)
         await producer.send(REQUESTS.name(prefix), request.to_bytes(), key=npc_id.encode())
 
-    matcher.start(consumer, on_reply)
+    matcher.start(consumer)
     await pace(args.rate, args.warmup, send)
     measuring["on"] = True
     await pace(args.rate, args.duration, send)

@@ -34,24 +34,24 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Coroutine
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchkit import cpu_seconds, create_fresh_topics, load_clients
+from benchkit import cpu_seconds, create_fresh_topics, load_clients, pace
 from gold_common import (
     FrameReader,
+    GoldReplies,
     ReplyMatcher,
     archetype,
     floor_relay,
     floor_run,
     floor_segment,
     gold_processes,
+    gold_request,
     log,
-    pace,
     scrape_procs,
 )
 from gold_game import game_segment, run_capacity
@@ -63,8 +63,7 @@ from pipeline.config import Settings
 from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import REPLIES, REQUESTS
-from topics.fields import Sla
-from topics.schemas import Intent, Reply, Request
+from topics.schemas import Intent, Reply
 
 TARGETS = {
     "model_intent_share": 0.95,
@@ -76,22 +75,16 @@ TARGETS = {
 
 
 @dataclass
-class Load:
+class Load(GoldReplies):
     """What the requests mode measured."""
 
-    created_ms: dict[str, float] = field(default_factory=dict)
-    reply_ms: list[float] = field(default_factory=list)
-    served_by: Counter[str] = field(default_factory=Counter)
     freshness_ms: list[float] = field(default_factory=list)
     #: An NPC's first measured request → its first model intent after it.
     first_intent_ms: list[float] = field(default_factory=list)
     first_asked: dict[str, float] = field(default_factory=dict)
     #: created → the router answered (intake hop + router), from the reply's own latency.
     router_ms: list[float] = field(default_factory=list)
-    sent: int = 0
-    replied: int = 0
     late_flagged: int = 0
-    duplicates: int = 0
 
 
 async def gold_load(
@@ -100,20 +93,17 @@ async def gold_load(
     """``--mode requests``: Gold requests for every NPC in turn (the only thing that makes NPCs active)."""
     intake, replies = REQUESTS.name(prefix), REPLIES.name(prefix)
     producer, consumer = await load_clients(settings, "bench-gold", replies)
-    matcher = ReplyMatcher()
-    pending = matcher.pending
     measuring = {"on": False}
 
     def on_reply(reply: Reply, created: float, arrived_ms: float) -> None:
-        if reply.request_id not in load.created_ms:
+        if not load.count(reply, created, arrived_ms):
             return  # warm-up
-        load.replied += 1
-        load.reply_ms.append(arrived_ms - created)
-        load.served_by[reply.served_by.value] += 1
         load.router_ms.append(reply.latency.total_ms)
         load.late_flagged += reply.late
         if reply.intent_age_ms is not None:
             load.freshness_ms.append(reply.intent_age_ms)
+
+    matcher = ReplyMatcher(on_reply)
 
     def refreshed(intent: Intent) -> None:
         asked = load.first_asked.pop(intent.npc_id, None)
@@ -124,24 +114,12 @@ async def gold_load(
 
     async def send(n: int) -> None:
         npc = n * 7919 % args.npcs  # every NPC, spread over the run
-        created_ms = int(time.time() * 1000)
-        request = Request(
-            request_id=f"g{n:08d}-{uuid.uuid4().hex[:6]}",
-            npc_id=f"npc-{npc:04d}",
-            tenant_id="bench",
-            prompt="A wolf jumps out of the bushes.",
-            max_tokens=8,
-            sla=Sla.REALTIME,
-            latency_budget_ms=args.budget_ms,
-            context={"archetype": archetype(npc)},
-            created_at_ms=created_ms,
-        )
-        pending[request.request_id] = created_ms
+        request = gold_request(n, f"npc-{npc:04d}", archetype(npc), args.budget_ms)
+        matcher.sent[request.request_id.encode()] = request.created_at_ms
         if measuring["on"]:
-            load.created_ms[request.request_id] = created_ms
-            load.sent += 1
+            load.measured(request)
             if cache.get_intent(request.npc_id).is_default:
-                load.first_asked.setdefault(request.npc_id, created_ms)
+                load.first_asked.setdefault(request.npc_id, request.created_at_ms)
         await producer.send(intake, request.to_bytes(), key=request.npc_id.encode())
 
     last = {"s": -1}
@@ -157,7 +135,7 @@ async def gold_load(
                 f"intents {len(cache)}"
             )
 
-    matcher.start(consumer, on_reply)
+    matcher.start(consumer)
     log(f"warm-up {args.warmup:.0f} s at {args.rate:g} req/s")
     await pace(args.rate, args.warmup, send)
     measuring["on"] = True

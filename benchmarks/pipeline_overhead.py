@@ -22,18 +22,20 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord
 from benchkit import (
-    cpu_seconds,
-    create_fresh_topics,
-    fresh_prefix,
+    CpuMeter,
+    PendingReplies,
+    bench_settings,
+    fresh_topics,
+    load_clients,
+    pace,
     realtime_request,
     records_per_partition,
     start_broker,
 )
 
 from devstack.processes import PipelineProcesses
-from pipeline import eventloop, kafka
 from pipeline.config import Settings
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import REPLIES, REQUESTS, REQUESTS_GOLD, Tier
@@ -72,65 +74,38 @@ class Side:
         return {name: round(1000 * sec / self.received, 3) for name, sec in self.cpu_s.items()}
 
 
-_cpu = cpu_seconds
-
-
 async def segment(settings: Settings, side: Side, prefix: str, rate: float, duration: float) -> None:
     """Send ``rate`` req/s for ``duration`` s through one side and record its latencies."""
-    intake, replies = REQUESTS.name(prefix), REPLIES.name(prefix)
-    producer = kafka.producer(settings, "bench-load")
-    consumer = kafka.consumer(settings, "bench-load")
-    await producer.start()
-    await consumer.start()
-    tps = [TopicPartition(replies, p) for p in sorted(await kafka.partitions(consumer, replies))]
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)  # fresh topics: every reply on them is this segment's
-    cpu_before = {name: _cpu(pid) for name, pid in side.pids.items()}
-    sent_at: dict[bytes, float] = {}
+    intake = REQUESTS.name(prefix)
+    producer, consumer = await load_clients(settings, "bench-load", REPLIES.name(prefix))
+    cpu = CpuMeter(side.pids)
     received = 0
-    start = time.perf_counter()
-    done_sending = asyncio.Event()
 
-    async def receive() -> None:
+    def on_reply(record: ConsumerRecord, t0: float, now: float) -> None:
         nonlocal received
-        while not (done_sending.is_set() and not sent_at):
-            batches = await consumer.getmany(timeout_ms=50)
-            now = time.perf_counter()
-            for records in batches.values():
-                for r in records:
-                    t0 = sent_at.pop(r.key or b"", None)
-                    if t0 is None:
-                        continue  # not ours, or a duplicate: counted once
-                    received += 1
-                    if t0 - start >= SEGMENT_WARMUP_S:
-                        side.latencies.append((now - t0) * 1000)
-                        if not side.key_by_request:
-                            side.to_worker_ms.append(Reply.from_bytes(r.value).latency.queue_ms)
+        received += 1
+        if t0 - start >= SEGMENT_WARMUP_S:
+            side.latencies.append((now - t0) * 1000)
+            if not side.key_by_request:
+                side.to_worker_ms.append(Reply.from_bytes(record.value).latency.queue_ms)
 
-    receiver = asyncio.create_task(receive())
-    tick, owed, n, next_tick = 0.005, 0.0, 0, start
-    while time.perf_counter() - start < duration:
-        owed += rate * tick
-        while owed >= 1:
-            owed -= 1
-            request = realtime_request(n, "bench", "b")
-            rid = request.request_id
-            key = rid.encode() if side.key_by_request else request.npc_id.encode()
-            sent_at[rid.encode()] = time.perf_counter()
-            await producer.send(intake, request.to_bytes(), key=key)
-            n += 1
-        next_tick += tick
-        await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
-    await producer.flush()
-    done_sending.set()
-    try:
-        await asyncio.wait_for(receiver, timeout=10.0)
-    except TimeoutError:
-        receiver.cancel()
+    pending: PendingReplies[float] = PendingReplies(on_reply)
+
+    async def send(n: int) -> None:
+        request = realtime_request(n, "bench", "b")
+        rid = request.request_id.encode()
+        key = rid if side.key_by_request else request.npc_id.encode()
+        pending.sent[rid] = time.perf_counter()
+        await producer.send(intake, request.to_bytes(), key=key)
+
+    start = time.perf_counter()
+    pending.start(consumer)
+    sent = await pace(rate, duration, send)
+    await pending.finish(producer)
     side.wall_s += time.perf_counter() - start
-    for name, pid in side.pids.items():
-        side.cpu_s[name] = side.cpu_s.get(name, 0.0) + _cpu(pid) - cpu_before[name]
-    side.sent += n
+    for name, sec in cpu.spent().items():
+        side.cpu_s[name] = side.cpu_s.get(name, 0.0) + sec
+    side.sent += sent
     side.received += received
     await consumer.stop()
     await producer.stop()
@@ -180,8 +155,7 @@ def run(settings: Settings, rate: float, duration: float, segments: int) -> dict
         pipe = Side("pipeline", key_by_request=False)
         for k in range(segments):
             for side in (floor, pipe):
-                prefix = fresh_prefix(side.name)
-                create_fresh_topics(settings, prefix)
+                prefix = fresh_topics(settings, side.name)
                 with ExitStack() as processes:
                     pids = starters[side.name](bootstrap, prefix, work / f"{side.name}-{k}", processes)
                     side.pids = ({"broker": broker.pid} if broker.pid else {}) | pids | {"load": os.getpid()}
@@ -218,10 +192,7 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=4, help="alternating segments per side")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
-    # The environment only: a stack.env left in .npcflow must not pick the broker by accident.
-    settings = Settings.from_env(stack_file=False)
-    eventloop.install(settings.process.event_loop)
-    result = run(settings, args.rate, args.duration, args.segments)
+    result = run(bench_settings(), args.rate, args.duration, args.segments)
     if not args.json:
         print(f"floor {result['floor_ms']}  pipeline {result['pipeline_ms']}", file=sys.stderr)
     print(json.dumps(result))

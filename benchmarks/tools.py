@@ -29,10 +29,18 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchkit import create_fresh_topics, fresh_prefix, load_clients, start_broker
+from aiokafka import ConsumerRecord
+from benchkit import (
+    PendingReplies,
+    bench_settings,
+    fresh_topics,
+    load_clients,
+    pace,
+    start_broker,
+)
 
 from devstack.processes import PipelineProcesses
-from pipeline import eventloop, kafka
+from pipeline import kafka
 from pipeline.config import Settings
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import GAME_STATE, REPLIES, REQUESTS, Tier
@@ -84,30 +92,26 @@ def build_request(n: int, side: Side) -> Request:
 
 
 async def seed_state(settings: Settings, prefix: str) -> None:
+    """Every NPC's state and its region's weather, as the game server publishes them."""
     producer = kafka.producer(settings, "bench-state", linger_ms=5)
     await producer.start()
+    now = int(time.time() * 1000)
+
+    async def publish(entity_id: str, kind: str, state: dict[str, object]) -> None:
+        update = GameStateUpdate(
+            entity_id=entity_id, world_id="w1", kind=kind, version=1, updated_at_ms=now, state=state
+        )
+        await producer.send(GAME_STATE.name(prefix), update.to_bytes(), key=entity_id.encode())
+
     try:
-        now = int(time.time() * 1000)
         for i in range(NPCS):
-            update = GameStateUpdate(
-                entity_id=f"npc-{i}",
-                world_id="w1",
-                kind="npc",
-                version=1,
-                updated_at_ms=now,
-                state={"mood": ["calm", "wary", "angry"][i % 3], "hp": 10 + i, "zone": f"z{i % 5}"},
+            await publish(
+                f"npc-{i}",
+                "npc",
+                {"mood": ["calm", "wary", "angry"][i % 3], "hp": 10 + i, "zone": f"z{i % 5}"},
             )
-            await producer.send(GAME_STATE.name(prefix), update.to_bytes(), key=update.entity_id.encode())
         for r in range(5):
-            region = GameStateUpdate(
-                entity_id=f"z{r}",
-                world_id="w1",
-                kind="region",
-                version=1,
-                updated_at_ms=now,
-                state={"weather": "rain" if r % 2 else "clear"},
-            )
-            await producer.send(GAME_STATE.name(prefix), region.to_bytes(), key=region.entity_id.encode())
+            await publish(f"z{r}", "region", {"weather": "rain" if r % 2 else "clear"})
         await producer.flush()
     finally:
         await producer.stop()
@@ -132,41 +136,25 @@ async def segment(settings: Settings, prefix: str, side: Side, rate: float, dura
     await sink.start()
     sink_task = asyncio.create_task(sink.run())
     producer, consumer = await load_clients(settings, "bench-tools", REPLIES.name(prefix))
-    sent_at: dict[bytes, tuple[float, bool]] = {}
+
+    def on_reply(record: ConsumerRecord, noted: tuple[float, bool], now: float) -> None:
+        sent_at, judged = noted
+        judge(side, Reply.from_bytes(record.value), (now - sent_at) * 1000, judged)
+
+    pending: PendingReplies[tuple[float, bool]] = PendingReplies(on_reply)
+    first = side.sent  # request numbers go on across segments
+
+    async def send(n: int) -> None:
+        request = build_request(first + n, side)
+        judged = time.perf_counter() - start >= WARMUP_S
+        pending.sent[request.request_id.encode()] = (time.perf_counter(), judged)
+        side.judged += judged
+        await producer.send(REQUESTS.name(prefix), request.to_bytes(), key=request.npc_id.encode())
+
     start = time.perf_counter()
-    done = asyncio.Event()
-
-    async def receive() -> None:
-        while not (done.is_set() and not sent_at):
-            batches = await consumer.getmany(timeout_ms=50)
-            now = time.perf_counter()
-            for records in batches.values():
-                for r in records:
-                    entry = sent_at.pop(r.key or b"", None)
-                    if entry is not None:
-                        judge(side, Reply.from_bytes(r.value), (now - entry[0]) * 1000, entry[1])
-
-    receiver = asyncio.create_task(receive())
-    tick, owed, n, next_tick = 0.01, 0.0, side.sent, start
-    while time.perf_counter() - start < duration:
-        owed += rate * tick
-        while owed >= 1:
-            owed -= 1
-            request = build_request(n, side)
-            judged = time.perf_counter() - start >= WARMUP_S
-            sent_at[request.request_id.encode()] = (time.perf_counter(), judged)
-            side.judged += judged
-            await producer.send(REQUESTS.name(prefix), request.to_bytes(), key=request.npc_id.encode())
-            n += 1
-        next_tick += tick
-        await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
-    await producer.flush()
-    side.sent = n
-    done.set()
-    try:
-        await asyncio.wait_for(receiver, timeout=10.0)
-    except TimeoutError:
-        receiver.cancel()
+    pending.start(consumer)
+    side.sent = first + await pace(rate, duration, send, tick=0.01)
+    await pending.finish(producer)
     sink.request_stop()
     await sink_task
     await sink.stop()
@@ -208,8 +196,7 @@ def run(
         for k in range(segments):
             for side in (base, tools):
                 print(f"segment {k + 1}/{segments}: {side.name}", file=sys.stderr, flush=True)
-                prefix = fresh_prefix(f"tools-{side.name}")
-                create_fresh_topics(settings, prefix)
+                prefix = fresh_topics(settings, f"tools-{side.name}")
                 with ExitStack() as processes:
                     start_processes(settings, prefix, work / f"{side.name}-{k}", processes, engine_ms)
                     asyncio.run(segment(settings, prefix, side, rate, duration / segments))
@@ -248,9 +235,7 @@ def main() -> None:
     parser.add_argument("--engine-ms", type=float, default=20.0, help="Scripted engine latency (default 20).")
     parser.add_argument("--json", action="store_true", help="Print one JSON line.")
     args = parser.parse_args()
-    settings = Settings.from_env(stack_file=False)
-    eventloop.install(settings.process.event_loop)
-    result = run(settings, args.rate, args.duration, args.segments, args.engine_ms)
+    result = run(bench_settings(), args.rate, args.duration, args.segments, args.engine_ms)
     if args.json:
         print(json.dumps(result))
         return
