@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 
-from pipeline.active import GENERIC_PROMPT, ActiveAnnouncer
 from pipeline.config import ConfigError, IntentSettings, Settings
+from pipeline.intents import GENERIC_PROMPT, ActiveAnnouncer
 from topics.catalogue import Tier
 from topics.schemas import ActiveNpc, Intent
 from workers.cache.active_refresh import ActiveRefresher, serving_step

@@ -2,7 +2,7 @@
 
 Gold answers from intents (docs/architecture.md, "Gold's two paths"); they are worth serving only
 if the model renews them. :class:`ActiveRefresher` follows the compacted ``npc.active``
-(:mod:`pipeline.active`: game servers' watches, routers' per-request leases) as the consumer group
+(:mod:`pipeline.intents.active`: game servers' watches, routers' per-request leases) as the consumer group
 ``<prefix>npcflow-gold-active``, so the Gold workers split the active set by partition and a
 rebalance moves NPCs without doubles: a revoked partition's NPCs are dropped at once, an assigned
 one is rebuilt by reading it from its start (the topic is compacted: one record per NPC). When
@@ -31,9 +31,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from pipeline import kafka
-from pipeline.active import GENERIC_PROMPT
 from pipeline.config import Settings
-from pipeline.intents import ARCHETYPE_KEY
+from pipeline.intents import ARCHETYPE_KEY, GENERIC_PROMPT
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import families, metrics
 from topics.catalogue import ACTIVE
