@@ -12,7 +12,7 @@ The steps, in order (docs/architecture.md, "One request"):
    call; otherwise call the engine (an :class:`~workers.engines.base.EngineError`, a timeout
    included, → an ``error`` reply), then build the reply and its output event once:
    :class:`Replied`. A Gold refresh job (``Job.refresh``) goes to its own step instead,
-   :class:`~workers.cache.refresh_serving.RefreshServing`, which writes an intent and never replies.
+   :class:`~workers.intents.refresh_step.RefreshServing`, which writes an intent and never replies.
 
 Metrics, cost accounting and anything else that only observes are :class:`Hooks` called with
 each outcome as it is built (see :mod:`workers.hooks`). Behaviour that changes the answer
@@ -44,8 +44,8 @@ from topics.schemas import (
     TierAttempt,
     parse_request,
 )
-from workers.cache.intents import IntentRefresh, IntentUpdate, Refreshed
 from workers.engines.base import CallContext, Engine, EngineError, EngineResult
+from workers.intents.writer import IntentRefresh, IntentUpdate, Refreshed
 from workers.outbound import Outbound
 from workers.replies import build_reply
 from workers.resilience.exceptions import DeadlineReached, reason_kind
@@ -203,7 +203,7 @@ class Serving:
         """Accept and serve at once (no engine-slot bound): tests and single-record callers.
 
         Every accepted record is answered with a reply here; the worker loop gives refresh jobs to
-        the refresh step instead (:mod:`workers.cache.refresh_serving`).
+        the refresh step instead (:mod:`workers.intents.refresh_step`).
         """
         accepted = self.accept(record)
         return accepted if isinstance(accepted, DeadLettered) else await self.serve(accepted)
@@ -264,7 +264,7 @@ class Serving:
 
         The deadline is checked here, so time spent queueing for the slot counts against it.
         A refresh job is not served here but by the refresh step
-        (:class:`~workers.cache.refresh_serving.RefreshServing`): it never replies.
+        (:class:`~workers.intents.refresh_step.RefreshServing`): it never replies.
         """
         picked_ms = time.time() * 1000
         if picked_ms > job.deadline_ms:

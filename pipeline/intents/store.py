@@ -1,6 +1,6 @@
 """The intent store: each NPC's current intent in Redis, for readers that ask Redis instead of a topic.
 
-Written by Gold's intent writer (:mod:`workers.cache.intents`) beside the compacted
+Written by Gold's intent writer (:mod:`workers.intents.writer`) beside the compacted
 ``npc.intents`` topic that near caches follow (docs/architecture.md, "Gold's two paths"). It
 needs nothing above ``topics``, so it sits in the shared half of the intents capability.
 """

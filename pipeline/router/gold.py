@@ -6,7 +6,7 @@ with the NPC's fresh intent (``served_by: cache``, with its age) or its archetyp
 (``served_by: default_intent``). The model keeps intents fresh on the side: the request *marks*
 its NPC active (a lease on the compacted ``npc.active``, :mod:`pipeline.intents.active`), and the Gold
 workers' scheduler refreshes every active NPC at ``NPCFLOW_GOLD_REFRESH_HZ`` whether or not a
-request missed (:mod:`workers.cache.active_refresh`). A mark is announced only when the lease this
+request missed (:mod:`workers.intents.active_refresh`). A mark is announced only when the lease this
 router announced has less than half left: one record per NPC per half lease, however many
 requests (docs/architecture.md, "Gold's two paths", "Keeping the active set fresh").
 """

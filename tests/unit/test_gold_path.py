@@ -18,9 +18,9 @@ from topics.catalogue import Tier
 from topics.headers import REFRESH_HEADER, deadline_headers, is_refresh, now_ms, refresh_headers
 from topics.policy import RoutingPolicy
 from topics.schemas import ActiveNpc, Intent, Output, Reply, ReplyStatus, Request, ServedBy
-from workers.cache.intents import IntentRefresh, Refreshed, intent_text
-from workers.cache.refresh_serving import RefreshServing
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
+from workers.intents.refresh_step import RefreshServing
+from workers.intents.writer import IntentRefresh, Refreshed, intent_text
 from workers.serving import Job, Replied, Serving
 
 NOW_MS = 1_790_000_000_100

@@ -5,7 +5,7 @@ Every Gold model result, on time or late, becomes the NPC's intent: written to R
 compacted ``npc.intents`` topic (for near caches: routers and game servers). :class:`IntentRefresh`
 builds the intent from an engine result (:func:`intent_text`) and writes Redis; the worker loop
 produces the :class:`IntentUpdate` record. A refresh (a Gold request the router already answered)
-is served by its own serving step (:mod:`workers.cache.refresh_serving`) and ends in a
+is served by its own serving step (:mod:`workers.intents.refresh_step`) and ends in a
 :class:`Refreshed` outcome: an intent to publish, or none, never a reply.
 """
 
