@@ -66,7 +66,7 @@ PROMPTS: dict[Tier, list[str]] = {
         "Describe the festival the village prepares for.",
     ],
 }
-#: Gold NPCs' archetypes, for their default intents (pipeline/default_intents.yaml).
+#: Gold NPCs' archetypes, for their default intents (pipeline/intents/default_intents.yaml).
 ARCHETYPES = ("guard", "merchant", "villager", "blacksmith", "wolf")
 #: Requests per second the embedded engines keep up with at this mix on 2 cores: three one-thread
 #: SmolLM2 workers measured ≈ 1.4 req/s (`npcflow demo` prints the figure it sees), so 1.0 leaves headroom.

@@ -12,7 +12,7 @@ The steps, in order (docs/architecture.md, "One request"):
    call; otherwise call the engine (an :class:`~workers.engines.base.EngineError`, a timeout
    included, → an ``error`` reply), then build the reply and its output event once:
    :class:`Replied`. A Gold refresh job (``Job.refresh``) goes to its own step instead,
-   :class:`~workers.cache.refresh_serving.RefreshServing`, which writes an intent and never replies.
+   :class:`~workers.intents.refresh_step.RefreshServing`, which writes an intent and never replies.
 
 Metrics, cost accounting and anything else that only observes are :class:`Hooks` called with
 each outcome as it is built (see :mod:`workers.hooks`). Behaviour that changes the answer
@@ -36,8 +36,8 @@ from topics.headers import FallbackContext, attempt, is_refresh, read_deadline
 from topics.policy import RoutingPolicy
 from topics.rejections import DeadLetter, parse_request
 from topics.schemas import FieldError, InvalidEvent, Output, Reply, Request, TierAttempt
-from workers.cache.intents import IntentRefresh, IntentUpdate, Refreshed
 from workers.engines.base import CallContext, Engine, EngineError, EngineResult
+from workers.intents.writer import IntentRefresh, IntentUpdate, Refreshed
 from workers.outbound import Outbound
 from workers.replies import build_reply
 from workers.resilience.exceptions import DeadlineReached, reason_kind
@@ -128,7 +128,7 @@ DeadLetterHook = Callable[[DeadLettered], None]
 
 class ServingStep(Protocol):
     """What the worker loop asks of the step that serves an accepted job: a request's
-    (:class:`Serving`) or a Gold refresh's (:class:`~workers.cache.refresh_serving.RefreshServing`).
+    (:class:`Serving`) or a Gold refresh's (:class:`~workers.intents.refresh_step.RefreshServing`).
 
     ``shed`` runs before the job queues for an engine slot (None: queue it); ``serve`` once a
     slot is the caller's.
@@ -211,7 +211,7 @@ class Serving:
         """Accept and serve at once (no engine-slot bound): tests and single-record callers.
 
         Every accepted record is answered with a reply here; the worker loop gives refresh jobs to
-        the refresh step instead (:mod:`workers.cache.refresh_serving`).
+        the refresh step instead (:mod:`workers.intents.refresh_step`).
         """
         accepted = self.accept(record)
         return accepted if isinstance(accepted, DeadLettered) else await self.serve(accepted)
@@ -236,7 +236,7 @@ class Serving:
         Silver → the request goes to Bronze (:class:`Forwarded`); a Gold request with nowhere to
         go gets an ``expired`` reply saying why. Bronze is never shed. None: queue it. (A Gold
         refresh job is shed by its own step, :meth:`RefreshServing.shed
-        <workers.cache.refresh_serving.RefreshServing.shed>`.)
+        <workers.intents.refresh_step.RefreshServing.shed>`.)
         """
         why = self.shedder.verdict(job.deadline_ms, time.time() * 1000, expected_wait_ms, service_ms)
         if why is None or self.tier is Tier.BRONZE:
@@ -271,7 +271,7 @@ class Serving:
 
         The deadline is checked here, so time spent queueing for the slot counts against it.
         A refresh job is not served here but by the refresh step
-        (:class:`~workers.cache.refresh_serving.RefreshServing`): it never replies.
+        (:class:`~workers.intents.refresh_step.RefreshServing`): it never replies.
         """
         picked_ms = time.time() * 1000
         if picked_ms > job.deadline_ms:

@@ -27,13 +27,13 @@ from pipeline.observability.cost import Pricing
 from pipeline.reply_topics import ReplyTopics
 from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
 from topics.policy import RoutingPolicy
-from workers.cache.active_refresh import ActiveRefresher, serving_step
-from workers.cache.intents import IntentRefresh
-from workers.cache.refresh_serving import RefreshServing
 from workers.engine_stack import tier_engine
 from workers.engines.base import Engine, EngineResult
 from workers.group_member import GroupMember
 from workers.hooks import standard_hooks
+from workers.intents.active_refresh import ActiveRefresher, serving_step
+from workers.intents.refresh_step import RefreshServing
+from workers.intents.writer import IntentRefresh
 from workers.offsets import OffsetTracker
 from workers.resilience import TierResilience
 from workers.resilience.fair_share import FairShare

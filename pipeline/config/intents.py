@@ -47,7 +47,7 @@ class IntentSettings(Group):
         "NPCFLOW_DEFAULT_INTENTS_FILE",
         None,
         "default intent per NPC archetype",
-        shown_default="the packaged pipeline/default_intents.yaml",
+        shown_default="the packaged pipeline/intents/default_intents.yaml",
     )
     fast_path: bool = setting(
         "NPCFLOW_GOLD_FAST_PATH",

@@ -4,9 +4,9 @@ Two hops (intake → router → reply) instead of four: the router answers a Gol
 from its near cache of intents (:class:`pipeline.intents.IntentCache`, no network on the path)
 with the NPC's fresh intent (``served_by: cache``, with its age) or its archetype's default
 (``served_by: default_intent``). The model keeps intents fresh on the side: the request *marks*
-its NPC active (a lease on the compacted ``npc.active``, :mod:`pipeline.active`), and the Gold
+its NPC active (a lease on the compacted ``npc.active``, :mod:`pipeline.intents.active`), and the Gold
 workers' scheduler refreshes every active NPC at ``NPCFLOW_GOLD_REFRESH_HZ`` whether or not a
-request missed (:mod:`workers.cache.active_refresh`). A mark is announced only when the lease this
+request missed (:mod:`workers.intents.active_refresh`). A mark is announced only when the lease this
 router announced has less than half left: one record per NPC per half lease, however many
 requests (docs/architecture.md, "Gold's two paths", "Keeping the active set fresh").
 """
@@ -18,9 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pipeline.active import ActiveAnnouncer
 from pipeline.config import IntentSettings
-from pipeline.intents import DefaultIntents, SeenIntent, archetype_of
+from pipeline.intents import ActiveAnnouncer, DefaultIntents, SeenIntent, archetype_of
 from pipeline.observability import families, metrics
 from pipeline.observability.cost import Pricing
 from topics.catalogue import OUTPUTS, REPLIES, Tier

@@ -62,7 +62,7 @@ def test_the_wheel_is_what_the_venv_imports_with_its_data_files(venv: Path, tmp_
         "import pipeline, workers.sinks.base as b; from importlib import resources as r; "
         "print(pipeline.__file__); "
         "[r.files(p).joinpath(f).read_text() for p, f in ("
-        "('pipeline', 'default_intents.yaml'), ('topics', 'policy.yaml'), "
+        "('pipeline.intents', 'default_intents.yaml'), ('topics', 'policy.yaml'), "
         "('pipeline.observability', 'pricing.yaml'))]; "
         "print(sorted(x.name for x in b.shipped('sql').glob('*.sql')))"
     )

@@ -11,15 +11,15 @@ from collections import Counter
 
 import pytest
 
-from pipeline.active import GENERIC_PROMPT, ActiveAnnouncer
 from pipeline.config import ConfigError, IntentSettings, Settings
+from pipeline.intents import GENERIC_PROMPT, ActiveAnnouncer
 from topics.catalogue import Tier
 from topics.schemas import ActiveNpc, Intent
-from workers.cache.active_refresh import ActiveRefresher, serving_step
-from workers.cache.intents import IntentRefresh
-from workers.cache.refresh_schedule import RefreshSchedule
-from workers.cache.refresh_serving import RefreshServing
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
+from workers.intents.active_refresh import ActiveRefresher, serving_step
+from workers.intents.refresh_step import RefreshServing
+from workers.intents.schedule import RefreshSchedule
+from workers.intents.writer import IntentRefresh
 from workers.resilience.fair_share import FairShare
 from workers.resilience.shedding import LoadShedder
 from workers.serving import ServingStats

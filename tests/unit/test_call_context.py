@@ -16,11 +16,11 @@ from topics.catalogue import Tier
 from topics.headers import deadline_headers, now_ms
 from topics.policy import RoutingPolicy
 from topics.schemas import Reply, Request, TierAttempt
-from workers.cache.intents import IntentRefresh
-from workers.cache.refresh_serving import RefreshServing
 from workers.cache.result_step import ResultCacheStep
 from workers.engines.base import PLAIN_CALL, CallContext, Engine, EngineError, EngineResult
 from workers.engines.batching import MicroBatcher
+from workers.intents.refresh_step import RefreshServing
+from workers.intents.writer import IntentRefresh
 from workers.resilience.breaker import BreakerGuard
 from workers.resilience.fallback import CutAtDeadline, FallbackStep, Substitute
 from workers.resilience.shedding import LoadShedder

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from pipeline.config import IntentSettings
-from pipeline.intents import BUILTIN_DEFAULT_INTENT, DefaultIntents, IntentCache, intent_text
+from pipeline.intents import BUILTIN_DEFAULT_INTENT, DefaultIntents, IntentCache
 from pipeline.router.gold import GoldPath
 from pipeline.router.logic import Outcome, Router, Source
 from tests.examples import encode, with_
@@ -19,9 +19,9 @@ from topics.fields import ReplyStatus, ServedBy
 from topics.headers import REFRESH_HEADER, deadline_headers, is_refresh, now_ms, refresh_headers
 from topics.policy import RoutingPolicy
 from topics.schemas import ActiveNpc, Intent, Output, Reply, Request
-from workers.cache.intents import IntentRefresh, Refreshed
-from workers.cache.refresh_serving import RefreshServing
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
+from workers.intents.refresh_step import RefreshServing
+from workers.intents.writer import IntentRefresh, Refreshed, intent_text
 from workers.resilience.shedding import LoadShedder
 from workers.serving import Job, Replied, Serving
 

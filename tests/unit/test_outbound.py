@@ -7,9 +7,9 @@ import json
 from tests.unit.test_serving import POLICY, PREFIX, Record, request, routed, serving
 from topics.catalogue import Tier
 from topics.schemas import Output, Reply
-from workers.cache.intents import IntentRefresh
 from workers.engines.base import EngineError
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
+from workers.intents.writer import IntentRefresh
 from workers.resilience.fallback import FallbackStep, Forwarded
 from workers.serving import DeadLettered, Replied, Serving
 

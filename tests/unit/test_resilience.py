@@ -340,8 +340,8 @@ async def test_shedding_forwards_silver_and_never_sheds_bronze() -> None:
 
 async def test_shedding_skips_a_gold_refresh_and_expires_a_gold_request() -> None:
     """Gold forwards nowhere: a shed request is answered ``expired``; a shed refresh writes nothing."""
-    from workers.cache.intents import IntentRefresh, Refreshed
-    from workers.cache.refresh_serving import RefreshServing
+    from workers.intents.refresh_step import RefreshServing
+    from workers.intents.writer import IntentRefresh, Refreshed
 
     gold = Serving(Tier.GOLD, ScriptedEngine(), POLICY, prefix=PREFIX, shedder=LoadShedder())
     refreshing = RefreshServing(Tier.GOLD, ScriptedEngine(), IntentRefresh(None), gold.stats, gold.shedder)

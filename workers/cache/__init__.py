@@ -1,6 +1,3 @@
-"""Caches the workers keep: each NPC's intent (Redis + ``npc.intents``, kept fresh for the active
-set) and finished results (Redis, answered from before the engine by :mod:`workers.cache.result_step`)."""
-
-from workers.cache.intents import IntentRefresh, IntentStore, IntentUpdate, Refreshed
-
-__all__ = ["IntentRefresh", "IntentStore", "IntentUpdate", "Refreshed"]
+"""The result cache: finished replies in Redis (:mod:`workers.cache.results`, written by the Redis
+sink), answered from before the engine by :mod:`workers.cache.result_step`. Intents are not here:
+see :mod:`pipeline.intents` and :mod:`workers.intents`."""

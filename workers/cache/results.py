@@ -6,8 +6,8 @@ Who writes what (docs/architecture.md, "Sinks"):
   (:mod:`workers.sinks.redis`), which calls :meth:`ResultCache.put_many` with batches of
   ``npc.outputs``; Silver and Gold workers only read them (:meth:`ResultCache.get_by_id`,
   :meth:`ResultCache.get_by_prompt`).
-- **intents** (:mod:`workers.cache.intents`, TTL 1 s) are written only by the Gold path; no sink
-  writes them.
+- **intents** (:mod:`pipeline.intents.store`, TTL 1 s) are written only by the Gold path
+  (:mod:`workers.intents.writer`); no sink writes them.
 
 Key scheme (``prefix`` is ``NPCFLOW_TOPIC_PREFIX``, so a sandbox never reads production's cache):
 

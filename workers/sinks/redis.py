@@ -4,7 +4,7 @@ The key scheme and the lookups live in :mod:`workers.cache.results` (the workers
 this sink is the only writer of results. Each output's keys and value are made in ``encode``,
 as the runner parses its record, and a batch is one ``EVALSHA`` (standalone Redis only, see
 :mod:`workers.cache.results`). Intents are not written here: the Gold path writes
-them (:mod:`workers.cache.intents`).
+them (:mod:`workers.intents.writer`).
 """
 
 from __future__ import annotations

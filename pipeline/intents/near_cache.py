@@ -1,11 +1,11 @@
-"""NPC intents: the default intents and the game server's near cache (the refresh header: topics.headers).
+"""The near cache of NPC intents: the game server's per-frame reads and the router's in-budget answers.
 
 An intent is an NPC's current short action (:class:`topics.schemas.Intent`). The Gold model
 refreshes intents asynchronously; everybody who needs one *now* reads it from a near cache that
 follows the compacted ``npc.intents`` topic: the game server's per-frame reads and the router's
 in-budget answers (docs/architecture.md, "Gold's two paths"). A read is a dictionary lookup: no
 network, no lock, no await. The same cache tells Gold which NPCs to keep fresh: ``watch`` and
-``unwatch`` (:mod:`pipeline.active`; docs/architecture.md, "Keeping the active set fresh").
+``unwatch`` (:mod:`pipeline.intents.active`; docs/architecture.md, "Keeping the active set fresh").
 """
 
 from __future__ import annotations
@@ -22,34 +22,19 @@ from typing import Self
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline import kafka
-from pipeline.active import ActiveAnnouncer, Announcement
 from pipeline.config import Settings
-from pipeline.default_intents import BUILTIN_DEFAULT_INTENT, DefaultIntents
+from pipeline.intents.active import ActiveAnnouncer, Announcement
+from pipeline.intents.defaults import DefaultIntents
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability.intent_reads import ReadStats
 from topics.catalogue import INTENTS
 from topics.fields import MAX_INTENT_CHARS, ServedBy
-from topics.schemas import Intent, Request
+from topics.schemas import Intent
 
 log = logging.getLogger("npcflow.intents")
 
-__all__ = ["BUILTIN_DEFAULT_INTENT", "DefaultIntents"]  # re-exported: importers name them from here
-
-#: The request ``context`` key naming the NPC's archetype.
-ARCHETYPE_KEY = "archetype"
 #: ``Intent.engine`` of an intent a game server set itself (``update_intent``).
 GAME_ENGINE = "game"
-
-
-def archetype_of(request: Request) -> str | None:
-    value = request.context.get(ARCHETYPE_KEY)
-    return value if isinstance(value, str) else None
-
-
-def intent_text(text: str) -> str:
-    """An engine's text as an intent: its first non-empty line, cut to the schema's limit."""
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return line[:MAX_INTENT_CHARS]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Default intents: what an NPC does while it has no fresh model intent, per archetype.
 
-Kept apart from the near cache (:mod:`pipeline.intents`, which re-exports both names) because it
-is configuration (``NPCFLOW_DEFAULT_INTENTS_FILE``, the packaged ``default_intents.yaml``), read
-once per process.
+Kept apart from the near cache (:mod:`pipeline.intents.near_cache`) because it is configuration
+(``NPCFLOW_DEFAULT_INTENTS_FILE``, the packaged ``default_intents.yaml`` next to this module),
+read once per process. Where a request names its NPC's archetype (:data:`ARCHETYPE_KEY`) is
+here too: the archetype exists to choose a default intent, and the refreshes the Gold workers
+make say it the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +18,19 @@ import yaml
 
 from pipeline.config import ConfigError, IntentSettings
 from topics.fields import MAX_INTENT_CHARS
+from topics.schemas import Request
 
 #: The intent when neither the file's ``default`` nor an archetype applies.
 BUILTIN_DEFAULT_INTENT = "idle: stay where you are and watch the surroundings"
+#: The request ``context`` key naming the NPC's archetype.
+ARCHETYPE_KEY = "archetype"
+#: The packaged defaults, a data file of this package (pyproject ``package-data``).
+PACKAGED_FILE = "default_intents.yaml"
+
+
+def archetype_of(request: Request) -> str | None:
+    value = request.context.get(ARCHETYPE_KEY)
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True)
@@ -31,12 +43,9 @@ class DefaultIntents:
     @classmethod
     def load(cls, path: str | Path | None = None) -> DefaultIntents:
         """``path`` (``NPCFLOW_DEFAULT_INTENTS_FILE``), else the packaged ``default_intents.yaml``."""
-        source = str(path or "pipeline/default_intents.yaml")
-        text = (
-            Path(path).read_text()
-            if path
-            else resources.files("pipeline").joinpath("default_intents.yaml").read_text()
-        )
+        source = str(path or f"pipeline/intents/{PACKAGED_FILE}")
+        packaged = resources.files("pipeline.intents").joinpath(PACKAGED_FILE)
+        text = Path(path).read_text() if path else packaged.read_text()
         data = yaml.safe_load(text) or {}
         if not isinstance(data, dict) or not isinstance(data.get("archetypes", {}), dict):
             raise ConfigError(f"{source}: expected `default: <intent>` and `archetypes: {{name: intent}}`")

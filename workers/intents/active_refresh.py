@@ -2,11 +2,11 @@
 
 Gold answers from intents (docs/architecture.md, "Gold's two paths"); they are worth serving only
 if the model renews them. :class:`ActiveRefresher` follows the compacted ``npc.active``
-(:mod:`pipeline.active`: game servers' watches, routers' per-request leases) as the consumer group
+(:mod:`pipeline.intents.active`: game servers' watches, routers' per-request leases) as the consumer group
 ``<prefix>npcflow-gold-active``, so the Gold workers split the active set by partition and a
 rebalance moves NPCs without doubles: a revoked partition's NPCs are dropped at once, an assigned
 one is rebuilt by reading it from its start (the topic is compacted: one record per NPC). When
-each NPC is refreshed is :class:`~workers.cache.refresh_schedule.RefreshSchedule`'s decision; a
+each NPC is refreshed is :class:`~workers.intents.schedule.RefreshSchedule`'s decision; a
 refresh is the worker's own refresh serving step, called directly (engine → intent → Redis and
 ``npc.intents``), with no Kafka hop in between. At most ``capacity`` refreshes run at once (the
 worker's Gold engine slots): when the engine cannot keep up, every NPC's rate drops evenly,
@@ -31,23 +31,22 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from pipeline import kafka
-from pipeline.active import GENERIC_PROMPT
 from pipeline.config import Settings
-from pipeline.intents import ARCHETYPE_KEY
+from pipeline.intents import ARCHETYPE_KEY, GENERIC_PROMPT
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import families, metrics
 from topics.catalogue import ACTIVE
 from topics.fields import Sla
 from topics.schemas import ActiveNpc, InvalidEvent, Request
-from workers.cache.refresh_schedule import ActiveEntry, RefreshSchedule
-from workers.cache.refresh_serving import RefreshServing
+from workers.intents.refresh_step import RefreshServing
+from workers.intents.schedule import ActiveEntry, RefreshSchedule
 from workers.resilience.fair_share import FairShare
 from workers.serving import Job
 
 log = logging.getLogger("npcflow.refresh")
 
 #: ``(request, deadline_ms) -> result``: one refresh through the worker's serving step; the result
-#: is :class:`~workers.cache.intents.Refreshed`'s reason (``written`` when an intent went out).
+#: is :class:`~workers.intents.writer.Refreshed`'s reason (``written`` when an intent went out).
 RefreshStep = Callable[[Request, int], Awaitable[str]]
 
 #: An intent is a short action: the Gold shape's 8 tokens.

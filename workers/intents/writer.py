@@ -1,12 +1,12 @@
-"""The intent store and the serving step that keeps it current (docs/architecture.md, "Gold's two paths").
+"""Gold's intent writer: a model result becomes the NPC's intent (docs/architecture.md, "Gold's two paths").
 
 Every Gold model result, on time or late, becomes the NPC's intent: written to Redis with a TTL
-(:class:`IntentStore`, for readers that ask Redis) and published on the compacted ``npc.intents``
-topic (for near caches: routers and game servers). :class:`IntentRefresh` builds the intent from
-an engine result and writes Redis; the worker loop produces the :class:`IntentUpdate` record. A
-refresh (a Gold request the router already answered) is served by its own serving step
-(:mod:`workers.cache.refresh_serving`) and ends in a :class:`Refreshed` outcome: an intent to
-publish, or none, never a reply.
+(:class:`~pipeline.intents.store.IntentStore`, for readers that ask Redis) and published on the
+compacted ``npc.intents`` topic (for near caches: routers and game servers). :class:`IntentRefresh`
+builds the intent from an engine result (:func:`intent_text`) and writes Redis; the worker loop
+produces the :class:`IntentUpdate` record. A refresh (a Gold request the router already answered)
+is served by its own serving step (:mod:`workers.intents.refresh_step`) and ends in a
+:class:`Refreshed` outcome: an intent to publish, or none, never a reply.
 """
 
 from __future__ import annotations
@@ -16,17 +16,21 @@ import logging
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from pipeline.config import Settings
-from pipeline.intents import intent_text
+from pipeline.intents.store import IntentStore
 from pipeline.lifecycle import Lifecycle
 from topics.catalogue import INTENTS
-from topics.schemas import Intent, Request
+from topics.schemas import MAX_INTENT_CHARS, Intent, Request
 from workers.engines.base import EngineResult
 from workers.outbound import Outbound
 
 log = logging.getLogger("npcflow.intents")
+
+
+def intent_text(text: str) -> str:
+    """An engine's text as an intent: its first non-empty line, cut to the schema's limit."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line[:MAX_INTENT_CHARS]
 
 
 @dataclass(frozen=True)
@@ -59,39 +63,6 @@ class Refreshed:
     def records(self) -> list[Outbound]:
         """The router answered already: only the intent goes out, batched with the outputs."""
         return [self.update.outbound()] if self.update is not None else []
-
-
-class IntentStore(Lifecycle):
-    """Each NPC's current intent in Redis at ``<prefix>npcflow:intent:<npc_id>``, expiring after the TTL."""
-
-    def __init__(self, url: str, *, prefix: str = "", ttl_ms: int = 1000) -> None:
-        self.url = url
-        self.prefix = prefix
-        self.ttl_ms = ttl_ms
-        self._redis: aioredis.Redis | None = None
-
-    def key(self, npc_id: str) -> str:
-        return f"{self.prefix}npcflow:intent:{npc_id}"
-
-    async def _start(self) -> None:
-        self._redis = aioredis.from_url(self.url)
-
-    async def _stop(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
-
-    async def put(self, intent: Intent) -> None:
-        """Store the intent for the rest of its TTL (counted from when it was generated)."""
-        assert self._redis is not None, "start() first"
-        left_ms = intent.generated_at_ms + self.ttl_ms - int(time.time() * 1000)
-        if left_ms <= 0:
-            return  # already expired: readers would fall back to the default anyway
-        await self._redis.set(self.key(intent.npc_id), intent.to_bytes(), px=left_ms)
-
-    async def get(self, npc_id: str) -> Intent | None:
-        assert self._redis is not None, "start() first"
-        raw = await self._redis.get(self.key(npc_id))
-        return Intent.from_bytes(raw) if raw else None
 
 
 class IntentRefresh(Lifecycle):

@@ -1,10 +1,10 @@
 """Gold's refresh as a serving step of its own: engine → the NPC's new intent; never a reply.
 
 A refresh job exists to renew an intent the router answers from (docs/architecture.md, "Gold's
-two paths"): the active refresher's calls (:mod:`workers.cache.active_refresh`) and any record on
+two paths"): the active refresher's calls (:mod:`workers.intents.active_refresh`) and any record on
 the Gold topic carrying the refresh header. It shares the tier's engine (wrappers included: Gold's
 substitute serves it with Silver's engine while Gold's is down) and :class:`~workers.serving.Serving`'s
-stats, and it ends in a :class:`~workers.cache.intents.Refreshed` outcome: an intent to publish,
+stats, and it ends in a :class:`~workers.intents.writer.Refreshed` outcome: an intent to publish,
 or none with the reason. The worker loop hands it the refresh jobs; :meth:`Serving.serve
 <workers.serving.Serving.serve>` only ever replies.
 """
@@ -16,8 +16,8 @@ import time
 
 from pipeline.observability import metrics
 from topics.catalogue import Tier
-from workers.cache.intents import IntentRefresh, Refreshed
 from workers.engines.base import CallContext, Engine, EngineError
+from workers.intents.writer import IntentRefresh, Refreshed
 from workers.resilience.shedding import LoadShedder
 from workers.serving import Job, ServingStats
 
