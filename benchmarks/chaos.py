@@ -27,8 +27,9 @@ from pathlib import Path
 
 import psutil
 
-from devstack.chaos import SCENARIOS, broker_restarter, run_scenario
-from devstack.chaos_load import stderr_progress
+from devstack.broker_kill import broker_restarter
+from devstack.chaos import SCENARIOS
+from devstack.chaos_load import run_scenario, stderr_progress
 from devstack.kafka_dist import broker_identity
 from devstack.stack import EmbeddedStack
 from pipeline import eventloop

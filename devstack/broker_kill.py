@@ -2,7 +2,7 @@
 
 :func:`broker_restarter` picks the broker, kills it with SIGKILL, restarts it on its own data
 directory and waits until it is back in sync; :class:`BrokerKill` is what it measured, which the
-chaos report (:mod:`devstack.chaos_load`) turns into the fault line and the recovery figures.
+chaos report (:mod:`devstack.chaos_report`) turns into the fault line and the recovery figures.
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ BROKER_DOWN_S = 5.0
 
 @dataclass(frozen=True)
 class BrokerKill:
-    """What one broker kill did, as :func:`devstack.chaos.broker_restarter` measured it.
+    """What one broker kill did, as :func:`broker_restarter` measured it.
 
-    Times are ``time.monotonic()`` readings, the clock :class:`Run` measures its load with, so the
-    report can say how long after the kill the pipeline answered within budget again.
+    Times are ``time.monotonic()`` readings, the clock :class:`~devstack.chaos_load.Run` measures
+    its load with, so the report can say how long after the kill the pipeline answered within
+    budget again.
     """
 
     #: The broker's process name (``kafka-2``; ``kafka`` for a one-node stack) and its node id.

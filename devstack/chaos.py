@@ -24,9 +24,10 @@ Each scenario starts its own pipeline under a fresh topic prefix, drives load th
   too, but then nothing is accepted while it is down and only its page cache keeps the
   acknowledged records (a machine crash would lose them): the scenario is meant for three.
 
-Each scenario here is a :class:`~devstack.chaos_load.Scenario` (its defaults below); the shared
-machinery that runs it (pipeline processes, load, fault injection, measuring) is
-:class:`~devstack.chaos_load.Run`.
+This module says what each scenario is: a :class:`Scenario` and the named ones' defaults.
+Running one (pipeline processes, load, fault injection) is :mod:`devstack.chaos_load`
+(``run_scenario``); judging what the run saw (lost, recovered, ``recovery_s``) is
+:mod:`devstack.chaos_report`.
 
 Used by ``benchmarks/chaos.py`` and the fault tests (tests/integration/test_resilience.py).
 What the numbers mean: docs/architecture.md, "Resilience".
@@ -34,12 +35,8 @@ What the numbers mean: docs/architecture.md, "Resilience".
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
-from devstack.broker_kill import BrokerRestart, broker_restarter
-from devstack.chaos_load import Progress, Run, Scenario, stderr_progress
-from devstack.endpoints import StackEndpoints
 from topics.catalogue import Tier
 
 SCENARIOS = ("worker-kill", "router-kill", "engine-outage", "tenant-flood", "broker-kill")
@@ -50,6 +47,27 @@ SCENARIOS = ("worker-kill", "router-kill", "engine-outage", "tenant-flood", "bro
 #: measures the failover, not the machine's noise. A request caught in the failover is still
 #: answered (``expired``, or a fallback), which is what ``lost`` counts.
 BROKER_KILL_BUDGET_MS = 2_000
+
+
+@dataclass
+class Scenario:
+    """What to run: the pipeline's shape, the load, and the fault at ``fault_at`` (fraction of the run)."""
+
+    name: str
+    duration_s: float = 20.0
+    #: Requests per second of the main (or quiet) tenant.
+    rate: float = 40.0
+    fault_at: float = 1 / 3
+    routers: int = 1
+    workers: dict[Tier, int] = field(default_factory=lambda: {Tier.SILVER: 1, Tier.BRONZE: 1})
+    engines: dict[Tier, str] = field(
+        default_factory=lambda: {Tier.SILVER: "scripted:latency_ms=5", Tier.BRONZE: "scripted:latency_ms=5"}
+    )
+    env: dict[str, str] = field(default_factory=dict)
+    #: The budget requests ask for: kill scenarios are about delivery, so they allow a rebalance.
+    budget_ms: int = 250
+    #: How long to wait after the last request for every reply.
+    drain_s: float = 45.0
 
 
 def scenario(name: str, duration_s: float | None = None, rate: float | None = None) -> Scenario:
@@ -84,21 +102,3 @@ def scenario(name: str, duration_s: float | None = None, rate: float | None = No
     if rate:
         s.rate = rate
     return s
-
-
-def run_scenario(
-    name: str,
-    endpoints: StackEndpoints,
-    work: Path,
-    *,
-    duration_s: float | None = None,
-    rate: float | None = None,
-    progress: Progress | None = stderr_progress,
-    broker_restart: BrokerRestart | None = None,
-) -> dict[str, Any]:
-    """Run one scenario on a running stack and return its report (see the module docstring)."""
-    spec = scenario(name, duration_s, rate)
-    return Run(spec, endpoints, work, progress=progress, broker_restart=broker_restart).run()
-
-
-__all__ = ["SCENARIOS", "broker_restarter", "run_scenario", "scenario"]

@@ -1,12 +1,11 @@
-"""The machinery under the chaos scenarios: start a pipeline, drive load, inject the fault, measure.
+"""Running a chaos scenario: start a pipeline, drive load through it, inject the fault, watch.
 
-A :class:`Run` takes a :class:`Scenario` (the pipeline's shape, the load, when the fault comes)
-and a running embedded stack; it creates fresh topics, starts router and workers as OS processes,
-drives load through :class:`~pipeline.client.NPCClient` (one per tenant), injects the scenario's
-fault, watches Silver's breaker in Redis, counts dead letters and reports, with how long after the
-fault every tier answered within budget again (``recovery_s``). The named scenarios
-and their defaults are in :mod:`devstack.chaos` (which says what each does); this module is kept
-apart so the definitions read alone.
+A :class:`Run` takes a :class:`~devstack.chaos.Scenario` (the pipeline's shape, the load, when
+the fault comes) and a running embedded stack; it creates fresh topics, starts router and workers
+as OS processes, drives load through :class:`~pipeline.client.NPCClient` (one per tenant), injects
+the scenario's fault, watches Silver's breaker in Redis and counts dead letters. What it sees goes
+into a :class:`~devstack.chaos_report.Tally`, which :func:`~devstack.chaos_report.report` judges.
+The named scenarios and their defaults are in :mod:`devstack.chaos` (which says what each does).
 """
 
 from __future__ import annotations
@@ -21,25 +20,24 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from devstack.broker_kill import BrokerKill, BrokerRestart
+from devstack.broker_kill import BrokerRestart
+from devstack.chaos import Scenario, scenario
+from devstack.chaos_report import Tally, report
 from devstack.endpoints import StackEndpoints
 from devstack.processes import PipelineProcesses
 from devstack.tracing import trace_requests
 from pipeline import kafka
 from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import Settings
-from pipeline.observability.metrics import percentiles
 from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import DLQ, Tier
-from topics.fields import ReplyStatus, Sla
-from topics.schemas import Reply
+from topics.fields import Sla
 
 log = logging.getLogger("npcflow.chaos")
 
@@ -50,42 +48,6 @@ def stderr_progress(line: str) -> None:
     """The default progress display: one line on stderr, rewritten in place."""
     sys.stderr.write("\r\033[K" + line)
     sys.stderr.flush()
-
-
-@dataclass
-class Scenario:
-    """What to run: the pipeline's shape, the load, and the fault at ``fault_at`` (fraction of the run)."""
-
-    name: str
-    duration_s: float = 20.0
-    #: Requests per second of the main (or quiet) tenant.
-    rate: float = 40.0
-    fault_at: float = 1 / 3
-    routers: int = 1
-    workers: dict[Tier, int] = field(default_factory=lambda: {Tier.SILVER: 1, Tier.BRONZE: 1})
-    engines: dict[Tier, str] = field(
-        default_factory=lambda: {Tier.SILVER: "scripted:latency_ms=5", Tier.BRONZE: "scripted:latency_ms=5"}
-    )
-    env: dict[str, str] = field(default_factory=dict)
-    #: The budget requests ask for: kill scenarios are about delivery, so they allow a rebalance.
-    budget_ms: int = 250
-    #: How long to wait after the last request for every reply.
-    drain_s: float = 45.0
-
-
-@dataclass
-class Tally:
-    sent: int = 0
-    replies: dict[str, Reply] = field(default_factory=dict)
-    timeouts: int = 0
-    #: Requests the broker never acknowledged (the produce failed while it was down): the game
-    #: server got an error at once, so they were never accepted and cannot be lost.
-    refused: int = 0
-    refused_ids: set[str] = field(default_factory=set)
-    latencies: dict[str, list[float]] = field(default_factory=dict)
-    #: Request id → seconds from the start of the load until it was sent / until its reply came (ms).
-    sent_at: dict[str, float] = field(default_factory=dict)
-    latency_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Run:
@@ -108,12 +70,6 @@ class Run:
         self.prefix = f"chaos{uuid.uuid4().hex[:6]}."
         self.settings = endpoints.apply_to(Settings()).with_(topic_prefix=self.prefix)
         self.tally = Tally()
-        self.breaker_states: list[str] = []
-        self.fault = ""
-        self.fault_done_at = 0.0
-        #: Seconds from the start of the load until the fault struck (None: not yet, or no one instant).
-        self.fault_t: float | None = None
-        self.broker_kill: BrokerKill | None = None
         #: Steps of the run's end that did not finish in time (see :meth:`_bounded`).
         self.stalls: list[str] = []
         self._t0 = 0.0
@@ -137,7 +93,7 @@ class Run:
             self._outage_at = time.time() * 1000 + 20_000
             engines[Tier.SILVER] = self._outage_engine(self._outage_at)
             d = self.spec.duration_s * 0.15
-            self.fault = f"silver engine refuses {d:.1f} s, then hangs {d:.1f} s, then recovers"
+            self.tally.fault = f"silver engine refuses {d:.1f} s, then hangs {d:.1f} s, then recovers"
         procs = PipelineProcesses(
             self.endpoints.as_env() | {"NPCFLOW_TOPIC_PREFIX": self.prefix} | self.spec.env,
             self.work / self.prefix.rstrip("."),
@@ -160,8 +116,8 @@ class Run:
         for proc, _ in procs.procs:
             if proc.name == name:
                 os.kill(proc.pid, signal.SIGKILL)
-                self.fault_t = time.monotonic() - self._t0
-                self.fault = f"SIGKILL {name} (pid {proc.pid})"
+                self.tally.fault_t = time.monotonic() - self._t0
+                self.tally.fault = f"SIGKILL {name} (pid {proc.pid})"
                 return
         raise RuntimeError(f"no process {name}")
 
@@ -173,17 +129,17 @@ class Run:
         elif name == "router-kill":
             self._kill(procs, "router-0")
         elif name == "engine-outage":
-            self.fault_t = self._outage_at / 1000 - self._t0_wall
+            self.tally.fault_t = self._outage_at / 1000 - self._t0_wall
         elif name == "tenant-flood":
-            self.fault = f"gs-flood sends {self.spec.rate * 10:g} req/s from t={self.spec.duration_s / 2:g} s"
+            spec = self.spec
+            self.tally.fault = f"gs-flood sends {spec.rate * 10:g} req/s from t={spec.duration_s / 2:g} s"
         elif name == "broker-kill":
             if self.broker_restart is None:
                 raise RuntimeError("broker-kill needs a broker it can restart (an embedded stack)")
-            self.fault = "SIGKILL broker"
-            kill = self.broker_kill = await self.broker_restart()
-            self.fault_t = kill.killed_at - self._t0
-            self.fault = kill.describe()
-        self.fault_done_at = time.monotonic()
+            self.tally.fault = "SIGKILL broker"
+            kill = self.tally.broker_kill = await self.broker_restart()
+            self.tally.fault_t = kill.killed_at - self._t0
+            self.tally.fault = kill.describe()
 
     # --- the load ----------------------------------------------------------------------------
 
@@ -211,7 +167,7 @@ class Run:
             for client in clients:
                 await self._bounded(client.stop(), f"stop client {client.tenant_id}")
         dead = await self._bounded(self._dead_letters(), "count dead letters")
-        result = self._result(duplicates, dead)
+        result = report(self.spec, self.tally, duplicates=duplicates, dead_letters=dead)
         result["resent"] = resent  # overdue requests the SDK sent again (NPCClient.request)
         t = self.tally
         lost = [rid for rid in t.sent_at if rid not in t.replies and rid not in t.refused_ids]
@@ -307,8 +263,8 @@ class Run:
         try:
             while True:
                 state = (await r.hget(key, "state")) or "closed"
-                if not self.breaker_states or self.breaker_states[-1] != state:
-                    self.breaker_states.append(state)
+                if not self.tally.breaker_states or self.tally.breaker_states[-1] != state:
+                    self.tally.breaker_states.append(state)
                 await asyncio.sleep(0.05)
         except asyncio.CancelledError:
             raise
@@ -322,10 +278,10 @@ class Run:
         while self.progress:
             t = time.monotonic() - self._t0
             statuses = Counter(r.status.value for r in self.tally.replies.values())
-            breaker = self.breaker_states[-1] if self.breaker_states else "closed"
+            breaker = self.tally.breaker_states[-1] if self.tally.breaker_states else "closed"
             self.progress(
                 f"[{self.spec.name}] t={t:5.1f}s sent={self.tally.sent} replied={len(self.tally.replies)} "
-                f"{dict(statuses)} breaker={breaker} {self.fault}"
+                f"{dict(statuses)} breaker={breaker} {self.tally.fault}"
             )
             await asyncio.sleep(0.5)
 
@@ -360,122 +316,17 @@ class Run:
         finally:
             await consumer.stop()
 
-    # --- the report --------------------------------------------------------------------------
 
-    @staticmethod
-    def _routed_tier(reply: Reply) -> Tier:
-        """The tier the router sent the request to: the chain's first (``tier`` is the one that replied)."""
-        return reply.chain[0].tier if reply.chain else reply.tier
-
-    def _within_budget(self, rid: str, reply: Reply) -> bool:
-        """Answered as the game asked: by the tier it was routed to, ``ok``, within the request's budget.
-
-        The latency is the caller's (sent → reply in hand), the one a player waits; a fallback or
-        an ``expired`` reply is an answer, but not the tier answering within budget.
-        """
-        return (
-            reply.status is ReplyStatus.OK
-            and not reply.late
-            and reply.served_tier is self._routed_tier(reply)
-            and self.tally.latency_ms[rid] <= self.spec.budget_ms
-        )
-
-    def _recovery(self) -> tuple[float | None, dict[str, float]] | None:
-        """Seconds from the fault until every loaded tier answers within budget again, and per tier.
-
-        Measured from the replies: a tier has recovered once the last reply it gave outside its
-        budget (or not ``ok``) has arrived; every later one was within. A tier that never answered
-        badly after the fault recovered at once (0). Tiers are those the requests were routed to
-        (the reply's chain), so this covers whichever of gold, silver and bronze the scenario loads.
-        An accepted request with no reply at all is an outage without end: the first figure is then None.
-        None (no figure) where the fault has no one instant (``tenant-flood``: it lasts to the end).
-        """
-        if self.fault_t is None or self.spec.name == "tenant-flood":
-            return None
-        t = self.tally
-        fault_t = self.fault_t
-        last_bad: dict[str, float] = {}
-        for rid, sent in t.sent_at.items():
-            reply = t.replies.get(rid)
-            if reply is None:
-                continue  # refused (never accepted) or unanswered (counted below)
-            tier = self._routed_tier(reply).value
-            last_bad.setdefault(tier, fault_t)
-            arrived = sent + t.latency_ms[rid] / 1000
-            if arrived > fault_t and not self._within_budget(rid, reply):
-                last_bad[tier] = max(last_bad[tier], arrived)
-        by_tier = {tier: round(at - fault_t, 2) for tier, at in sorted(last_bad.items())}
-        unanswered = t.sent - t.refused - len(t.replies)
-        return (None if unanswered or not by_tier else max(by_tier.values())), by_tier
-
-    def _result(self, duplicates: int, dead_letters: int | None) -> dict[str, Any]:
-        t = self.tally
-        replies = list(t.replies.values())
-        statuses = Counter(r.status.value for r in replies)
-        fallbacks = statuses.get(ReplyStatus.FALLBACK.value, 0)
-        opened = "open" in self.breaker_states
-        tail_from = self.spec.duration_s * 0.8
-        tail = [rid for rid, at in t.sent_at.items() if at >= tail_from]
-        if self.spec.name == "tenant-flood":  # the flood itself is meant to be degraded
-            tail = [rid for rid in tail if rid.startswith("q")]
-        tail_ok = [
-            rid
-            for rid in tail
-            if rid in t.replies and t.replies[rid].status is ReplyStatus.OK and t.replies[rid].served_tier
-        ]
-        if self.spec.name == "engine-outage":
-            # Recovered: the breaker closed again and Silver itself answers the last fifth of the run.
-            recovered = (
-                opened
-                and self.breaker_states[-1] == "closed"
-                and bool(tail)
-                and all(t.replies[r].served_tier is Tier.SILVER for r in tail_ok)
-                and len(tail_ok) >= 0.9 * len(tail)
-            )
-        else:
-            recovered = t.timeouts == 0 and bool(tail) and len(tail_ok) == len(tail)
-        recovery = self._recovery()
-        if self.spec.name == "broker-kill":
-            # The cluster healed too: the restarted broker is back in every ISR, so the next kill
-            # would again find two replicas of each record.
-            recovered = recovered and self.broker_kill is not None and self.broker_kill.in_sync_at is not None
-            recovered = recovered and recovery is not None and recovery[0] is not None
-        result: dict[str, Any] = {
-            "scenario": self.spec.name,
-            "sent": t.sent,
-            "replied_once": len(replies),
-            "duplicates_delivered": 0,  # NPCClient hands each request id to the caller once
-            "lost": t.sent - t.refused - len(replies),
-            "refused": t.refused,
-            "dead_letters": dead_letters,
-            "fallbacks": fallbacks,
-            "breaker_opened": opened,
-            "recovered": recovered,
-            "duplicate_replies_dropped": duplicates,
-            "statuses": dict(statuses),
-            "breaker_states": self.breaker_states,
-            "fault": self.fault,
-            "budget_ms": self.spec.budget_ms,
-            "p95_ms": percentiles([x for v in t.latencies.values() for x in v])["p95"],
-        }
-        if recovery is not None:
-            result["recovery_s"], result["recovery_s_by_tier"] = recovery
-        if self.broker_kill is not None:
-            result["broker_kill"] = {
-                "node": self.broker_kill.node,
-                "leader_of": self.broker_kill.leader_of,
-                **self.broker_kill.timings(),
-            }
-        if self.spec.name == "tenant-flood":
-            victim = percentiles(t.latencies.get("quiet:flood", []))["p95"]
-            baseline = percentiles(t.latencies.get("quiet:baseline", []))["p95"]
-            result |= {
-                "victim_p95_ms": victim,
-                "victim_baseline_p95_ms": baseline,
-                "victim_ratio": round(victim / baseline, 2) if victim and baseline else None,
-                "flood_statuses": dict(Counter(r.status.value for r in replies if r.tenant_id == "gs-flood")),
-                "victim_statuses": dict(
-                    Counter(r.status.value for r in replies if r.tenant_id == "gs-quiet")
-                ),
-            }
-        return result
+def run_scenario(
+    name: str,
+    endpoints: StackEndpoints,
+    work: Path,
+    *,
+    duration_s: float | None = None,
+    rate: float | None = None,
+    progress: Progress | None = stderr_progress,
+    broker_restart: BrokerRestart | None = None,
+) -> dict[str, Any]:
+    """Run one scenario on a running stack and return its report (see :mod:`devstack.chaos`)."""
+    spec = scenario(name, duration_s, rate)
+    return Run(spec, endpoints, work, progress=progress, broker_restart=broker_restart).run()

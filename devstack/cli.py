@@ -25,6 +25,7 @@ import click
 
 from devstack.endpoints import SERVICES, STACK_ENV_FILE, StackEndpoints
 from devstack.errors import StackError
+from devstack.game_server import DEFAULT_ACTIVE
 from devstack.kafka_dist import broker_identity
 from devstack.probes import probe_all
 from devstack.stack import EmbeddedStack
@@ -232,7 +233,7 @@ def check(settings: Settings, as_json: bool, timeout: float, verbose: bool) -> N
 @click.option("--npcs", default=300, show_default=True, help="Simulated NPCs.")
 @click.option(
     "--active",
-    default=4,
+    default=DEFAULT_ACTIVE,
     show_default=True,
     help="NPCs kept active (watched): Gold re-thinks them at 1-2 Hz and realtime requests go to them.",
 )

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from devstack.chaos import broker_restarter, run_scenario
+from devstack.broker_kill import broker_restarter
+from devstack.chaos_load import run_scenario
 from devstack.endpoints import StackEndpoints
 from devstack.stack import EmbeddedStack
 from pipeline.config import Settings
