@@ -6,10 +6,11 @@ Two changes, both read from the app (set by :func:`~pipeline.router.app.create_a
   its own event loop and hands every fetch, commit and seek across through a method queue. For a
   router whose agent only awaits (it never blocks its loop), that thread buys nothing and costs
   every record two loop handoffs and a GIL contest with the agent's thread: profiled at 500
-  requests/s, the agent's thread spent a quarter of its samples waiting to get the GIL back after
-  a socket write. Here the "thread" is a service on the app's loop: ``call_thread`` awaits the
-  call in place, and nothing else about the driver changes (aiokafka's heartbeats were always
-  tasks on the consumer's loop; now that is the app's).
+  requests/s, a quarter of the agent thread's samples sat in socket writes (16 % without the
+  thread), and the router does 8-16 % less work per request without it (docs/architecture.md §5).
+  Here the "thread" is a service on the app's loop: ``call_thread`` awaits the call in place,
+  and nothing else about the driver changes (aiokafka's heartbeats were always tasks on the
+  consumer's loop; now that is the app's).
 - **The configured fetch wait.** faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for its
   worker consumer, so the router would be the one consumer of ours that ``NPCFLOW_FETCH_MAX_WAIT_MS``
   does not reach (Kafka answers a waiting fetch as soon as a record arrives: this is about one
