@@ -40,10 +40,13 @@ class _Listener(ConsumerRebalanceListener):
         self.member = member
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self.member.release(set(revoked))
+        gone = set(revoked)
+        await self.member.release(gone)
+        self.member._owned -= gone  # released: its offsets are committed, the next owner may start
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         member = self.member
+        member._owned |= set(assigned)
         partitions = sorted(tp.partition for tp in assigned)
         log.info("%s assigned %s", member.name, partitions)
         if partitions:
@@ -76,6 +79,9 @@ class GroupMember(Lifecycle):
         self._on_revoke = on_revoke
         self._overrides = overrides
         self._consumer: AIOKafkaConsumer | None = None
+        #: What this member owns, as the rebalance listener says: a revoked partition leaves once it
+        #: is released (aiokafka's ``assignment()`` keeps listing it until the next assignment).
+        self._owned: set[TopicPartition] = set()
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -94,11 +100,13 @@ class GroupMember(Lifecycle):
         try:
             await self.release(None)
         finally:
+            self._owned.clear()
             if self._consumer is not None:
                 await self._consumer.stop()
 
     def owned(self) -> set[TopicPartition]:
-        return set(self._consumer.assignment()) if self._consumer is not None else set()
+        """The partitions assigned to this member and not released since (empty mid-rebalance)."""
+        return set(self._owned)
 
     async def release(self, partitions: set[TopicPartition] | None) -> None:
         """Records fetched before this are stale; the owner lets ``partitions`` (None: all) go."""

@@ -211,14 +211,12 @@ async def test_offsets_are_committed_behind_the_next_write_and_in_order() -> Non
     committed: list[dict[TopicPartition, int]] = []
 
     class SlowFirstCommit:
-        def assignment(self) -> set[TopicPartition]:
-            return {tp}
-
         async def commit(self, offsets: dict[TopicPartition, int]) -> None:
             await asyncio.sleep(0.05 if offsets[tp] == 3 else 0)  # the first batch's commit is slow
             committed.append(dict(offsets))
 
     runner.member._consumer = SlowFirstCommit()  # type: ignore[assignment]
+    runner.member._owned = {tp}  # the group assigned it
     outputs = [make_output(i) for i in range(6)]
     batch = items(outputs)
     await runner._flush(batch[:3])
