@@ -43,10 +43,15 @@ class ReplyTimeout(TimeoutError):
 
 @dataclass
 class ClientStats:
+    """Each reply counts once, by the first copy; a later copy of the same reply (delivery is
+    at-least-once upstream) is a duplicate, whichever way the first was counted."""
+
     sent: int = 0
     replies: int = 0
     duplicates: int = 0
+    #: Replies to requests this client gave up waiting for.
     late: int = 0
+    #: Replies to requests this client never waited for (``submit``, or another client's).
     unsolicited: int = 0
     undecodable: int = 0
     #: ``accepted`` notices of asynchronous jobs (each is followed by the request's final reply).
@@ -272,5 +277,7 @@ class NPCClient(Lifecycle):
             self.stats.duplicates += 1
         elif rid in self._given_up:
             self.stats.late += 1
+            self._remember(self._answered, rid)
         else:
             self.stats.unsolicited += 1
+            self._remember(self._answered, rid)
