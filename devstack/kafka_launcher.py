@@ -134,7 +134,9 @@ class KafkaLauncher(Launcher):
             f"-Xms{self.heap}",
             f"-Xmx{self.heap}",
             "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
+            # G1's own default goal, not Kafka's production 20 ms: on 2 cores a young pause costs
+            # 7-18 ms whatever the goal, so a lower goal only collects more often (docs §5).
+            "-XX:MaxGCPauseMillis=200",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
             "-cp",
