@@ -31,5 +31,6 @@ def test_demo_json_accounts_for_every_request(tmp_path) -> None:  # type: ignore
     # Every reply reached every store once (the sinks run in the demo): S3 holds the story arcs.
     replied = sum(summary["replied"].values())
     sinks = summary["sinks"]
-    assert sinks["postgres_rows"] == sinks["redis_results"] == sinks["opensearch_documents"] == replied
+    held = {k: sinks[k] for k in ("postgres_rows", "redis_results", "opensearch_documents")}
+    assert set(held.values()) == {replied}, (held, replied, proc.stderr[-2000:])
     assert sinks["s3_objects"] == summary["statuses"]["bronze"].get("ok", 0)
