@@ -42,8 +42,6 @@ DEFAULT_EMBEDDED_RATE = 1.0
 DEFAULT_SCRIPTED_RATE = 50.0
 #: One malformed event every this many seconds, to show dead-lettering while traffic flows.
 INVALID_EVERY_S = 10.0
-#: The stores that keep one record per reply (S3 keeps only Bronze's story arcs).
-EVERY_REPLY = ("postgres_rows", "opensearch_documents", "redis_results")
 
 
 async def send_invalid_events(settings: Settings, prefix: str, duration: float) -> int:
@@ -115,6 +113,7 @@ async def drive(
         "dead_letters": dead,
         "invalid_sent": invalid_sent,
         "lost": server.lost,
+        "stores_expected": dict(server.stored),
         "latency_ms": {t.value: percentiles(server.tally[t].latencies) for t in Tier},
         "engine": {t.value: engines[t] for t in Tier},
         "sustainable_rate": server.sustainable_rate(),
@@ -131,9 +130,11 @@ async def drive(
     }
 
 
-async def settled_sink_counts(settings: Settings, replies: int, timeout_s: float = 30.0) -> dict[str, int]:
-    """What the sinks wrote, once every sink's group has committed all of ``npc.outputs`` and the
-    stores that keep every reply hold ``replies`` of them.
+async def settled_sink_counts(
+    settings: Settings, expected: dict[str, int], timeout_s: float = 30.0
+) -> dict[str, int]:
+    """What the sinks wrote, once every sink's group has committed all of ``npc.outputs`` and
+    every store holds what the game server's replies say it should (``expected``).
 
     A sink commits a batch only after writing it, so lag 0 means every output on the topic is in
     its store; but a reply reaches the game before its output (the output goes out on the batching
@@ -147,7 +148,7 @@ async def settled_sink_counts(settings: Settings, replies: int, timeout_s: float
         lags = [await group_lag(settings, f"{prefix}npcflow-sink-{name}", outputs) for name in SINKS]
         if all(lag == 0 for lag in lags) or time.monotonic() > deadline:
             found = await sink_counts(settings)
-            if min(found[k] for k in EVERY_REPLY) >= replies or time.monotonic() > deadline:
+            if all(found.get(k, 0) >= n for k, n in expected.items()) or time.monotonic() > deadline:
                 return found
         await asyncio.sleep(0.5)
 
@@ -209,7 +210,7 @@ def _run_demo(
         with PipelineProcesses(env, work, engines=engines, sinks=tuple(SINKS)) as procs:
             background_yields(procs, engines)
             summary = asyncio.run(drive(settings, prefix, duration, rate, npcs, as_json, engines, active))
-            summary["sinks"] = asyncio.run(settled_sink_counts(settings, sum(summary["replied"].values())))
+            summary["sinks"] = asyncio.run(settled_sink_counts(settings, summary["stores_expected"]))
     if not as_json:
         show_summary(summary)
     return summary

@@ -134,11 +134,15 @@ async def test_invalid_events_are_dead_lettered_while_valid_traffic_is_served(
         valid: list[asyncio.Task[Reply]] = []
         for i, raw in enumerate(bad):
             await producer.send_and_wait(REQUESTS.name(prefix), raw, key=f"bad-{i}".encode())
-            request = client.build_request(f"npc-{i}", "Hello", max_tokens=8, sla=Sla.INTERACTIVE)
+            # A budget no loaded CI machine misses: this test is about what the bad events do to
+            # good ones (nothing), not about Silver's 250 ms, which the benchmarks measure.
+            request = client.build_request(
+                f"npc-{i}", "Hello", max_tokens=8, sla=Sla.INTERACTIVE, latency_budget_ms=30_000
+            )
             valid.append(asyncio.create_task(client.request(request, timeout_s=60)))
         await producer.stop()
         replies = await asyncio.gather(*valid)
-        assert all(r.status is ReplyStatus.OK for r in replies)
+        assert all(r.status is ReplyStatus.OK for r in replies), [(r.status, r.error) for r in replies]
 
     records = await read_topic(kafka, DLQ.name(prefix), expect=len(bad))
     letters = [DeadLetter.from_bytes(r.value) for r in records]

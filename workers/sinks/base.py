@@ -113,3 +113,9 @@ def is_story_arc(output: Output) -> bool:
     # Module constants: every sink asks this of every output, and looking the members up on their
     # enums costs more than the comparisons.
     return reply.tier == _BRONZE and bool(reply.text) and reply.status in _STORY_STATUSES
+
+
+def is_searchable(output: Output) -> bool:
+    """An output with words to search (a document in OpenSearch): a shed, timed-out or failed
+    reply carries neither text nor an intent, so it is in Aurora and Redis but not in the index."""
+    return bool(output.reply.text or output.reply.intent)

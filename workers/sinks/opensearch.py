@@ -23,7 +23,7 @@ from opensearchpy.exceptions import TransportError
 
 from pipeline.config import Settings
 from topics.schemas import Output
-from workers.sinks.base import Sink, is_story_arc, latest_per_request, shipped
+from workers.sinks.base import Sink, is_searchable, is_story_arc, latest_per_request, shipped
 from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
 
 #: opensearch-py logs every request at INFO and every failed one with a traceback at WARNING: the
@@ -122,7 +122,7 @@ class OpenSearchSink(Sink):
         """The index an output goes to; None for an output without text (nothing to search)."""
         if is_story_arc(output):
             return self.story_arcs
-        return self.dialogue if output.reply.text or output.reply.intent else None
+        return self.dialogue if is_searchable(output) else None
 
     def bulk_body(self, batch: Sequence[Output]) -> str:
         lines = []
