@@ -18,7 +18,7 @@ import pytest
 from pipeline.config import Settings, SinkSettings
 from topics.catalogue import Tier
 from topics.fields import ReplyStatus, ServedBy
-from topics.schemas import Output, Reply, Request
+from topics.schemas import Output, Reply, Request, TierAttempt
 from workers.sinks import build_sink
 from workers.sinks.base import Sink, is_story_arc, latest_per_request
 from workers.sinks.exceptions import SinkSetupError, SinkUnavailable
@@ -151,6 +151,20 @@ def test_the_latest_reply_per_request_wins_and_story_arcs_are_bronze_answers() -
     assert is_story_arc(make_output(2, tier="bronze"))
     assert not is_story_arc(make_output(3, tier="silver"))
     assert not is_story_arc(make_output(4, tier="bronze", status=ReplyStatus.ERROR, text=""))
+
+
+def test_a_story_arc_is_decided_by_the_tier_the_request_was_routed_to() -> None:
+    answered = make_output(5, tier="bronze", status=ReplyStatus.FALLBACK)
+    dialogue = [
+        TierAttempt(tier=Tier.SILVER, outcome="failed", reason="deadline"),
+        TierAttempt(tier=Tier.BRONZE, outcome="served"),
+    ]
+    fell_back = Output(request=answered.request, reply=answered.reply.model_copy(update={"chain": dialogue}))
+    assert not is_story_arc(fell_back)  # Silver's dialogue answered by Bronze is still dialogue
+    story = [TierAttempt(tier=Tier.BRONZE, outcome="served")]
+    assert is_story_arc(
+        Output(request=answered.request, reply=answered.reply.model_copy(update={"chain": story}))
+    )
 
 
 def test_postgres_copy_text_quotes_free_text_and_writes_nulls_and_story_arcs_only_for_stories() -> None:

@@ -104,15 +104,18 @@ _STORY_STATUSES = (ReplyStatus.OK, ReplyStatus.FALLBACK)
 
 
 def is_story_arc(output: Output) -> bool:
-    """A Bronze output with text: a story arc (S3 object, ``story_arcs`` row, story-arcs index).
+    """A story request's answer with text: a story arc (S3 object, ``story_arcs`` row, story-arcs index).
 
-    Decided by the tier the request was routed to, so a story request served by a fallback is
-    still a story; an ``accepted`` notice or an error has no story yet.
+    Decided by the tier the request was routed to (the first in its chain), not by the worker that
+    answered: a Silver dialogue line that Bronze answered after a fallback is still dialogue, and
+    both copies of a resent request (one answered by Silver, one by the fallback) land in the same
+    index under the same id. An ``accepted`` notice or an error has no story yet.
     """
     reply = output.reply
+    routed = reply.chain[0].tier if reply.chain else reply.tier
     # Module constants: every sink asks this of every output, and looking the members up on their
     # enums costs more than the comparisons.
-    return reply.tier == _BRONZE and bool(reply.text) and reply.status in _STORY_STATUSES
+    return routed == _BRONZE and bool(reply.text) and reply.status in _STORY_STATUSES
 
 
 def is_searchable(output: Output) -> bool:
