@@ -219,8 +219,8 @@ class NPCClient(Lifecycle):
         except Unroutable:  # the router dead-letters it: no copy would be answered either
             return None
         # By the latest deadline a fallback can give it, not the routed tier's: in a 30 s embedded
-        # demo the SDK resent 6-9 Silver requests that were falling back to Bronze, and each copy
-        # ran the model again (and was stored twice).
+        # demo the SDK resent 6-9 of 14 Silver requests that were falling back to Bronze, and each
+        # copy ran a model again on the tier that was already short of capacity.
         deadline_s = self._policy.latest_deadline(route) / 1000
         return deadline_s + options.resend_after_s * (resends + 1)
 
