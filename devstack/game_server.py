@@ -22,7 +22,7 @@ from pipeline.observability.metrics import percentiles
 from topics.catalogue import Tier
 from topics.fields import ReplyStatus, ServedBy, Sla
 from topics.schemas import Intent, Output, Reply, Request
-from workers.sinks.base import is_searchable, is_story_arc
+from workers.sinks import held_for
 
 #: Share of traffic per tier and what each request asks for.
 MIX: dict[Tier, float] = {Tier.GOLD: 0.5, Tier.SILVER: 0.35, Tier.BRONZE: 0.15}
@@ -113,8 +113,7 @@ class GameServer:
         self.lost = 0
         #: Asynchronous jobs (SageMaker) per tier the request was sent to: submitted/completed/failed.
         self.jobs: dict[Tier, Counter[str]] = {t: Counter() for t in Tier}
-        #: What each store should hold once the sinks have caught up, by the sinks' own rules: a
-        #: row and a cache entry per reply, a document per reply with words, an object per story arc.
+        #: What each store should hold once the sinks have caught up, by the sinks' own rules.
         self.stored: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -139,9 +138,7 @@ class GameServer:
             jobs["submitted"] += 1
             jobs["completed" if reply.status in (ReplyStatus.OK, ReplyStatus.FALLBACK) else "failed"] += 1
         tally.replied += 1
-        output = Output(request=request, reply=reply)
-        self.stored.update(postgres_rows=1, redis_results=1)
-        self.stored.update(opensearch_documents=is_searchable(output), s3_objects=is_story_arc(output))
+        self.stored.update(held_for(Output(request=request, reply=reply)))
         tally.statuses["late" if reply.late else reply.status] += 1
         tally.served_by[reply.served_by.value] += 1
         budget = request.latency_budget_ms

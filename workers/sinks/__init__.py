@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 
 from pipeline.config import Settings
-from workers.sinks.base import Sink
+from topics.schemas import Output
+from workers.sinks.base import Sink, is_searchable, is_story_arc
 from workers.sinks.exceptions import SinkSetupError
 
 #: ``--sink`` name → (module, class).
@@ -33,6 +34,13 @@ async def counts(settings: Settings, names: tuple[str, ...] = tuple(SINKS)) -> d
     return result
 
 
+def held_for(output: Output) -> dict[str, int]:
+    """What each store holds for one served request, keyed as :func:`counts` reports it: a row and
+    a cache entry per reply, a document per reply with words, an object per story arc."""
+    holds = {"postgres": 1, "redis": 1, "opensearch": is_searchable(output), "s3": is_story_arc(output)}
+    return {f"{name}_{COUNTED[name]}": int(n) for name, n in holds.items()}
+
+
 def build_sink(name: str, settings: Settings) -> Sink:
     """The sink called ``name``, configured from ``settings`` (not started)."""
     if name not in SINKS:
@@ -42,4 +50,4 @@ def build_sink(name: str, settings: Settings) -> Sink:
     return sink
 
 
-__all__ = ["COUNTED", "SINKS", "Sink", "SinkSetupError", "build_sink", "counts"]
+__all__ = ["COUNTED", "SINKS", "Sink", "SinkSetupError", "build_sink", "counts", "held_for"]
