@@ -100,6 +100,7 @@ class NPCClient(Lifecycle):
         """Connect and position at the end of the reply topic (a failure closes what was opened)."""
         self._producer = kafka.producer(self.settings, f"npcflow-client-{self.tenant_id}")
         await self._producer.start()
+        await kafka.warm(self._producer, self.intake_topic)
         self._consumer = kafka.consumer(self.settings, f"npcflow-client-{self.tenant_id}")
         await self._consumer.start()
         partitions = await kafka.partitions(self._consumer, self.reply_topic)

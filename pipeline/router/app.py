@@ -32,7 +32,7 @@ from pipeline.router.gold import GoldPath
 from pipeline.router.logic import Router, RouterStats, Source
 from pipeline.router.monitor import LeanMonitor
 from pipeline.router.transport import FETCH_WAIT_ATTR
-from topics.catalogue import REQUESTS
+from topics.catalogue import REPLIES, REQUESTS, TIER_TOPICS
 from topics.headers import Headers, Produce
 from topics.policy import RoutingPolicy
 
@@ -40,6 +40,8 @@ log = logging.getLogger("npcflow.router")
 
 #: Routing decisions are an audit trail, off the latency path: batch them instead of one request each.
 DECISION_LINGER_MS = 50
+#: How long readiness waits for the producer's metadata and connections (:func:`pipeline.kafka.warm`).
+WARM_TIMEOUT_S = 5.0
 
 
 class DecisionLog(Lifecycle):
@@ -188,10 +190,34 @@ def create_app(
     router = Router(policy, produce, decisions.send, prefix=prefix, gold=gold, breakers=breakers)
     intake = app.topic(REQUESTS.name(prefix), key_type=bytes, value_type=bytes)
 
+    # What the router writes on a request's path: Gold's replies and the tier topics it forwards to.
+    latency_topics = [REPLIES.name(prefix), *(spec.name(prefix) for spec in TIER_TOPICS.values())]
+    warmed: list[bool] = []
+    background: set[asyncio.Future] = set()
+
     @app.on_partitions_assigned.connect
-    async def _ready(app: faust.App, assigned: set, **_: object) -> None:
-        if assigned:
-            mark_ready(settings.process.ready_file, f"router assigned {len(assigned)} partitions")
+    async def _assigned(app: faust.App, assigned: set, **_: object) -> None:
+        if assigned:  # faust finishes the rebalance after this returns: wait beside it
+            task = asyncio.ensure_future(_mark_ready_when_serving(len(assigned)))
+            background.add(task)
+            task.add_done_callback(background.discard)
+
+    async def _mark_ready_when_serving(partitions: int) -> None:
+        """Ready once a request would be answered at once (measured: ≈ 450 ms sooner it was not).
+
+        faust pauses the intake through a rebalance and resumes it when its recovery completes;
+        the consumer's fetch already parked at the broker went without the intake, so a request
+        then waits for that fetch to return: at most one fetch wait.
+        """
+        if not warmed:  # once: the first request should not pay for metadata and connections
+            warmed.append(True)
+            try:
+                await asyncio.wait_for(kafka.warm(app.producer._producer, *latency_topics), WARM_TIMEOUT_S)
+            except Exception as exc:  # best effort: the first send connects as it always could
+                log.warning("router could not warm its producer (%s); first requests connect", exc)
+        await app.tables.recovery.completed.wait()
+        await asyncio.sleep(settings.kafka.fetch_max_wait_ms / 1000)
+        mark_ready(settings.process.ready_file, f"router assigned {partitions} partitions")
 
     @app.timer(2.0)
     async def _export_lag() -> None:

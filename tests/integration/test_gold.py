@@ -349,3 +349,29 @@ async def test_intents_survive_a_router_and_worker_restart(
         assert stored is not None and stored.intent == last.intent
     finally:
         await asyncio.to_thread(second.stop)
+
+
+async def test_a_router_is_ready_only_once_it_answers_at_once(
+    stack: StackEndpoints, settings: Settings, kafka: str, work_dir: Path
+) -> None:
+    """Readiness means serving: the first Gold request after ``/readyz`` turns 200 is not held back.
+
+    faust resumes the intake after a rebalance while the consumer's fetch is parked at the broker
+    without it; a router that declared itself ready at the assignment left its first request
+    waiting for that fetch, one whole fetch wait (measured 444-479 ms at 500 ms). A long fetch wait
+    makes that unmistakable, whatever the machine's load.
+    """
+    fetch_wait_ms = 3000
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    await create_topics(settings, prefix)
+    env = stack.as_env() | {"NPCFLOW_TOPIC_PREFIX": prefix, "NPCFLOW_FETCH_MAX_WAIT_MS": str(fetch_wait_ms)}
+    procs = PipelineProcesses(env, work_dir / "ready-router", workers={})
+    await asyncio.to_thread(procs.start)
+    try:
+        async with NPCClient(kafka, tenant_id="gs-ready", prefix=prefix) as client:
+            reply = await gold(client, npc())
+        # From the request's creation to the router's answer: never a fetch wait.
+        assert reply.latency.total_ms < fetch_wait_ms / 3, reply.latency
+        assert reply.served_by is ServedBy.DEFAULT_INTENT
+    finally:
+        await asyncio.to_thread(procs.stop)
