@@ -36,6 +36,12 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def share_within(latencies_ms: list[float], budget_ms: float, sent: int | None = None) -> float | None:
+    """The share of ``sent`` (default: of the samples) answered within ``budget_ms``; None if none."""
+    total = len(latencies_ms) if sent is None else sent
+    return round(sum(ms <= budget_ms for ms in latencies_ms) / total, 4) if total else None
+
+
 def archetype(index: int) -> str:
     return ARCHETYPES[index % len(ARCHETYPES)]
 

@@ -35,6 +35,7 @@ from gold_common import (
     gold_request,
     log,
     scrape_procs,
+    share_within,
 )
 
 from devstack.processes import PipelineProcesses
@@ -191,7 +192,6 @@ async def game_segment(settings: Settings, prefix: str, args: argparse.Namespace
     # The refresh rate per NPC, over NPCs active for the whole measured window.
     stable = [n for n, _ in active.members if active.joined.get(n, end) <= window[0]]
     rates = arrivals.rates(stable, *window)
-    within = sum(ms <= args.budget_ms for ms in replies.reply_ms)
     return {
         **reader.reads.summary(),
         "refresh_hz": {
@@ -206,7 +206,7 @@ async def game_segment(settings: Settings, prefix: str, args: argparse.Namespace
         "duplicates": replies.duplicates,
         "reply_ms": percentiles(replies.reply_ms),
         "answered_ms": percentiles(replies.answered_ms),
-        "within_budget": round(within / replies.sent, 4) if replies.sent else None,
+        "within_budget": share_within(replies.reply_ms, args.budget_ms, replies.sent),
         "served_by": dict(replies.served_by),
     }
 
