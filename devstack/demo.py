@@ -118,6 +118,8 @@ async def drive(
         "engine": {t.value: engines[t] for t in Tier},
         "sustainable_rate": server.sustainable_rate(),
         "duplicates_dropped": client.stats.duplicates,
+        # Requests the SDK sent again when no reply came by the deadline (NPCClient.request).
+        "resent": client.stats.resent,
         "rate": rate,
         "duration_s": duration,
         "gold": gold,
