@@ -21,6 +21,8 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from pipeline.config import ConfigError, Settings
 
+log = logging.getLogger("npcflow.kafka")
+
 #: Kafka's CreateTopics error code for a topic that exists already.
 TOPIC_ALREADY_EXISTS = 36
 
@@ -97,20 +99,30 @@ async def partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 
         await asyncio.sleep(0.1)
 
 
-async def warm(producer: AIOKafkaProducer, *topics: str) -> None:
+async def warm(producer: AIOKafkaProducer, *topics: str, timeout_s: float = 5.0) -> bool:
     """Have ``producer`` know ``topics``' leaders and hold a connection to each before its first send.
 
-    Otherwise the first record to a topic waits for a metadata round trip and a new connection
-    (measured: a new game client's first Gold request 5-10 ms slower, a router's first reply to
-    a reply topic likewise), which is a Gold request's whole budget on a busy host. Best effort:
-    a leader that cannot be reached now is connected by the send, as before.
+    Otherwise the first record to each topic waits for a metadata round trip and a new connection,
+    and so does whatever the process does next (measured: a new game client's first Gold request
+    5-10 ms slower; a router's first reply, dead letter or output likewise, and the request behind
+    it waited too): a Gold request's whole budget on a busy host. Best effort, at most
+    ``timeout_s``: what cannot be reached now is connected by the first send, as before.
     """
     client = producer.client
-    for topic in topics:
-        partitions = await producer.partitions_for(topic)
-        leaders = {client.cluster.leader_for_partition(TopicPartition(topic, p)) for p in partitions}
-        for node in leaders - {None, -1}:
-            await client.ready(node)
+
+    async def connect() -> None:
+        for topic in topics:
+            partitions = await producer.partitions_for(topic)
+            leaders = {client.cluster.leader_for_partition(TopicPartition(topic, p)) for p in partitions}
+            for node in leaders - {None, -1}:
+                await client.ready(node)
+
+    try:
+        await asyncio.wait_for(connect(), timeout_s)
+    except Exception as exc:
+        log.warning("could not warm a producer for %s (%s); the first sends connect", ", ".join(topics), exc)
+        return False
+    return True
 
 
 async def probe(settings: Settings, timeout_s: float = 10.0) -> None:

@@ -25,8 +25,8 @@ from pipeline.lifecycle import Lifecycle
 from pipeline.observability import families, metrics
 from pipeline.observability.cost import Pricing
 from pipeline.reply_topics import ReplyTopics
-from topics.catalogue import OUTPUTS, REPLIES, TIER_TOPICS, Tier
-from topics.policy import RoutingPolicy
+from topics.catalogue import DLQ, OUTPUTS, REPLIES, TIER_TOPICS, Tier
+from topics.policy import FORWARD, RoutingPolicy
 from workers.engine_stack import tier_engine
 from workers.engines.base import Engine, EngineResult
 from workers.group_member import GroupMember
@@ -154,6 +154,11 @@ class TierWorker(Lifecycle):
             settings, f"npcflow-{tier}-outputs", linger_ms=OUTPUTS_LINGER_MS
         )
         await self._outputs_producer.start()
+        # Before the first record: a cold topic costs a metadata round trip and a connection.
+        prefix = self.config.prefix
+        forward = [TIER_TOPICS[FORWARD[self.tier]].name(prefix)] if self.tier in FORWARD else []
+        await kafka.warm(self._producer, REPLIES.name(prefix), *forward)
+        await kafka.warm(self._outputs_producer, OUTPUTS.name(prefix), DLQ.name(prefix))
         await self.member.start()
         if self.refresher is not None:
             await self.refresher.start()

@@ -32,7 +32,7 @@ from pipeline.router.gold import GoldPath
 from pipeline.router.logic import Router, RouterStats, Source
 from pipeline.router.monitor import LeanMonitor
 from pipeline.router.transport import FETCH_WAIT_ATTR
-from topics.catalogue import REPLIES, REQUESTS, TIER_TOPICS
+from topics.catalogue import ACTIVE, DLQ, OUTPUTS, REPLIES, REQUESTS, ROUTING, TIER_TOPICS
 from topics.headers import Headers, Produce
 from topics.policy import RoutingPolicy
 
@@ -40,8 +40,6 @@ log = logging.getLogger("npcflow.router")
 
 #: Routing decisions are an audit trail, off the latency path: batch them instead of one request each.
 DECISION_LINGER_MS = 50
-#: How long readiness waits for the producer's metadata and connections (:func:`pipeline.kafka.warm`).
-WARM_TIMEOUT_S = 5.0
 
 
 class DecisionLog(Lifecycle):
@@ -49,6 +47,9 @@ class DecisionLog(Lifecycle):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        prefix = settings.topic_prefix
+        #: What it carries: routing decisions, Gold's outputs and the leases of active NPCs.
+        self.topics = [ROUTING.name(prefix), OUTPUTS.name(prefix), ACTIVE.name(prefix)]
         self._producer: AIOKafkaProducer | None = None
         self._ready = asyncio.Event()
 
@@ -57,6 +58,7 @@ class DecisionLog(Lifecycle):
             self.settings, "npcflow-router-decisions", linger_ms=DECISION_LINGER_MS
         )
         await self._producer.start()
+        await kafka.warm(self._producer, *self.topics)
         self._ready.set()
 
     async def _stop(self) -> None:
@@ -190,8 +192,10 @@ def create_app(
     router = Router(policy, produce, decisions.send, prefix=prefix, gold=gold, breakers=breakers)
     intake = app.topic(REQUESTS.name(prefix), key_type=bytes, value_type=bytes)
 
-    # What the router writes on a request's path: Gold's replies and the tier topics it forwards to.
-    latency_topics = [REPLIES.name(prefix), *(spec.name(prefix) for spec in TIER_TOPICS.values())]
+    # What the router produces itself (the decision log warms its own): Gold's replies, the tier
+    # topics, dead letters. The agent awaits each send, so a cold one holds up the next request too.
+    produced_topics = [REPLIES.name(prefix), DLQ.name(prefix)]
+    produced_topics += [spec.name(prefix) for spec in TIER_TOPICS.values()]
     warmed: list[bool] = []
     background: set[asyncio.Future] = set()
 
@@ -211,10 +215,7 @@ def create_app(
         """
         if not warmed:  # once: the first request should not pay for metadata and connections
             warmed.append(True)
-            try:
-                await asyncio.wait_for(kafka.warm(app.producer._producer, *latency_topics), WARM_TIMEOUT_S)
-            except Exception as exc:  # best effort: the first send connects as it always could
-                log.warning("router could not warm its producer (%s); first requests connect", exc)
+            await kafka.warm(app.producer._producer, *produced_topics)
         await app.tables.recovery.completed.wait()
         await asyncio.sleep(settings.kafka.fetch_max_wait_ms / 1000)
         mark_ready(settings.process.ready_file, f"router assigned {partitions} partitions")
