@@ -29,6 +29,7 @@ from pipeline.lifecycle import Lifecycle
 from topics.catalogue import REPLIES, REQUESTS
 from topics.fields import ReplyStatus, Sla
 from topics.headers import now_ms
+from topics.policy import RoutingPolicy, Unroutable
 from topics.schemas import Reply, Request
 
 log = logging.getLogger("npcflow.client")
@@ -95,6 +96,8 @@ class NPCClient(Lifecycle):
         self.reader_error: Exception | None = None
         #: Request id → job id, from ``accepted`` notices (the latest SEEN_CAPACITY).
         self.jobs: OrderedDict[str, str] = OrderedDict()
+        #: The router's policy (the same file), for the deadlines a request can get.
+        self._policy = RoutingPolicy.load(self.settings.policy_file)
 
     async def _start(self) -> None:
         """Connect and position at the end of the reply topic (a failure closes what was opened)."""
@@ -165,8 +168,9 @@ class NPCClient(Lifecycle):
         """Produce the request and wait for its one reply; raises :class:`ReplyTimeout`.
 
         A request that names a latency budget and is still unanswered ``client.resend_after_s``
-        past its deadline, and that no tier has taken as a job (an ``accepted`` notice), is sent
-        again under the same id (at most ``client.max_resends`` times):
+        past the latest deadline its fallbacks can give it (:meth:`RoutingPolicy.latest_deadline`),
+        and that no tier has taken as a job (an ``accepted`` notice), is sent again under the same
+        id (at most ``client.max_resends`` times):
         workers answer every request by its deadline (a fallback or ``expired`` at worst), so such
         silence means the request or its reply was lost on the way (a request is at-least-once: a
         producer that never got its acknowledgement, a cluster that lost an unreplicated write).
@@ -211,7 +215,14 @@ class NPCClient(Lifecycle):
             # Accepted as a job (its own or a fallback's): the pipeline has it, and the job
             # collector answers by the job's deadline. A copy would only run it twice.
             return None
-        deadline_s = (request.created_at_ms + request.latency_budget_ms) / 1000
+        try:
+            route = self._policy.route(request)
+        except Unroutable:  # the router dead-letters it: no copy would be answered either
+            return None
+        # By the latest deadline a fallback can give it, not the routed tier's: in a 30 s embedded
+        # demo the SDK resent 6-9 of 14 Silver requests that were falling back to Bronze, and each
+        # copy ran a model again on the tier that was already short of capacity.
+        deadline_s = self._policy.latest_deadline(route) / 1000
         return deadline_s + options.resend_after_s * (resends + 1)
 
     async def _resend(self, request: Request, attempt: int) -> None:

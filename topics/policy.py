@@ -168,5 +168,18 @@ class RoutingPolicy:
         budget from now if later."""
         return max(deadline_ms, now_ms + self.tiers[tier].default_budget_ms)
 
+    def latest_deadline(self, route: Route) -> int:
+        """The latest deadline a routed request can reach: each fallback along :data:`FORWARD`
+        happens by the deadline it had at the latest, and gives at most the next tier's budget more.
+
+        The SDK waits this long before it calls a request lost: a Silver request that fell back to
+        Bronze is answered by Bronze's deadline, not Silver's.
+        """
+        tier, deadline_ms = route.tier, route.deadline_ms
+        while tier in FORWARD:
+            tier = FORWARD[tier]
+            deadline_ms = self.next_deadline(tier, deadline_ms, deadline_ms)
+        return deadline_ms
+
     def cost_usd(self, tier: Tier, tokens: int) -> float:
         return round(self.tiers[tier].usd_per_1k_tokens * tokens / 1000.0, 9)

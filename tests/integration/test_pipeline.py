@@ -242,9 +242,8 @@ async def test_a_request_lost_on_the_way_is_sent_again_past_its_deadline_and_ans
 ) -> None:
     settings = Settings(kafka_bootstrap=kafka, topic_prefix=prefix, client=ClientSettings(resend_after_s=0.5))
     async with ForgetfulClient(settings, tenant_id="gs-test") as client:
-        request = client.build_request(
-            "npc-l", "Hello?", max_tokens=8, sla=Sla.INTERACTIVE, latency_budget_ms=300
-        )
+        # Bronze, the last tier: no fallback can move its deadline, so the copy goes 0.5 s after it.
+        request = client.build_request("npc-l", "Hello?", max_tokens=8, sla=Sla.ASYNC, latency_budget_ms=300)
         reply = await client.request(request, timeout_s=30)
         # The copy reached the pipeline after the deadline: it says so instead of staying silent.
         assert reply.request_id == request.request_id and reply.status is ReplyStatus.EXPIRED

@@ -29,6 +29,11 @@ from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 
 __all__ = ["producer"]  # the fixture, shared with test_worker
 
+#: A scenario bounds every step of its end (process start 90 s, drain 45 s, each shutdown step 20 s,
+#: tracing lost requests 60 s): on a bad run those add up past the suite's 300 s, and the timeout
+#: would then hide the report (``lost_trace``, ``stalls``) that says what went wrong.
+pytestmark = pytest.mark.timeout(600)
+
 
 def assert_every_request_answered_once(result: dict) -> None:
     assert result["sent"] > 100, result

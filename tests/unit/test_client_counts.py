@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from pipeline.client import NPCClient
 from pipeline.config import Settings
 from topics.catalogue import Tier
@@ -43,5 +45,16 @@ async def test_a_request_accepted_as_a_job_is_not_resent() -> None:
     client._deliver(reply(request.request_id, ReplyStatus.ACCEPTED, job_id="job-1"))
     assert client.jobs[request.request_id] == "job-1"
     assert client._resend_at(request, 0) is None
+
+
+def test_a_request_is_resent_only_past_the_deadline_its_fallbacks_can_give_it() -> None:
+    client = NPCClient(Settings(kafka_bootstrap="unused:9092"), tenant_id="gs")
+    after_s = client.settings.client.resend_after_s
+    silver = client.build_request("npc-1", "Hi.", sla=Sla.INTERACTIVE, latency_budget_ms=250)
+    bronze_budget_s = client._policy.tiers[Tier.BRONZE].default_budget_ms / 1000
+    # Silver forwards to Bronze by its deadline at the latest, and Bronze has its own budget from then.
+    expected_s = (silver.created_at_ms + 250) / 1000 + bronze_budget_s + after_s
+    assert client._resend_at(silver, 0) == pytest.approx(expected_s)
+    assert client._resend_at(silver, client.settings.client.max_resends) is None
     unbudgeted = client.build_request("npc-1", "Hi.", sla=Sla.INTERACTIVE)
     assert client._resend_at(unbudgeted, 0) is None  # no deadline the client knows of
