@@ -72,12 +72,14 @@ def test_a_flooding_tenant_does_not_make_a_quiet_one_wait(stack: StackEndpoints,
     result = run_scenario("tenant-flood", stack, work_dir, duration_s=24, progress=None)
     assert_every_request_answered_once(result)
     # The flood is degraded, not the victim. Whether one victim request misses its 250 ms on a loaded
-    # 2-core machine is timing (a CI run once saw 2 of 177 fall back); a victim queued behind the
-    # flood would fall back like the flood does, so the shares are compared.
+    # 2-core machine is timing (CI runs once saw 2 of 177 fall back, once one expire: the shedder
+    # predicted it in time, then the machine stalled while it waited for the slot); a victim queued
+    # behind the flood would be degraded like the flood is, so the shares are compared.
     victim, flood = result["victim_statuses"], result["flood_statuses"]
-    assert set(victim) <= {"ok", "fallback"}, result
-    victim_degraded = victim.get("fallback", 0) / max(1, sum(victim.values()))
-    flood_degraded = flood.get("fallback", 0) / max(1, sum(flood.values()))
+    degraded = ("fallback", "expired")
+    assert set(victim) <= {"ok", *degraded}, result
+    victim_degraded = sum(victim.get(s, 0) for s in degraded) / max(1, sum(victim.values()))
+    flood_degraded = sum(flood.get(s, 0) for s in degraded) / max(1, sum(flood.values()))
     assert flood_degraded > 0 and victim_degraded <= min(0.05, flood_degraded / 5), result
     # The claim itself: under the flood the quiet tenant's p95 stays inside its budget and near its
     # p95 alone. Behind a first-come slot it would queue with the flood up to the shedder's limit
