@@ -103,7 +103,6 @@ class NPCClient(Lifecycle):
         """Connect and position at the end of the reply topic (a failure closes what was opened)."""
         self._producer = kafka.producer(self.settings, f"npcflow-client-{self.tenant_id}")
         await self._producer.start()
-        await kafka.warm(self._producer, self.intake_topic)
         self._consumer = kafka.consumer(self.settings, f"npcflow-client-{self.tenant_id}")
         await self._consumer.start()
         partitions = await kafka.partitions(self._consumer, self.reply_topic)
@@ -113,6 +112,8 @@ class NPCClient(Lifecycle):
         await self._consumer.seek_to_end(*tps)
         for tp in tps:  # resolve the end offsets now, so no reply produced after start() is missed
             await self._consumer.position(tp)
+        # The intake's leaders before the first request (a missing reply topic has failed above).
+        await kafka.warm(self._producer, self.intake_topic)
         self._reader = asyncio.create_task(self._read_replies(), name="npcflow-client-replies")
 
     async def _stop(self) -> None:
