@@ -75,14 +75,16 @@ EVENTS: tuple[type[Event], ...] = (
     ActiveNpc,
 )
 
-#: Consumer settings that work for an external client on the embedded broker (and on real Kafka).
+#: Consumer settings for an external client's reply consumer. Kafka answers a parked fetch as soon as
+#: a record arrives, so the fetch wait is ours (NPCFLOW_FETCH_MAX_WAIT_MS' default), not a poll.
 CONSUMER_SETTINGS = {
     "session.timeout.ms": 6000,
     "heartbeat.interval.ms": 1500,
-    "fetch.wait.max.ms": 5,
+    "fetch.wait.max.ms": 500,
     "enable.auto.commit": False,
-    "subscription": "assign or subscribe to your own reply topic by its exact name, never a regex "
-    "(a regex subscription rebalances whenever any tenant's reply topic appears)",
+    "subscription": "assign your own reply topic's partitions at OFFSET_END before the first request, "
+    "or subscribe to it by its exact name; never a regex (a regex subscription rebalances whenever "
+    "any tenant's reply topic appears)",
 }
 
 FALLBACK_ATTEMPT_HEADER, FALLBACK_FROM_HEADER = ATTEMPT_HEADER, FROM_HEADER
