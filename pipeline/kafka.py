@@ -27,6 +27,14 @@ log = logging.getLogger("npcflow.kafka")
 TOPIC_ALREADY_EXISTS = 36
 
 
+#: How every producer of ours writes, faust's included (:mod:`pipeline.router.transport`): a record is
+#: acknowledged once every in-sync replica has it, so with ``min.insync.replicas=2`` a broker may
+#: die without losing an acknowledged record (``acks=1`` lost one routed request in a broker-kill
+#: test: the leader acknowledged it, died before its followers fetched it, and the router had
+#: committed the intake past it); idempotence makes a retry after a lost acknowledgement write once.
+DURABLE_WRITES: dict[str, Any] = {"acks": "all", "enable_idempotence": True}
+
+
 class TopicCreationError(RuntimeError):
     """The broker refused to create a topic for a reason other than "it exists"."""
 
@@ -34,16 +42,13 @@ class TopicCreationError(RuntimeError):
 def producer(settings: Settings, client_id: str, *, linger_ms: int = 0, **overrides: Any) -> AIOKafkaProducer:
     """A producer; ``linger_ms`` 0 on latency paths, a few tens of ms for batched side records.
 
-    ``acks=all`` with idempotence: a record is acknowledged once every in-sync replica has it (with
-    ``min.insync.replicas=2`` a broker may die without losing an acknowledged record), and a retry
-    after a lost acknowledgement never writes the record twice.
+    Writes are :data:`DURABLE_WRITES` (``acks=all`` with idempotence).
     """
     options: dict[str, Any] = {
         "bootstrap_servers": settings.require_kafka(),
         "client_id": client_id,
         "linger_ms": linger_ms,
-        "acks": "all",
-        "enable_idempotence": True,
+        **DURABLE_WRITES,
         **settings.kafka.security.aiokafka_options(),
     }
     options.update(overrides)

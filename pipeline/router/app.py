@@ -157,8 +157,7 @@ def create_app(
         topic_disable_leader=True,
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
-        producer_linger=0.0,
-        producer_acks=1,
+        producer_linger=0.0,  # acks=all with idempotence: the transport's producer (DURABLE_WRITES)
         broker_session_timeout=session_timeout,
         broker_heartbeat_interval=min(1.0, session_timeout / 4),
         broker_commit_interval=0.5,

@@ -1,6 +1,6 @@
 """The router's faust transport: the stock aiokafka driver with its consumer on the app's own loop.
 
-Two changes, both read from the app (set by :func:`~pipeline.router.app.create_app`):
+Three changes; the first two are read from the app (set by :func:`~pipeline.router.app.create_app`):
 
 - **No consumer thread.** faust's aiokafka driver runs its Kafka consumer in a second thread with
   its own event loop and hands every fetch, commit and seek across through a method queue. For a
@@ -15,6 +15,9 @@ Two changes, both read from the app (set by :func:`~pipeline.router.app.create_a
   worker consumer, so the router would be the one consumer of ours that ``NPCFLOW_FETCH_MAX_WAIT_MS``
   does not reach (Kafka answers a waiting fetch as soon as a record arrives: this is about one
   setting meaning one thing, and an idle router's poll rate, not latency).
+- **Durable writes.** The producer writes as every producer of ours does
+  (:data:`pipeline.kafka.DURABLE_WRITES`: ``acks=all``, idempotent); faust only asks for that
+  inside transactions, which the router does not use.
 
 Faust loads transports from the ``faust.transports`` entry point by URL scheme, so the router
 uses ``npcflow://host:port`` and gets this transport.
@@ -32,6 +35,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.futures import maybe_async
 
 from pipeline.config import KafkaOptions
+from pipeline.kafka import DURABLE_WRITES
 
 #: The attribute of the faust app that carries the configured fetch wait to the transport.
 FETCH_WAIT_ATTR = "npcflow_fetch_max_wait_ms"
@@ -87,7 +91,13 @@ class Consumer(faust_aiokafka.Consumer):
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+class Producer(faust_aiokafka.Producer):
+    def _settings_extra(self) -> dict[str, Any]:
+        return {**super()._settings_extra(), **DURABLE_WRITES}
+
+
 class Transport(faust_aiokafka.Transport):
-    """The aiokafka transport, consumer on the app's loop; selected by ``npcflow://`` URLs."""
+    """The aiokafka transport, consumer on the app's loop, durable producer; ``npcflow://`` URLs."""
 
     Consumer = Consumer
+    Producer = Producer
