@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -32,7 +33,7 @@ TOPIC_ALREADY_EXISTS = 36
 #: die without losing an acknowledged record (``acks=1`` lost one routed request in a broker-kill
 #: test: the leader acknowledged it, died before its followers fetched it, and the router had
 #: committed the intake past it); idempotence makes a retry after a lost acknowledgement write once.
-DURABLE_WRITES: dict[str, Any] = {"acks": "all", "enable_idempotence": True}
+DURABLE_WRITES: Mapping[str, Any] = MappingProxyType({"acks": "all", "enable_idempotence": True})
 
 
 class TopicCreationError(RuntimeError):
