@@ -131,11 +131,25 @@ class PipelineProcesses:
         self.stop()
 
 
+#: How far a background process yields: nice 10 weighs about a tenth of nice 0 (sched(7)).
+YIELD_NICE = 10
+
+
 def yield_cpu(pid: int) -> None:
-    """Every thread of ``pid`` at nice 10: it runs when the router does not need the core."""
+    """``pid`` at nice 10, its autogroup too: it runs when the router does not need the core.
+
+    Every child starts its own session (:class:`~devstack.supervise.ManagedProcess`), and where the
+    kernel groups by session (``/proc/sys/kernel/sched_autogroup_enabled``, on in most distributions
+    and here) it first shares the CPU evenly between sessions: a thread's nice then only ranks it
+    inside its own process, and a niced model weighed as much as the router. The autogroup's nice
+    (``/proc/<pid>/autogroup``, sched(7)) is what ranks the process against the others; the
+    threads' nice still counts where autogroups are off (docs/architecture.md, "Gold's two paths").
+    """
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/autogroup").write_text(f"{YIELD_NICE}\n")
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError, ValueError):
-            os.setpriority(os.PRIO_PROCESS, int(task.name), 10)
+            os.setpriority(os.PRIO_PROCESS, int(task.name), YIELD_NICE)
 
 
 def background_yields(procs: PipelineProcesses, engines: dict[Tier, str]) -> None:
