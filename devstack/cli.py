@@ -27,6 +27,7 @@ from devstack.endpoints import SERVICES, STACK_ENV_FILE, StackEndpoints
 from devstack.errors import StackError
 from devstack.game_server import DEFAULT_ACTIVE
 from devstack.kafka_dist import broker_identity
+from devstack.kafka_launcher import release_storage
 from devstack.probes import probe_all
 from devstack.stack import EmbeddedStack
 from devstack.supervise import LOG_DIR, stop_from_pidfile
@@ -160,7 +161,7 @@ def up(settings: Settings, detach: bool, brokers: str | None, verbose: bool) -> 
 def down(settings: Settings, verbose: bool) -> None:
     """Stop the services `npcflow stack up --detach` started (by the pids it recorded).
 
-    Removes stack.pids and stack.env. Harmless when nothing is running; processes whose pid
+    Removes stack.pids, stack.env and the brokers' logs. Harmless when nothing is running; processes whose pid
     now belongs to another program are left alone.
     """
     _setup_logging(verbose, logging.WARNING)
@@ -169,6 +170,7 @@ def down(settings: Settings, verbose: bool) -> None:
         stopped = stop_from_pidfile(state)
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
+    release_storage(state)
     if stopped:
         click.echo(f"stopped {', '.join(stopped)}")
     else:

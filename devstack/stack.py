@@ -27,7 +27,7 @@ import psutil
 
 from devstack.endpoints import SERVICE_ENV, SERVICES, STACK_ENV_FILE, StackEndpoints, given_endpoints
 from devstack.errors import StackError
-from devstack.kafka_launcher import KafkaLauncher
+from devstack.kafka_launcher import KafkaLauncher, release_storage
 from devstack.launchers import (
     Launcher,
     OpenSearchLauncher,
@@ -68,8 +68,13 @@ def launcher_for(name: str, settings: Settings, state_dir: Path, ports: Iterator
     """The launcher of service ``name``, taking :func:`ports_needed` ports from ``ports``."""
     taken = [next(ports) for _ in range(ports_needed(name, settings))]
     if name == "kafka":
-        nodes = settings.embedded_kafka_nodes
-        return KafkaLauncher(state_dir=state_dir, port=taken[0], nodes=nodes, extra_ports=taken[1:])
+        return KafkaLauncher(
+            state_dir=state_dir,
+            port=taken[0],
+            nodes=settings.embedded_kafka_nodes,
+            extra_ports=taken[1:],
+            storage=settings.embedded_kafka_storage,
+        )
     return LAUNCHERS[name](state_dir=state_dir, port=taken[0])
 
 
@@ -108,6 +113,8 @@ class EmbeddedStack:
         #: ``NPCFLOW_OPENAI_URL`` / ``NPCFLOW_SAGEMAKER_URL`` of the engine servers started here.
         self.engine_env: dict[str, str] = {}
         self._lock = threading.Lock()
+        #: Whether this stack made the brokers' storage, so its stop gives it back.
+        self._made_storage = False
 
     @property
     def started(self) -> list[str]:
@@ -153,6 +160,7 @@ class EmbeddedStack:
                 continue
             try:
                 launcher = launcher_for(name, self.settings, self.state_dir, ports)
+                self._made_storage |= isinstance(launcher, KafkaLauncher)
                 launcher.prepare()
                 for proc in launcher.processes():
                     # Spawned here, on the caller's thread: PDEATHSIG is tied to the spawning thread.
@@ -260,9 +268,13 @@ class EmbeddedStack:
         with self._lock:
             processes, self.processes = self.processes, []
         self.endpoints = None
+        made_storage, self._made_storage = self._made_storage, False
+        if processes:
+            stop_processes(processes, self.stop_timeout)
+        if made_storage:
+            release_storage(self.state_dir)
         if not processes:
             return
-        stop_processes(processes, self.stop_timeout)
         with contextlib.suppress(StackError):
             data = read_pidfile(self.state_dir)
             if data is not None and data.get("owner_pid") == os.getpid():

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         "Kafka brokers the embedded stack starts when no NPCFLOW_KAFKA_BOOTSTRAP is given: 1, or 3 "
         "for a replicated cluster (fault tests)",
     )
+    embedded_kafka_storage: Literal["memory", "disk"] = setting(
+        "NPCFLOW_KAFKA_STORAGE",
+        "memory",
+        "where the embedded brokers keep their logs: memory (a tmpfs, /dev/shm, where the machine "
+        "has one with room; on disk otherwise) or disk (<state dir>/kafka)",
+    )
     kafka: KafkaOptions = KafkaOptions()
     worker: WorkerSettings = WorkerSettings()
     engines: EngineSettings = EngineSettings()

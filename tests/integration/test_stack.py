@@ -1,6 +1,6 @@
 """The embedded stack: what it starts, what it leaves alone, and that nothing outlives it.
 
-Each test starts real processes (Tansu, PostgreSQL, redis-server, moto, osmem-server) on free
+Each test starts real processes (Apache Kafka, PostgreSQL, redis-server, moto, osmem-server) on free
 loopback ports in its own state dir; a whole stack comes up in about 2 s on 2 cores.
 """
 
@@ -22,8 +22,10 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from devstack import kafka_launcher
 from devstack.cli import stack as stack_group
 from devstack.endpoints import SERVICES, STACK_ENV_FILE
+from devstack.kafka_launcher import storage_link
 from devstack.launchers import RedisLauncher
 from devstack.probes import probe_all
 from devstack.stack import EmbeddedStack
@@ -88,6 +90,29 @@ def test_down_with_nothing_running_is_harmless(isolated_env: Path) -> None:
         result = runner.invoke(stack_group, ["down"])
         assert result.exit_code == 0, result.output
         assert "nothing to stop" in result.output
+
+
+def test_the_brokers_logs_live_in_memory_as_long_as_their_stack(isolated_env: Path) -> None:
+    """Both ways a stack ends (its own stop, `stack down` for a detached one) give the memory back."""
+    assert kafka_launcher._memory_unusable() is None, "this machine's /dev/shm is where the tests expect it"
+    link = storage_link(isolated_env)
+    with EmbeddedStack(isolated_env) as embedded:
+        target = link.resolve()
+        assert link.is_symlink() and target.parent == kafka_launcher.MEMORY_ROOT
+        assert (target / "node-1" / "meta.properties").is_file()  # the broker formatted it
+        assert embedded.results["kafka"] == "ok"
+    assert not target.exists() and not link.is_symlink()
+
+    detached = EmbeddedStack(isolated_env, detach=True)
+    try:
+        detached.start()
+        target = link.resolve()
+        assert target.is_dir()
+        result = CliRunner().invoke(stack_group, ["down"])
+        assert result.exit_code == 0, result.output
+        assert not target.exists() and not link.is_symlink()
+    finally:
+        detached.stop()
 
 
 def test_down_leaves_a_recycled_pid_alone(isolated_env: Path) -> None:
@@ -212,18 +237,22 @@ def test_foreground_up_leaves_nothing_when_stopped_or_killed(
         assert "NPCFLOW_KAFKA_BOOTSTRAP" in out.read_text()
         everything = _with_descendants(_pidfile_pids(isolated_env))
         assert len(everything) >= len(SERVICES)
+        memory = storage_link(isolated_env).resolve()
+        assert memory.is_dir()
 
         proc.send_signal(signum)
         code = proc.wait(30)
         _assert_all_gone(everything)
         if signum == signal.SIGKILL:
-            # Files stay behind; `down` finds nothing alive and clears them.
-            assert (isolated_env / PID_FILE).exists()
-            assert stop_from_pidfile(isolated_env) == []
+            # Files and the brokers' memory stay behind; `down` finds nothing alive and clears them.
+            assert (isolated_env / PID_FILE).exists() and memory.is_dir()
+            result = CliRunner().invoke(stack_group, ["down"])
+            assert result.exit_code == 0 and "nothing to stop" in result.output, result.output
         else:
             assert code == 0, err.read_text()
         assert not (isolated_env / PID_FILE).exists()
         assert not (isolated_env / STACK_ENV_FILE).exists()
+        assert not memory.exists()
     finally:
         if proc.poll() is None:
             proc.kill()
