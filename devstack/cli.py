@@ -161,8 +161,8 @@ def up(settings: Settings, detach: bool, brokers: str | None, verbose: bool) -> 
 def down(settings: Settings, verbose: bool) -> None:
     """Stop the services `npcflow stack up --detach` started (by the pids it recorded).
 
-    Removes stack.pids, stack.env and the brokers' logs. Harmless when nothing is running; processes whose pid
-    now belongs to another program are left alone.
+    Removes stack.pids, stack.env and the brokers' logs. Harmless when nothing is running;
+    processes whose pid now belongs to another program are left alone.
     """
     _setup_logging(verbose, logging.WARNING)
     state = settings.state_dir

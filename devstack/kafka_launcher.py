@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from devstack import kafka_dist
 from devstack.errors import StackError
@@ -56,7 +56,7 @@ class KafkaLauncher(Launcher):
     name = "kafka"
     nodes: int = 1
     #: ``memory`` or ``disk`` (``NPCFLOW_KAFKA_STORAGE``): where :func:`fresh_storage` puts the logs.
-    storage: str = "memory"
+    storage: Literal["memory", "disk"] = "memory"
     #: The other nodes' broker ports, then every node's controller port (2 * nodes - 1 in all);
     #: picked here when not given (the stack gives them, from one pick for all its services).
     extra_ports: list[int] = field(default_factory=list)
@@ -200,15 +200,15 @@ def storage_link(state_dir: Path) -> Path:
     return state_dir / "kafka"
 
 
-def fresh_storage(state_dir: Path, storage: str) -> Path:
+def fresh_storage(state_dir: Path, storage: Literal["memory", "disk"]) -> Path:
     """Empty storage for the brokers of the stack in ``state_dir``, in memory where asked and possible.
 
     In memory because on disk (ext4, measured on these machines) the first write to each new
     index file of a log segment faults in a page of a sparse memory-mapped file: 2.4 ms on an idle
-    machine, 20-30 ms on a loaded one, with the partition's lock held. Two of them (offset and time
-    index) held a produce 44-61 ms in the demo, every few seconds, one in three of them a Gold
-    reply (docs/architecture.md, "The brokers' storage"). On tmpfs the same write takes 0.03 ms.
-    The stack throws its broker data away at every start, so nothing is lost by keeping it in memory.
+    machine, about 24 ms on a loaded one, with the partition's lock held. Two of them (offset and
+    time index) held a produce 44-61 ms in the demo every few seconds, replies included
+    (docs/architecture.md §5, "The brokers' logs live in memory"). On tmpfs the same write takes
+    0.03 ms. The stack throws its broker data away at every start, so memory loses nothing.
     """
     release_storage(state_dir)
     _sweep_orphans()
