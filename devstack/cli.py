@@ -27,7 +27,7 @@ from devstack.endpoints import SERVICES, STACK_ENV_FILE, StackEndpoints
 from devstack.errors import StackError
 from devstack.game_server import DEFAULT_ACTIVE
 from devstack.kafka_dist import broker_identity
-from devstack.kafka_launcher import release_storage
+from devstack.kafka_launcher import release_storage, storage_link
 from devstack.probes import probe_all
 from devstack.stack import EmbeddedStack
 from devstack.supervise import LOG_DIR, stop_from_pidfile
@@ -204,6 +204,7 @@ def check(settings: Settings, as_json: bool, timeout: float, verbose: bool) -> N
                 broker = broker_identity(started="kafka" in embedded.started)
                 if "kafka" in embedded.ready_s:
                     broker["broker_start_s"] = embedded.ready_s["kafka"]
+                    broker["broker_storage"] = "memory" if storage_link(check_dir).is_symlink() else "disk"
             except StackError as exc:
                 results = exc.results or dict.fromkeys(SERVICES, str(exc))
             finally:

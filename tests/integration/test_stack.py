@@ -215,6 +215,7 @@ def test_check_json_reports_all_ok_and_leaves_nothing(isolated_env: Path) -> Non
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert {name: report[name] for name in SERVICES} == dict.fromkeys(SERVICES, "ok")
     assert 0 < report["seconds"] < 30
+    assert report["broker"].startswith("Apache Kafka ") and report["broker_storage"] == "memory"
     _assert_all_gone(_our_descendants() - before)
 
 
