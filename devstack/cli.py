@@ -155,6 +155,13 @@ def up(settings: Settings, detach: bool, brokers: str | None, verbose: bool) -> 
     click.echo("# stopped", err=True)
 
 
+def _stop_detached(state_dir: Path) -> list[str]:
+    """Stop what the pid file in ``state_dir`` lists, then give back its brokers' storage."""
+    stopped = stop_from_pidfile(state_dir)
+    release_storage(state_dir)  # a link into memory: rmtree of the state dir would only unlink it
+    return stopped
+
+
 @stack.command("down", short_help="Stop what `stack up --detach` started.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging on stderr.")
 @pass_settings
@@ -167,10 +174,9 @@ def down(settings: Settings, verbose: bool) -> None:
     _setup_logging(verbose, logging.WARNING)
     state = settings.state_dir
     try:
-        stopped = stop_from_pidfile(state)
+        stopped = _stop_detached(state)
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
-    release_storage(state)
     if stopped:
         click.echo(f"stopped {', '.join(stopped)}")
     else:
@@ -192,7 +198,7 @@ def check(settings: Settings, as_json: bool, timeout: float, verbose: bool) -> N
     _setup_logging(verbose, logging.WARNING)
     began = time.monotonic()
     check_dir: Path = settings.state_dir / "check"
-    stop_from_pidfile(check_dir)
+    _stop_detached(check_dir)
     shutil.rmtree(check_dir, ignore_errors=True)
     embedded = EmbeddedStack(check_dir, startup_timeout=timeout, external_timeout=timeout)
     broker: dict[str, str | float] = {}

@@ -255,7 +255,8 @@ def _sweep_orphans() -> None:
     """Remove memory directories whose stack is gone: killed, or its state dir deleted with it."""
     for path in MEMORY_ROOT.glob(f"{_MEMORY_PREFIX}*") if MEMORY_ROOT.is_dir() else ():
         try:
-            if path.stat().st_uid != os.getuid() or time.time() - path.stat().st_mtime < _SWEEP_AFTER_S:
+            stat = path.stat()
+            if stat.st_uid != os.getuid() or time.time() - stat.st_mtime < _SWEEP_AFTER_S:
                 continue
             link = Path((path / _OWNER_FILE).read_text())
             # A killed stack's state dir (a test's, say) may outlive it, link and all: its pid

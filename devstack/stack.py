@@ -269,9 +269,8 @@ class EmbeddedStack:
             processes, self.processes = self.processes, []
         self.endpoints = None
         made_storage, self._made_storage = self._made_storage, False
-        if processes:
-            stop_processes(processes, self.stop_timeout)
-        if made_storage:
+        stop_processes(processes, self.stop_timeout)
+        if made_storage:  # a start that failed half way made it too
             release_storage(self.state_dir)
         if not processes:
             return
