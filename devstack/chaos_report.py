@@ -17,8 +17,7 @@ from devstack.broker_kill import BrokerKill
 from devstack.chaos import Scenario
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import Tier
-from topics.fields import ReplyStatus
-from topics.schemas import Reply
+from topics.schemas import Reply, ReplyStatus
 
 
 @dataclass

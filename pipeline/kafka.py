@@ -5,7 +5,7 @@ here, so the latency-path choices (``linger_ms`` 0, ``acks=all``, the fetch wait
 timeout; docs/architecture.md, "The broker") are made once, and so is the TLS/SASL
 security (:mod:`pipeline.config.kafka`): no client of ours can connect in the clear to a cluster
 that asks for SASL_SSL. faust's own clients get the same security as ``broker_credentials``
-(:func:`pipeline.router.app.create_app`) and their fetch wait from :mod:`pipeline.router.transport`.
+(:func:`pipeline.router.app.create_app`) and their fetch wait from :mod:`pipeline.router.app`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ log = logging.getLogger("npcflow.kafka")
 TOPIC_ALREADY_EXISTS = 36
 
 
-#: How every producer of ours writes, faust's included (:mod:`pipeline.router.transport`): a record is
+#: How every producer of ours writes, faust's included (:mod:`pipeline.router.app`): a record is
 #: acknowledged once every in-sync replica has it, so with ``min.insync.replicas=2`` a broker may
 #: die without losing an acknowledged record (``acks=1`` lost one routed request in a broker-kill
 #: test: the leader acknowledged it, died before its followers fetched it, and the router had

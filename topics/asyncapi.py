@@ -32,7 +32,6 @@ from topics.catalogue import (
     Tier,
     TopicSpec,
 )
-from topics.fields import SCHEMA_VERSION
 from topics.headers import (
     ATTEMPT_HEADER,
     CHAIN_HEADER,
@@ -48,6 +47,7 @@ from topics.headers import (
 from topics.rejections import DeadLetter
 from topics.schemas import (
     MAX_CHAIN,
+    SCHEMA_VERSION,
     ActiveNpc,
     Event,
     GameStateUpdate,

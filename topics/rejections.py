@@ -17,8 +17,16 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, StringConstraints, ValidationError
 
 from topics.catalogue import reply_topic_problem
-from topics.fields import TimestampMs, TopicName, bounded_int, cut_text
-from topics.schemas import Event, FieldError, InvalidEvent, Request
+from topics.schemas import (
+    Event,
+    FieldError,
+    InvalidEvent,
+    Request,
+    TimestampMs,
+    TopicName,
+    bounded_int,
+    cut_text,
+)
 
 #: Dead letters keep at most this much of the original event.
 MAX_DEAD_LETTER_ORIGINAL = 256 * 1024

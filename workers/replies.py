@@ -1,20 +1,28 @@
-"""The one reply a request gets: who served it, where the time went, what it cost, whether late.
+"""What serving produces: the one reply a request gets, and the records every outcome lists.
 
-Built in one place for every path that answers (a worker serving a request, the job collector
-publishing a SageMaker job's final reply), so a reply means the same whoever sent it.
+**The reply** says who served the request, where the time went, what it cost and whether it was
+late. It is built in one place for every path that answers (a worker serving a request, the job
+collector publishing a SageMaker job's final reply), so a reply means the same whoever sent it.
+
+**The records.** Every outcome (a reply with its output, a dead letter, a forwarded request, an
+intent) lists what it produces as :class:`Outbound`; the worker sends them all, then waits for
+every acknowledgement before the consumed offset counts as done. ``urgent`` picks the producer:
+a record on someone's latency path (a reply, a request forwarded to the next tier) goes out at
+once (linger 0), the rest (outputs for the sinks, routing decisions, intents, dead letters) batch
+with the outputs' linger, so they share produce requests instead of costing one each.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline.observability.cost import Pricing
 from topics.catalogue import Tier
-from topics.fields import ReplyStatus, ServedBy
 from topics.policy import RoutingPolicy
-from topics.schemas import Latency, Reply, TierAttempt, TokenUsage
+from topics.schemas import Latency, Reply, ReplyStatus, ServedBy, TierAttempt, TokenUsage
 from workers.engines.base import EngineResult
 
 if TYPE_CHECKING:
@@ -69,3 +77,15 @@ def build_reply(
         replied_at_ms=int(done_ms),
         tools=list(result.tool_calls) if result is not None and result.tool_calls else None,
     )
+
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers | None = None
+    urgent: bool = False

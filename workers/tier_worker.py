@@ -4,7 +4,7 @@ The loop consumes routed requests, bounds what it holds (records pending, engine
 hands serving one record at a time and produces the records serving returns: the reply (to
 the request's reply topic, key = request_id) and the output (``npc.outputs``), or a dead
 letter. A record's offset counts as done only once those are acknowledged; offsets are
-committed from :class:`~workers.offsets.OffsetTracker`, so a crash replays unfinished work
+committed from :class:`OffsetTracker` (below), so a crash replays unfinished work
 instead of losing it (at-least-once; the client drops a duplicate). On a revoke the records
 still waiting for an engine slot are handed back unserved. If the worker cannot write to Kafka
 at all it stops with an error rather than skip a record.
@@ -34,11 +34,9 @@ from workers.hooks import standard_hooks
 from workers.intents.active_refresh import ActiveRefresher, serving_step
 from workers.intents.refresh_step import RefreshServing
 from workers.intents.writer import IntentRefresh
-from workers.offsets import OffsetTracker
 from workers.resilience import TierResilience
-from workers.resilience.fair_share import FairShare
+from workers.resilience.admission import FairShare, LoadShedder
 from workers.resilience.fallback import FallbackStep, Forwarded, watch_late
-from workers.resilience.shedding import LoadShedder
 from workers.serving import DeadLettered, Hooks, Outcome, Serving, ServingStats, ServingStep
 from workers.worker_config import WorkerConfig
 
@@ -308,7 +306,7 @@ class TierWorker(Lifecycle):
         return set(await self.member.consumer.topics())
 
     async def _produce(self, outcome: Outcome) -> None:
-        """Send the outcome's records (workers.outbound says which producer), then wait for every ack."""
+        """Send the outcome's records (workers.replies says which producer), then wait for every ack."""
         assert self._producer is not None and self._outputs_producer is not None
         acks = []
         for record in outcome.records():
@@ -347,3 +345,49 @@ class TierWorker(Lifecycle):
         self.failure = self.failure or exc
         self._stopping.set()
         return False
+
+
+class OffsetTracker:
+    """Which offsets are safe to commit while several records of a partition are in flight.
+
+    The worker serves records concurrently, so they finish out of order; committing the offset of
+    the last finished record could skip one still running and lose it on a crash. The safe commit
+    point of a partition is its lowest in-flight offset (or one past the highest finished when
+    nothing is in flight).
+    """
+
+    def __init__(self) -> None:
+        self._in_flight: dict[TopicPartition, set[int]] = {}
+        self._next: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+
+    def started(self, tp: TopicPartition, offset: int) -> None:
+        self._in_flight.setdefault(tp, set()).add(offset)
+        if offset + 1 > self._next.get(tp, -1):
+            self._next[tp] = offset + 1
+
+    def finished(self, tp: TopicPartition, offset: int) -> None:
+        self._in_flight.get(tp, set()).discard(offset)
+
+    def in_flight(self) -> int:
+        return sum(len(s) for s in self._in_flight.values())
+
+    def to_commit(self) -> dict[TopicPartition, int]:
+        """Offsets that moved since the last :meth:`committed` call (the next offset to read)."""
+        out = {}
+        for tp, nxt in self._next.items():
+            pending = self._in_flight.get(tp)
+            point = min(pending) if pending else nxt
+            if point > self._committed.get(tp, -1):
+                out[tp] = point
+        return out
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        self._committed.update(offsets)
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        """Drop state of partitions this worker no longer owns (after a rebalance)."""
+        for tp in partitions:
+            self._in_flight.pop(tp, None)
+            self._next.pop(tp, None)
+            self._committed.pop(tp, None)

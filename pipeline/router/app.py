@@ -1,27 +1,57 @@
 """The router process: a faust-streaming agent on ``npc.requests`` that hands each event to :class:`Router`.
 
-This module only wires: faust's consumer and producer, the decision log, readiness and the
+This module wires: faust's consumer and producer, the decision log, readiness and the
 crash-on-produce-failure rule. What happens to an event is :mod:`pipeline.router.logic`.
 Offsets are committed by faust after the agent has handled the event and after faust flushed
 its producer (at-least-once); a replayed request is served again and the client drops the
 duplicate reply.
+
+**The transport** (:class:`Transport`, at the end) is faust's stock aiokafka driver with three changes;
+the first two are read from the app (set by :func:`create_app`):
+
+- **No consumer thread.** faust's aiokafka driver runs its Kafka consumer in a second thread with
+  its own event loop and hands every fetch, commit and seek across through a method queue. For a
+  router whose agent only awaits (it never blocks its loop), that thread buys nothing and costs
+  every record two loop handoffs and a GIL contest with the agent's thread: profiled at 500
+  requests/s, a quarter of the agent thread's samples sat in socket writes (16 % without the
+  thread), and the router does 8-16 % less work per request without it (docs/architecture.md §5).
+  Here the "thread" is a service on the app's loop: ``call_thread`` awaits the call in place,
+  and nothing else about the driver changes (aiokafka's heartbeats were always tasks on the
+  consumer's loop; now that is the app's).
+- **The configured fetch wait.** faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for its
+  worker consumer, so the router would be the one consumer of ours that ``NPCFLOW_FETCH_MAX_WAIT_MS``
+  does not reach (Kafka answers a waiting fetch as soon as a record arrives: this is about one
+  setting meaning one thing, and an idle router's poll rate, not latency).
+- **Durable writes.** The producer writes as every producer of ours does
+  (:data:`pipeline.kafka.DURABLE_WRITES`: ``acks=all``, idempotent); faust only asks for that
+  inside transactions, which the router does not use.
+
+Faust loads transports from the ``faust.transports`` entry point by URL scheme, so the router
+uses ``npcflow://host:port`` and gets this transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import aiokafka
 import faust
 import mode
 from aiokafka import AIOKafkaProducer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.utils.futures import maybe_async
 
 from pipeline import eventloop, kafka
-from pipeline.config import Settings
+from pipeline.config import KafkaOptions, Settings
 from pipeline.intents import IntentCache
+from pipeline.kafka import DURABLE_WRITES
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import families, metrics
 from pipeline.observability.cost import Pricing
@@ -31,7 +61,6 @@ from pipeline.router.breakers import RouterFallback, breaker_detour
 from pipeline.router.gold import GoldPath
 from pipeline.router.logic import Router, RouterStats, Source
 from pipeline.router.monitor import LeanMonitor
-from pipeline.router.transport import FETCH_WAIT_ATTR
 from topics.catalogue import ACTIVE, DLQ, OUTPUTS, REPLIES, REQUESTS, ROUTING, TIER_TOPICS
 from topics.headers import Headers, Produce
 from topics.policy import RoutingPolicy
@@ -40,6 +69,9 @@ log = logging.getLogger("npcflow.router")
 
 #: Routing decisions are an audit trail, off the latency path: batch them instead of one request each.
 DECISION_LINGER_MS = 50
+
+#: The attribute of the faust app that carries the configured fetch wait to the transport.
+FETCH_WAIT_ATTR = "npcflow_fetch_max_wait_ms"
 
 
 class DecisionLog(Lifecycle):
@@ -255,3 +287,65 @@ def run_router(settings: Settings, loglevel: str = "info") -> None:
         except SystemExit as exc:
             if exc.code:
                 raise
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer "thread", run as a service on the app's loop (see the module docstring)."""
+
+    def __init__(self, consumer: Any, *, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
+        super().__init__(consumer, loop=loop, thread_loop=loop, **kwargs)
+        self._serving: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        """What the thread would run, as a task here: start, then serve until stopped."""
+        assert not self._thread_started.is_set()
+        self._thread_started.set()
+        self._thread_running = running = self.parent_loop.create_future()
+        self._serving = asyncio.ensure_future(self._serve())
+        try:
+            await asyncio.wait({running, self._serving}, return_when=asyncio.FIRST_COMPLETED)
+            if not running.done():  # _serve ended before it was up: raise what it raised
+                await self._serving
+        finally:
+            self._thread_running = None
+
+    async def call_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await maybe_async(fun(*args, **kwargs))
+
+    async def cast_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.add_future(maybe_async(fun(*args, **kwargs)))
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._serving is not None:
+            with contextlib.suppress(Exception):
+                await self._serving
+
+    async def _gather_remaining_tasks(self) -> None:
+        """A real thread's loop ends with its thread, so mode cancels every task still on it.
+        This loop is the app's: its tasks are not ours to cancel."""
+
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by AIOKafkaConsumer.start() when it builds its Fetcher; the consumer is not started yet.
+        consumer._fetch_max_wait_ms = getattr(
+            transport.app, FETCH_WAIT_ATTR, KafkaOptions().fetch_max_wait_ms
+        )
+        return consumer
+
+
+class Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Producer(faust_aiokafka.Producer):
+    def _settings_extra(self) -> dict[str, Any]:
+        return {**super()._settings_extra(), **DURABLE_WRITES}
+
+
+class Transport(faust_aiokafka.Transport):
+    """The aiokafka transport, consumer on the app's loop, durable producer; ``npcflow://`` URLs."""
+
+    Consumer = Consumer
+    Producer = Producer

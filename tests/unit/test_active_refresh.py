@@ -20,8 +20,7 @@ from workers.intents.active_refresh import ActiveRefresher, serving_step
 from workers.intents.refresh_step import RefreshServing
 from workers.intents.schedule import RefreshSchedule
 from workers.intents.writer import IntentRefresh
-from workers.resilience.fair_share import FairShare
-from workers.resilience.shedding import LoadShedder
+from workers.resilience.admission import FairShare, LoadShedder
 from workers.serving import ServingStats
 
 T0 = 1_790_000_000_000.0

@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pipeline.breakers.board import BreakerBoard
-from pipeline.breakers.state import MemoryStore
+from pipeline.breakers import BreakerBoard, MemoryStore
 from pipeline.config import ResilienceSettings
 from pipeline.config.tools import ToolSettings
 from tests.unit.test_serving import Record, request
@@ -21,10 +20,9 @@ from workers.engines.base import PLAIN_CALL, CallContext, Engine, EngineError, E
 from workers.engines.batching import MicroBatcher
 from workers.intents.refresh_step import RefreshServing
 from workers.intents.writer import IntentRefresh
+from workers.resilience.admission import LoadShedder
 from workers.resilience.breaker import BreakerGuard
-from workers.resilience.fallback import CutAtDeadline, FallbackStep, Substitute
-from workers.resilience.shedding import LoadShedder
-from workers.resilience.timeout import Timeout
+from workers.resilience.fallback import CutAtDeadline, FallbackStep, Substitute, Timeout
 from workers.serving import Job, Replied, Serving, ServingStats
 from workers.tools.client import McpToolClient
 from workers.tools.context import ToolContext

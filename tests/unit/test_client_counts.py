@@ -9,8 +9,7 @@ import pytest
 from pipeline.client import NPCClient
 from pipeline.config import Settings
 from topics.catalogue import Tier
-from topics.fields import ReplyStatus, ServedBy, Sla
-from topics.schemas import Reply
+from topics.schemas import Reply, ReplyStatus, ServedBy, Sla
 
 
 def reply(request_id: str, status: ReplyStatus = ReplyStatus.OK, job_id: str | None = None) -> bytes:

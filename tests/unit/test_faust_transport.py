@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import kafka
 from pipeline.config import Settings
-from pipeline.router import transport
+from pipeline.router import app as transport
 from pipeline.router.app import create_app
 
 

@@ -2,7 +2,7 @@
 
 from aiokafka import TopicPartition
 
-from workers.offsets import OffsetTracker
+from workers.tier_worker import OffsetTracker
 
 TP = TopicPartition("npc.requests.gold", 0)
 

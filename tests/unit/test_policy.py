@@ -6,9 +6,8 @@ import pytest
 
 from tests.examples import VALID_REQUEST
 from topics.catalogue import Tier
-from topics.fields import Sla
 from topics.policy import PolicyError, RoutingPolicy, Unroutable
-from topics.schemas import Request
+from topics.schemas import Request, Sla
 
 POLICY = RoutingPolicy.load()
 T0 = VALID_REQUEST["created_at_ms"]

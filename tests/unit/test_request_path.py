@@ -3,7 +3,8 @@
 Each request is traced with ``sys.setprofile`` from the SDK building it, through the router's
 logic, to the records a Silver worker produces (the Kafka loops around that need a broker and
 are named in §1 from the code). A product file the trace enters and §1 does not name fails the
-test, and so does a path §1 names that does not exist.
+test, and so does a path §1 names that does not exist. The number of files §1 states for each
+request is the trace's count plus the Kafka loops it names from the code (:data:`KAFKA_LOOPS`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ from workers.worker_config import WorkerConfig
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("pipeline/", "topics/", "workers/")
 SETTINGS = Settings.from_env({"NPCFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:9"})
+#: The product files of the Kafka loops around the traced part (the router's faust agent and
+#: transport; the worker's group member), which §1 counts and the trace cannot enter.
+KAFKA_LOOPS = {
+    "gold": {"pipeline/router/app.py"},
+    "silver": {"pipeline/router/app.py", "workers/group_member.py"},
+}
 
 
 def section_one() -> str:
@@ -50,6 +57,13 @@ def named_files() -> set[str]:
             elif folder:
                 names.add(folder + path)
     return {n for n in names if n.startswith(PRODUCT) and "<" not in n}
+
+
+def stated_count(request: str) -> int:
+    """The number of product files §1 says a ``request`` ("Gold", "Silver") runs through."""
+    match = re.search(rf"\*\*A {request} request [^*]*\*\* — (\d+) product files", section_one())
+    assert match, f"§1 states no file count for a {request} request"
+    return int(match[1])
 
 
 async def traced(run: Callable[[], Awaitable[Any]]) -> set[str]:
@@ -73,7 +87,7 @@ def unnamed(files: set[str]) -> list[str]:
     return sorted(files - named_files())
 
 
-async def test_a_gold_request_runs_only_files_section_one_names() -> None:
+async def test_a_gold_request_runs_only_files_section_one_names_and_as_many_as_it_states() -> None:
     answered: list[str] = []
 
     async def produce(topic: str, key: bytes, value: bytes, headers: object = None) -> None:
@@ -92,9 +106,10 @@ async def test_a_gold_request_runs_only_files_section_one_names() -> None:
     assert answered[0] == "npc.replies"  # answered by the router, not forwarded
     assert "pipeline/router/gold.py" in files
     assert not unnamed(files), unnamed(files)
+    assert len(files | KAFKA_LOOPS["gold"]) == stated_count("Gold")
 
 
-async def test_a_silver_request_runs_only_files_section_one_names() -> None:
+async def test_a_silver_request_runs_only_files_section_one_names_and_as_many_as_it_states() -> None:
     forwarded: list[tuple[str, bytes, list[tuple[str, bytes]]]] = []
 
     async def produce(topic: str, key: bytes, value: bytes, headers: Any = None) -> None:
@@ -120,6 +135,7 @@ async def test_a_silver_request_runs_only_files_section_one_names() -> None:
     assert produced == ["npc.replies", "npc.outputs"]
     assert {"workers/serving.py", "workers/replies.py"} <= files
     assert not unnamed(files), unnamed(files)
+    assert len(files | KAFKA_LOOPS["silver"]) == stated_count("Silver")
 
 
 def test_every_file_section_one_names_exists() -> None:

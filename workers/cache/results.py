@@ -44,8 +44,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from pipeline.lifecycle import Lifecycle
-from topics.fields import ReplyStatus, ServedBy
-from topics.schemas import InvalidEvent, Output, Reply
+from topics.schemas import InvalidEvent, Output, Reply, ReplyStatus, ServedBy
 
 log = logging.getLogger("npcflow.results")
 

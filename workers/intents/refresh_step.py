@@ -18,7 +18,7 @@ from pipeline.observability import metrics
 from topics.catalogue import Tier
 from workers.engines.base import CallContext, Engine, EngineError
 from workers.intents.writer import IntentRefresh, Refreshed
-from workers.resilience.shedding import LoadShedder
+from workers.resilience.admission import LoadShedder
 from workers.serving import Job, ServingStats
 
 log = logging.getLogger("npcflow.intents")

@@ -22,7 +22,7 @@ from pipeline.lifecycle import Lifecycle
 from topics.catalogue import INTENTS
 from topics.schemas import MAX_INTENT_CHARS, Intent, Request
 from workers.engines.base import EngineResult
-from workers.outbound import Outbound
+from workers.replies import Outbound
 
 log = logging.getLogger("npcflow.intents")
 

@@ -3,15 +3,15 @@
 Engine wrappers (each an :class:`~workers.engines.base.Engine` around another), composed per
 tier by :func:`wrap_engine`, innermost first::
 
-    Timeout(engine)                  no call outlives deadline + grace          timeout.py
+    Timeout(engine)                  no call outlives deadline + grace          fallback.py
     CutAtDeadline(...)               Silver: give up waiting at the deadline    fallback.py
     BreakerGuard(..., tier, engine)  refuse while a breaker is open; count      breaker.py
     Substitute(..., BreakerGuard(Timeout(silver engine)))
                                      Gold: refresh with Silver's engine         fallback.py
 
 Serving steps: :class:`~workers.resilience.fallback.FallbackStep` (re-publish to the next
-tier), :class:`~workers.resilience.shedding.LoadShedder` (degrade before queueing into a miss).
-The worker loop's engine slots are a :class:`~workers.resilience.fair_share.FairShare`. The
+tier), :class:`~workers.resilience.admission.LoadShedder` (degrade before queueing into a miss).
+The worker loop's engine slots are a :class:`~workers.resilience.admission.FairShare`. The
 breakers themselves live below the router and the workers (:mod:`pipeline.breakers`); the router
 reads them and diverts in :mod:`pipeline.router.breakers`.
 """
@@ -20,15 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.breakers.board import BreakerBoard
+from pipeline.breakers import BreakerBoard
 from pipeline.config import Settings
 from topics.catalogue import Tier
 from topics.policy import FORWARD, SUBSTITUTE, RoutingPolicy
 from workers.engines.base import Engine
 from workers.resilience.breaker import BreakerGuard
 from workers.resilience.exceptions import BreakerOpen, DeadlineReached, EngineTimeout
-from workers.resilience.fallback import CutAtDeadline, Substitute
-from workers.resilience.timeout import DEFAULT_CAP_S, DEFAULT_GRACE_S, Timeout
+from workers.resilience.fallback import DEFAULT_CAP_S, DEFAULT_GRACE_S, CutAtDeadline, Substitute, Timeout
 
 __all__ = [
     "BreakerOpen",

@@ -1,4 +1,5 @@
-"""The fallback chain Gold → Silver → Bronze, as engine wrappers and one serving step.
+"""When an engine call is given up on, and where the request goes then: the fallback chain Gold →
+Silver → Bronze, as engine wrappers and one serving step.
 
 - **Gold** answers in time from the NPC's intent (the router's part); its engine serves the
   *refresh*. :class:`Substitute` serves that refresh with Silver's engine when Gold's engine is
@@ -17,6 +18,12 @@
 The chain itself (which tier forwards to which, :data:`topics.policy.FORWARD`) and the fallback
 headers (:mod:`topics.headers`) are the shared contract. The new deadline is the later of the
 original one and now + the next tier's budget (:meth:`topics.policy.RoutingPolicy.next_deadline`).
+
+Two wrappers give up on a call, at two moments: :class:`CutAtDeadline` at the deadline (the
+request falls back; the call goes on and may still update the outputs), and :class:`Timeout` at
+``min(deadline - now, cap) + grace`` (the call is abandoned: a stalled engine, no result and no
+error, would otherwise hold its slot for ever; a result a little late is still worth replying
+with, ``late: true``, and for Gold it refreshes the intent).
 """
 
 from __future__ import annotations
@@ -42,8 +49,8 @@ from workers.engines.base import (
     EngineWrapper,
     Substitution,
 )
-from workers.outbound import Outbound
-from workers.resilience.exceptions import DeadlineReached, reason_kind
+from workers.replies import Outbound
+from workers.resilience.exceptions import DeadlineReached, EngineTimeout, reason_kind
 
 
 class FallbackJob(Protocol):
@@ -142,7 +149,7 @@ class FallbackStep:
 class CutAtDeadline(EngineWrapper):
     """Give up waiting at the deadline (raise :class:`DeadlineReached`); the call itself goes on.
 
-    The inner call (bounded by :class:`~workers.resilience.timeout.Timeout` at deadline + grace)
+    The inner call (bounded by :class:`~workers.resilience.fallback.Timeout` at deadline + grace)
     keeps running in ``DeadlineReached.late`` so its result can still refresh caches and outputs.
     Only a tier with somewhere to fall back to is cut; the last tier waits out the grace.
     """
@@ -219,3 +226,33 @@ async def watch_late(late: asyncio.Future[EngineResult], on_result: Callable[[En
         outcome = on_result(result)
         if asyncio.iscoroutine(outcome):
             await outcome
+
+
+DEFAULT_GRACE_S = 30.0
+#: The longest any engine call may take, whatever deadline the request claims.
+DEFAULT_CAP_S = 600.0
+
+
+class Timeout(EngineWrapper):
+    """Abandon an engine call at ``min(deadline - now, cap_s) + grace_s``; raises :class:`EngineTimeout`."""
+
+    def __init__(
+        self, inner: Engine, *, grace_s: float = DEFAULT_GRACE_S, cap_s: float = DEFAULT_CAP_S
+    ) -> None:
+        super().__init__(inner)
+        self.grace_s = grace_s
+        self.cap_s = cap_s
+
+    def timeout_s(self, deadline_ms: int, now_ms: float | None = None) -> float:
+        now = time.time() * 1000 if now_ms is None else now_ms
+        remaining_s = max(0.0, min((deadline_ms - now) / 1000.0, self.cap_s))
+        return remaining_s + self.grace_s
+
+    async def generate(
+        self, request: Request, deadline_ms: int, call: CallContext = PLAIN_CALL
+    ) -> EngineResult:
+        timeout_s = self.timeout_s(deadline_ms)
+        try:
+            return await asyncio.wait_for(self.inner.generate(request, deadline_ms, call), timeout_s)
+        except TimeoutError:
+            raise EngineTimeout(self.name, timeout_s) from None

@@ -20,8 +20,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from pipeline.lifecycle import Lifecycle
 from topics.catalogue import Tier
-from topics.fields import ReplyStatus
-from topics.schemas import Output
+from topics.schemas import Output, ReplyStatus
 
 #: What a sink writes for one output: the output itself unless the sink encodes it.
 Item = TypeVar("Item")

@@ -1,14 +1,19 @@
-"""Per-tenant weighted fair share of a worker's engine slots (the loop's one scheduler object).
+"""Admission to a worker's engine slots: who gets the next slot, and who should not queue at all.
 
-A plain semaphore serves waiters in arrival order, so a tenant that floods the tier topic puts
-every other tenant behind its flood. :class:`FairShare` keeps one FIFO per tenant and gives a
-freed slot to the waiting request with the smallest virtual finish tag (start-time fair
-queueing): a tenant of weight ``w`` advances its tag by ``1/w`` per request, a tenant that was
-idle starts at the current virtual time. A quiet tenant therefore waits for at most about one
-slot turn, whatever the flood; tenants that all flood share the slots by weight.
+**Fair share.** A plain semaphore serves waiters in arrival order, so a tenant that floods the
+tier topic puts every other tenant behind its flood. :class:`FairShare` keeps one FIFO per tenant
+and gives a freed slot to the waiting request with the smallest virtual finish tag (start-time
+fair queueing): a tenant of weight ``w`` advances its tag by ``1/w`` per request, a tenant that
+was idle starts at the current virtual time. A quiet tenant therefore waits for at most about one
+slot turn, whatever the flood; tenants that all flood share the slots by weight. It also measures
+how long a slot is held (the observed service time).
 
-It also measures how long a slot is held (the observed service time), so load shedding can
-predict a request's wait before queueing it (:mod:`workers.resilience.shedding`).
+**Load shedding.** Before a request waits for a slot, :class:`LoadShedder` compares its deadline
+with what the queue predicts: the wait (requests ahead of it, fairly shared, times the observed
+service time) plus one service time. If that lands past the deadline the request is degraded at
+once (Silver → Bronze, a Gold refresh skipped) instead of queueing into a miss; the decision goes
+on its routing record. A free slot never sheds: the engine gets its chance, and the deadline cut
+and the breakers deal with an engine that is slow for everyone.
 """
 
 from __future__ import annotations
@@ -147,3 +152,27 @@ class FairShare:
             self._observe((self._clock() - started) * 1000)
             self.served[tenant] = self.served.get(tenant, 0) + 1
             self.release_slot()
+
+
+@dataclass(frozen=True)
+class LoadShedder:
+    """Degrade a request now when the queue predicts it would miss its deadline."""
+
+    enabled: bool = True
+    #: Safety margin on the prediction (1.0: shed only when the estimate alone misses).
+    factor: float = 1.0
+
+    def verdict(
+        self, deadline_ms: float, now_ms: float, expected_wait_ms: float, service_ms: float | None
+    ) -> str | None:
+        """Why this request should be degraded now, or None to queue it."""
+        if not self.enabled or service_ms is None or expected_wait_ms <= 0:
+            return None
+        left = deadline_ms - now_ms
+        predicted = (expected_wait_ms + service_ms) * self.factor
+        if predicted <= left:
+            return None
+        return (
+            f"shed: queue predicts {predicted:.0f} ms (wait {expected_wait_ms:.0f} + service "
+            f"{service_ms:.0f}) with {max(0.0, left):.0f} ms left"
+        )
