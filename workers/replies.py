@@ -8,8 +8,9 @@ collector publishing a SageMaker job's final reply), so a reply means the same w
 intent) lists what it produces as :class:`Outbound`; the worker sends them all, then waits for
 every acknowledgement before the consumed offset counts as done. ``urgent`` picks the producer:
 a record on someone's latency path (a reply, a request forwarded to the next tier) goes out at
-once (linger 0), the rest (outputs for the sinks, routing decisions, intents, dead letters) batch
-with the outputs' linger, so they share produce requests instead of costing one each.
+once (linger 0), and so does a reply's output, which then travels in the reply's own produce
+request. The rest (routing decisions, intents, dead letters, late outputs) batch with a linger,
+so they share produce requests instead of costing one each.
 """
 
 from __future__ import annotations

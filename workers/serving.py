@@ -92,13 +92,16 @@ class Replied:
         return self.reply.request_id.encode()
 
     def records(self) -> list[Outbound]:
-        """The reply at once; the output and the intent batched. The reply is serialised once:
-        the output embeds those same bytes."""
+        """The reply and its output at once (one produce request); the intent batched. The reply
+        is serialised once: the output embeds those same bytes."""
         key, reply = self.key, self.reply.to_bytes()
         records = [Outbound(self.reply_topic, key, reply, urgent=True)]
         if self.output is not None:
             output = Output.wire(self.request_bytes or self.output.request.to_bytes(), reply)
-            records.append(Outbound(self.outputs_topic, key, output))
+            # Rides with the reply: both are queued before the producer's sender runs, so they
+            # share the reply's produce request instead of costing one of their own on the
+            # lingering producer (docs/architecture.md §5, "Outputs ride with their reply").
+            records.append(Outbound(self.outputs_topic, key, output, urgent=True))
         if self.intent_update is not None:
             records.append(self.intent_update.outbound())
         return records

@@ -42,8 +42,9 @@ from workers.worker_config import WorkerConfig
 
 log = logging.getLogger("npcflow.worker")
 
-#: Outputs feed the sinks, off the reply's latency path: batched with a linger.
-OUTPUTS_LINGER_MS = 20
+#: What is on no one's latency path (intents, routing records, dead letters, late outputs) is
+#: batched with this linger; a reply's output rides in the reply's own request instead.
+BATCHED_LINGER_MS = 20
 
 
 @dataclass
@@ -108,7 +109,7 @@ class TierWorker(Lifecycle):
         self.refresher = (
             ActiveRefresher(
                 config.settings,
-                serving_step(self.refreshing, self._slots, lambda: self._outputs_producer),
+                serving_step(self.refreshing, self._slots, lambda: self._batched_producer),
                 capacity=self._slots.slots,
             )
             if self.tier is Tier.GOLD
@@ -121,7 +122,7 @@ class TierWorker(Lifecycle):
         #: Tasks still waiting for an engine slot: nothing sent yet, so they can be abandoned on a revoke.
         self._queued: set[asyncio.Task[None]] = set()
         self._producer: AIOKafkaProducer | None = None
-        self._outputs_producer: AIOKafkaProducer | None = None
+        self._batched_producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self._topic = TIER_TOPICS[self.tier].name(config.prefix)
         #: The tier topic in the tier's group: rebalances, seek-back and commits (workers.group_member).
@@ -148,15 +149,15 @@ class TierWorker(Lifecycle):
             await self.intents.start()
         self._producer = kafka.producer(settings, f"npcflow-{tier}", linger_ms=0)
         await self._producer.start()
-        self._outputs_producer = kafka.producer(
-            settings, f"npcflow-{tier}-outputs", linger_ms=OUTPUTS_LINGER_MS
+        self._batched_producer = kafka.producer(
+            settings, f"npcflow-{tier}-batched", linger_ms=BATCHED_LINGER_MS
         )
-        await self._outputs_producer.start()
+        await self._batched_producer.start()
         # Before the first record: a cold topic costs a metadata round trip and a connection.
         prefix = self.config.prefix
         forward = [TIER_TOPICS[FORWARD[self.tier]].name(prefix)] if self.tier in FORWARD else []
-        await kafka.warm(self._producer, REPLIES.name(prefix), *forward)
-        await kafka.warm(self._outputs_producer, OUTPUTS.name(prefix), DLQ.name(prefix))
+        await kafka.warm(self._producer, REPLIES.name(prefix), OUTPUTS.name(prefix), *forward)
+        await kafka.warm(self._batched_producer, OUTPUTS.name(prefix), DLQ.name(prefix))
         await self.member.start()
         if self.refresher is not None:
             await self.refresher.start()
@@ -168,7 +169,7 @@ class TierWorker(Lifecycle):
         await self.member.stop()  # releases everything first: queued handed back, the rest finished
         if self.refresher is not None:
             await self.refresher.stop()
-        for producer in (self._producer, self._outputs_producer):
+        for producer in (self._producer, self._batched_producer):
             if producer is not None:
                 await producer.stop()
         for task in list(self._late):
@@ -307,10 +308,10 @@ class TierWorker(Lifecycle):
 
     async def _produce(self, outcome: Outcome) -> None:
         """Send the outcome's records (workers.replies says which producer), then wait for every ack."""
-        assert self._producer is not None and self._outputs_producer is not None
+        assert self._producer is not None and self._batched_producer is not None
         acks = []
         for record in outcome.records():
-            producer = self._producer if record.urgent else self._outputs_producer
+            producer = self._producer if record.urgent else self._batched_producer
             ack = await producer.send(record.topic, record.value, key=record.key, headers=record.headers)
             acks.append(ack)
         for ack in acks:
@@ -323,11 +324,11 @@ class TierWorker(Lifecycle):
         assert outcome.late is not None
 
         async def record(result: EngineResult) -> None:
-            assert self._outputs_producer is not None
+            assert self._batched_producer is not None
             output = self.serving.late_output(outcome.job, result)
             metrics.LATE_RESULTS.labels(self.tier.value).inc()
             key = output.request.request_id.encode()
-            await self._outputs_producer.send(OUTPUTS.name(self.config.prefix), output.to_bytes(), key=key)
+            await self._batched_producer.send(OUTPUTS.name(self.config.prefix), output.to_bytes(), key=key)
 
         task = asyncio.create_task(watch_late(outcome.late, record))
         self._late.add(task)

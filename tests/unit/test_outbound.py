@@ -31,7 +31,8 @@ async def test_a_reply_goes_out_at_once_and_its_output_and_intent_batch() -> Non
     assert sent in output.value  # the request as it came in, not serialised again
     assert (reply.topic, reply.urgent, reply.key) == (f"{PREFIX}npc.replies", True, req.request_id.encode())
     assert Reply.from_bytes(reply.value) == outcome.reply
-    assert (output.topic, output.urgent, output.key) == (f"{PREFIX}npc.outputs", False, reply.key)
+    # The output rides in the reply's produce request; the intent waits for the linger.
+    assert (output.topic, output.urgent, output.key) == (f"{PREFIX}npc.outputs", True, reply.key)
     # The output embeds the reply's own bytes, and still reads as the same output.
     assert reply.value in output.value
     assert Output.from_bytes(output.value) == outcome.output
