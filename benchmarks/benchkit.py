@@ -29,7 +29,8 @@ from pipeline import eventloop, kafka
 from pipeline.config import Settings
 from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import BENCHMARK_TOPIC_CONFIG, TopicSpec
-from topics.schemas import Request, Sla
+from topics.fields import Sla
+from topics.schemas import Request
 
 #: What a load notes about a request when it sends it (its send time, and whatever it judges by).
 Noted = TypeVar("Noted")

@@ -27,7 +27,8 @@ from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from pipeline.observability.scrape import Scrape, scrape
 from topics.catalogue import REPLIES, REQUESTS, Tier
-from topics.schemas import Reply, Request, Sla
+from topics.fields import Sla
+from topics.schemas import Reply, Request
 
 ARCHETYPES = ("guard", "merchant", "villager", "wolf", "bandit", "child")
 

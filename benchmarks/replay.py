@@ -40,18 +40,9 @@ from pipeline import eventloop, kafka
 from pipeline.config import Settings
 from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import OUTPUTS, REQUESTS, ROUTING, Tier
+from topics.fields import ReplyStatus, ServedBy, Sla
 from topics.policy import RoutingPolicy
-from topics.schemas import (
-    Latency,
-    Output,
-    Reply,
-    ReplyStatus,
-    Request,
-    RoutingDecision,
-    ServedBy,
-    Sla,
-    TokenUsage,
-)
+from topics.schemas import Latency, Output, Reply, Request, RoutingDecision, TokenUsage
 
 TARGET = 0.5
 _MIX = (

@@ -44,7 +44,8 @@ from pipeline.config import Settings
 from pipeline.job_store import aws_client
 from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import OUTPUTS, Tier
-from topics.schemas import Output, Reply, ReplyStatus, Request, ServedBy, Sla, TokenUsage
+from topics.fields import ReplyStatus, ServedBy, Sla
+from topics.schemas import Output, Reply, Request, TokenUsage
 from workers.cache.results import ResultCache
 from workers.sinks import SINKS, build_sink
 from workers.sinks.migrations import migrate

@@ -44,7 +44,8 @@ from pipeline import kafka
 from pipeline.config import Settings
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import GAME_STATE, REPLIES, REQUESTS, Tier
-from topics.schemas import GameStateUpdate, Reply, ReplyStatus, Request, ServedBy, Sla
+from topics.fields import ReplyStatus, ServedBy, Sla
+from topics.schemas import GameStateUpdate, Reply, Request
 from workers.sinks.redis import RedisSink
 from workers.sinks.runner import SinkRunner
 

@@ -37,7 +37,7 @@ from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.config import Settings
 from pipeline.topic_admin import create_embedded_topics
 from topics.catalogue import DLQ, Tier
-from topics.schemas import Sla
+from topics.fields import Sla
 
 log = logging.getLogger("npcflow.chaos")
 

@@ -17,7 +17,8 @@ from devstack.broker_kill import BrokerKill
 from devstack.chaos import Scenario
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import Tier
-from topics.schemas import Reply, ReplyStatus
+from topics.fields import ReplyStatus
+from topics.schemas import Reply
 
 
 @dataclass

@@ -20,7 +20,8 @@ from pipeline.client import NPCClient, ReplyTimeout
 from pipeline.intents import GAME_ENGINE, IntentCache
 from pipeline.observability.metrics import percentiles
 from topics.catalogue import Tier
-from topics.schemas import Intent, Output, Reply, ReplyStatus, Request, ServedBy, Sla
+from topics.fields import ReplyStatus, ServedBy, Sla
+from topics.schemas import Intent, Output, Reply, Request
 from workers.sinks import held_for
 
 #: Share of traffic per tier and what each request asks for.

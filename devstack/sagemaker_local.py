@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from pipeline.job_store import JobStore, split_s3_uri
+from topics.fields import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
 from topics.headers import now_ms
-from topics.schemas import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT, Request
+from topics.schemas import Request
 from workers.engines.embedded import EmbeddedEngine
 
 log = logging.getLogger("npcflow.sagemaker_local")

@@ -21,7 +21,7 @@ from pipeline.config.commands import config, pass_settings
 from pipeline.observability.commands import EMBEDDED_VALIDATOR
 from topics.catalogue import CATALOGUE, Tier
 from topics.errors import UserFacingError
-from topics.schemas import Sla
+from topics.fields import Sla
 
 if TYPE_CHECKING:
     from topics.schemas import Reply
@@ -272,7 +272,7 @@ def send_cmd(
 ) -> None:
     """Send one request as a game server would (the SDK, pipeline/client.py) and print its reply."""
     from pipeline.client import NPCClient, ReplyTimeout
-    from topics.schemas import ReplyStatus
+    from topics.fields import ReplyStatus
 
     async def ask() -> Reply:
         async with NPCClient(settings, tenant_id=tenant) as client:

@@ -27,9 +27,10 @@ from pipeline import kafka
 from pipeline.config import Settings
 from pipeline.lifecycle import Lifecycle
 from topics.catalogue import REPLIES, REQUESTS
+from topics.fields import ReplyStatus, Sla
 from topics.headers import now_ms
 from topics.policy import RoutingPolicy, Unroutable
-from topics.schemas import Reply, ReplyStatus, Request, Sla
+from topics.schemas import Reply, Request
 
 log = logging.getLogger("npcflow.client")
 

@@ -26,8 +26,9 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from topics.catalogue import Tier
+from topics.fields import ReplyStatus
 from topics.rejections import parse_request
-from topics.schemas import InvalidEvent, Output, Reply, ReplyStatus, Request, RoutingDecision
+from topics.schemas import InvalidEvent, Output, Reply, Request, RoutingDecision
 
 
 class _Latency(msgspec.Struct, frozen=True):

@@ -32,6 +32,7 @@ from topics.catalogue import (
     Tier,
     TopicSpec,
 )
+from topics.fields import SCHEMA_VERSION
 from topics.headers import (
     ATTEMPT_HEADER,
     CHAIN_HEADER,
@@ -47,7 +48,6 @@ from topics.headers import (
 from topics.rejections import DeadLetter
 from topics.schemas import (
     MAX_CHAIN,
-    SCHEMA_VERSION,
     ActiveNpc,
     Event,
     GameStateUpdate,

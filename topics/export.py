@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from topics.asyncapi import EVENTS, asyncapi_document
-from topics.schemas import SCHEMA_VERSION, Event, Request
+from topics.fields import SCHEMA_VERSION
+from topics.schemas import Event, Request
 from topics.wire_rules import add_request_rules
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"

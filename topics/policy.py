@@ -15,7 +15,8 @@ import yaml
 
 from topics.catalogue import Tier
 from topics.errors import UserFacingError
-from topics.schemas import Request, Sla
+from topics.fields import Sla
+from topics.schemas import Request
 
 #: Where a tier's request goes when the tier cannot answer in time (re-published by the worker,
 #: or diverted by the router while the tier's breaker is open). Gold is not here: its in-time

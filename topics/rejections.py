@@ -17,16 +17,8 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, StringConstraints, ValidationError
 
 from topics.catalogue import reply_topic_problem
-from topics.schemas import (
-    Event,
-    FieldError,
-    InvalidEvent,
-    Request,
-    TimestampMs,
-    TopicName,
-    bounded_int,
-    cut_text,
-)
+from topics.fields import TimestampMs, TopicName, bounded_int, cut_text
+from topics.schemas import Event, FieldError, InvalidEvent, Request
 
 #: Dead letters keep at most this much of the original event.
 MAX_DEAD_LETTER_ORIGINAL = 256 * 1024

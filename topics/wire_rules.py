@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from topics.catalogue import reply_topic_pattern
-from topics.schemas import MAX_EVENT_BYTES
+from topics.fields import MAX_EVENT_BYTES
 
 WIRE_RULES = (
     f"The UTF-8 JSON body of a request is at most {MAX_EVENT_BYTES} bytes. Numbers are finite "

@@ -11,7 +11,7 @@ import functools
 
 from pipeline.observability import families, metrics
 from pipeline.observability.cost import CACHED, Pricing
-from topics.schemas import ServedBy
+from topics.fields import ServedBy
 from workers.serving import DeadLettered, Hooks, Replied
 
 

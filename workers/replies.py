@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 
 from pipeline.observability.cost import Pricing
 from topics.catalogue import Tier
+from topics.fields import ReplyStatus, ServedBy
 from topics.policy import RoutingPolicy
-from topics.schemas import Latency, Reply, ReplyStatus, ServedBy, TierAttempt, TokenUsage
+from topics.schemas import Latency, Reply, TierAttempt, TokenUsage
 from workers.engines.base import EngineResult
 
 if TYPE_CHECKING:

@@ -31,10 +31,11 @@ from typing import Protocol
 from pipeline.observability import metrics
 from pipeline.observability.cost import Pricing
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, Tier
+from topics.fields import ReplyStatus
 from topics.headers import FallbackContext, attempt, is_refresh, read_deadline
 from topics.policy import RoutingPolicy
 from topics.rejections import DeadLetter, parse_request
-from topics.schemas import FieldError, InvalidEvent, Output, Reply, ReplyStatus, Request, TierAttempt
+from topics.schemas import FieldError, InvalidEvent, Output, Reply, Request, TierAttempt
 from workers.engines.base import CallContext, Engine, EngineError, EngineResult
 from workers.intents.writer import IntentRefresh, IntentUpdate, Refreshed
 from workers.replies import Outbound, build_reply

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from topics.catalogue import ACTIVE
+from topics.fields import MAX_PROMPT_CHARS
 from topics.headers import now_ms
-from topics.schemas import MAX_PROMPT_CHARS, ActiveNpc
+from topics.schemas import ActiveNpc
 
 #: Asked of the model when nobody said what an active NPC is facing.
 GENERIC_PROMPT = "Decide what you do next, in a few words."

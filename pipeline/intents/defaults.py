@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ConfigError, IntentSettings
-from topics.schemas import MAX_INTENT_CHARS, Request
+from topics.fields import MAX_INTENT_CHARS
+from topics.schemas import Request
 
 #: The intent when neither the file's ``default`` nor an archetype applies.
 BUILTIN_DEFAULT_INTENT = "idle: stay where you are and watch the surroundings"

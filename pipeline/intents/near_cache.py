@@ -28,7 +28,8 @@ from pipeline.intents.defaults import DefaultIntents
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability.intent_reads import ReadStats
 from topics.catalogue import INTENTS
-from topics.schemas import MAX_INTENT_CHARS, Intent, ServedBy
+from topics.fields import MAX_INTENT_CHARS, ServedBy
+from topics.schemas import Intent
 
 log = logging.getLogger("npcflow.intents")
 

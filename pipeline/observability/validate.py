@@ -34,8 +34,9 @@ from pipeline.intents import IntentCache
 from pipeline.observability.metrics import percentiles
 from pipeline.observability.scrape import Scrape
 from topics.catalogue import TIER_TOPICS, Tier
+from topics.fields import ServedBy, Sla
 from topics.policy import RoutingPolicy
-from topics.schemas import Intent, Reply, ServedBy, Sla
+from topics.schemas import Intent, Reply
 
 TENANT = "npcflow-validate"
 #: Silver's and Bronze's probes may take this long: the tier must answer, however slowly.
@@ -182,7 +183,7 @@ class Validator:
         if not self.settings.redis_url:
             report.details["breaker"] = "unknown (no NPCFLOW_REDIS_URL: breakers are per process)"
             return
-        from pipeline.breakers import BreakerBoard
+        from pipeline.breakers.board import BreakerBoard
 
         board = BreakerBoard.from_settings(
             self.settings.redis_url, self.settings.topic_prefix, self.settings.resilience

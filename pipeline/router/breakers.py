@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Protocol
 
-from pipeline.breakers import BreakerBoard
+from pipeline.breakers.board import BreakerBoard
 from pipeline.config import Settings
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import metrics

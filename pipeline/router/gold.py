@@ -23,9 +23,10 @@ from pipeline.intents import ActiveAnnouncer, DefaultIntents, SeenIntent, archet
 from pipeline.observability import families, metrics
 from pipeline.observability.cost import Pricing
 from topics.catalogue import OUTPUTS, REPLIES, Tier
+from topics.fields import ReplyStatus
 from topics.headers import Produce, Record, now_ms
 from topics.policy import Route
-from topics.schemas import Latency, Output, Reply, ReplyStatus, Request, TierAttempt
+from topics.schemas import Latency, Output, Reply, Request, TierAttempt
 
 log = logging.getLogger("npcflow.router")
 

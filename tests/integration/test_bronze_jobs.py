@@ -21,8 +21,9 @@ from pipeline.job_store import JobRecord, JobStore
 from tests.integration.kafka_util import eventually
 from tests.integration.test_worker import running_worker
 from topics.catalogue import TIER_TOPICS, Tier
+from topics.fields import ReplyStatus, ServedBy, Sla
 from topics.headers import attempt, deadline_headers, fallback_headers, now_ms
-from topics.schemas import Reply, ReplyStatus, Request, ServedBy, Sla
+from topics.schemas import Reply, Request
 from workers.engines.sagemaker_async import SageMakerAsyncEngine
 from workers.jobs.collector import JobCollector
 

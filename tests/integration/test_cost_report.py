@@ -21,7 +21,8 @@ from pipeline.config import Settings
 from pipeline.observability.cost import Pricing
 from pipeline.observability.cost_report import cost_report
 from topics.catalogue import Tier
-from topics.schemas import Latency, Output, Reply, ReplyStatus, Request, ServedBy
+from topics.fields import ReplyStatus, ServedBy
+from topics.schemas import Latency, Output, Reply, Request
 from workers.sinks.base import latest_per_request
 from workers.sinks.migrations import migrate
 from workers.sinks.postgres import PostgresSink

@@ -27,7 +27,8 @@ from pipeline.intents.store import IntentStore
 from pipeline.topic_admin import create_topics
 from tests.integration.kafka_util import eventually, read_topic
 from topics.catalogue import ACTIVE, Tier
-from topics.schemas import ActiveNpc, Intent, Reply, ServedBy, Sla
+from topics.fields import ServedBy, Sla
+from topics.schemas import ActiveNpc, Intent, Reply
 
 ENGINES = {Tier.GOLD: "scripted:latency_ms=5", Tier.SILVER: "scripted:latency_ms=2"}
 TTL_MS = 1000

@@ -19,8 +19,9 @@ from pipeline.topic_admin import create_reply_topics
 from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, VALID_REQUEST, encode
 from tests.integration.kafka_util import eventually, read_topic
 from topics.catalogue import DLQ, REPLIES, REQUESTS, ROUTING, Tier
+from topics.fields import ReplyStatus, ServedBy, Sla
 from topics.rejections import DeadLetter
-from topics.schemas import Reply, ReplyStatus, Request, RoutingDecision, ServedBy, Sla
+from topics.schemas import Reply, Request, RoutingDecision
 
 ENGINES = {
     Tier.GOLD: "scripted:latency_ms=1",

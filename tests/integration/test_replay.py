@@ -10,8 +10,9 @@ from pipeline import kafka as kafka_clients
 from pipeline.config import Settings
 from tests.integration.kafka_util import read_topic
 from topics.catalogue import REPLIES, REQUESTS_GOLD, Tier
+from topics.fields import Sla
 from topics.headers import deadline_headers, now_ms
-from topics.schemas import Reply, Request, Sla
+from topics.schemas import Reply, Request
 
 
 def gold_worker(stack: StackEndpoints, prefix: str, work: Path) -> PipelineProcesses:

@@ -33,8 +33,9 @@ from replay.run import ReplayOptions, run_replay
 from replay.sandbox import REPLAY_OF_CONTEXT, Sandbox
 from tests.integration.kafka_util import read_topic
 from topics.catalogue import OUTPUTS, REPLIES, REQUESTS, Tier
+from topics.fields import Sla
 from topics.policy import RoutingPolicy
-from topics.schemas import Output, Reply, Request, Sla
+from topics.schemas import Output, Reply, Request
 
 ENGINES = {
     Tier.GOLD: "scripted:latency_ms=1",

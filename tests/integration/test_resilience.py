@@ -24,7 +24,8 @@ from pipeline.config import Settings
 from tests.integration.kafka_util import read_topic
 from tests.integration.test_worker import make_request, producer, running_worker, serve_one
 from topics.catalogue import OUTPUTS, REPLIES, Tier
-from topics.schemas import Output, Reply, ReplyStatus, Sla
+from topics.fields import ReplyStatus, Sla
+from topics.schemas import Output, Reply
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 
 __all__ = ["producer"]  # the fixture, shared with test_worker

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from pipeline.config import Settings
 from tests.integration.test_worker import make_request, producer, running_worker, serve_one
 from topics.catalogue import Tier
-from topics.schemas import ReplyStatus, ServedBy, Sla
+from topics.fields import ReplyStatus, ServedBy, Sla
 from workers.cache.results import ResultCache
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.sinks.redis import RedisSink

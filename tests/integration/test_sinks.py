@@ -31,8 +31,9 @@ from pipeline.topic_admin import create_embedded_topics
 from tests.integration.kafka_util import eventually, read_topic
 from tests.unit.test_sinks import make_output
 from topics.catalogue import OUTPUTS, SINK_DLQ, Tier
+from topics.fields import ReplyStatus, ServedBy, Sla
 from topics.rejections import DeadLetter
-from topics.schemas import Output, ReplyStatus, ServedBy, Sla, TierAttempt
+from topics.schemas import Output, TierAttempt
 from workers.sinks import SINKS, build_sink
 from workers.sinks.migrations import migrate
 from workers.sinks.postgres import COLUMNS

@@ -24,7 +24,8 @@ from devstack.processes import PipelineProcesses
 from pipeline.config import Settings, ToolSettings
 from tests.integration.test_worker import make_request, producer, running_worker, serve_one
 from topics.catalogue import GAME_STATE, Tier
-from topics.schemas import GameStateUpdate, Reply, ReplyStatus, Request, Sla
+from topics.fields import ReplyStatus, Sla
+from topics.schemas import GameStateUpdate, Reply, Request
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 
 __all__ = ["producer"]  # the fixture, shared with test_worker

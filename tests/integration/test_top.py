@@ -22,7 +22,7 @@ from devstack.supervise import stop_processes
 from pipeline.client import NPCClient
 from pipeline.config import Settings
 from topics.catalogue import Tier
-from topics.schemas import Sla
+from topics.fields import Sla
 
 ENGINES = {Tier.GOLD: "scripted:latency_ms=5", Tier.SILVER: "scripted:latency_ms=20", Tier.BRONZE: "scripted"}
 SLAS = {Tier.GOLD: Sla.REALTIME, Tier.SILVER: Sla.INTERACTIVE, Tier.BRONZE: Sla.ASYNC}

@@ -16,9 +16,10 @@ from pipeline.config import Settings
 from pipeline.topic_admin import create_reply_topics
 from tests.integration.kafka_util import eventually, read_topic
 from topics.catalogue import DLQ, OUTPUTS, REPLIES, TIER_TOPICS, Tier
+from topics.fields import ReplyStatus, ServedBy, Sla
 from topics.headers import deadline_headers, now_ms
 from topics.rejections import DeadLetter
-from topics.schemas import Output, Reply, ReplyStatus, Request, ServedBy, Sla
+from topics.schemas import Output, Reply, Request
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.tier_worker import TierWorker, WorkerConfig
 

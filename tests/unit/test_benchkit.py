@@ -16,7 +16,8 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from topics.catalogue import Tier
-from topics.schemas import Reply, ReplyStatus, ServedBy
+from topics.fields import ReplyStatus, ServedBy
+from topics.schemas import Reply
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 

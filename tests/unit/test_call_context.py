@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from pipeline.breakers import BreakerBoard, MemoryStore
+from pipeline.breakers.board import BreakerBoard
+from pipeline.breakers.state import MemoryStore
 from pipeline.config import ResilienceSettings
 from pipeline.config.tools import ToolSettings
 from tests.unit.test_serving import Record, request

@@ -10,7 +10,8 @@ import time
 from devstack.chaos import scenario
 from devstack.chaos_report import Tally, recovery, report
 from topics.catalogue import Tier
-from topics.schemas import Reply, ReplyStatus, ServedBy, TierAttempt
+from topics.fields import ReplyStatus, ServedBy
+from topics.schemas import Reply, TierAttempt
 
 
 def reply(

@@ -9,7 +9,8 @@ import pytest
 from pipeline.client import NPCClient
 from pipeline.config import Settings
 from topics.catalogue import Tier
-from topics.schemas import Reply, ReplyStatus, ServedBy, Sla
+from topics.fields import ReplyStatus, ServedBy, Sla
+from topics.schemas import Reply
 
 
 def reply(request_id: str, status: ReplyStatus = ReplyStatus.OK, job_id: str | None = None) -> bytes:

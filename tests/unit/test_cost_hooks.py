@@ -8,7 +8,8 @@ from pathlib import Path
 from pipeline.observability import families
 from pipeline.observability.cost import Pricing
 from topics.catalogue import Tier
-from topics.schemas import Reply, ReplyStatus, ServedBy
+from topics.fields import ReplyStatus, ServedBy
+from topics.schemas import Reply
 from workers.hooks import standard_hooks
 from workers.serving import Replied
 

@@ -21,9 +21,10 @@ import pytest
 
 from pipeline.config import ConfigError, OpenAISettings, Settings
 from topics.catalogue import Tier
+from topics.fields import ReplyStatus, ServedBy, Sla
 from topics.headers import now_ms
 from topics.policy import RoutingPolicy
-from topics.schemas import ReplyStatus, Request, ServedBy, Sla
+from topics.schemas import Request
 from workers.engines import build_engine
 from workers.engines.base import PLAIN_CALL, CallContext, EngineError, EngineResult, EngineUnavailable
 from workers.engines.openai_http import OpenAIHTTPEngine, _Stream

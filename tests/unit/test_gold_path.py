@@ -15,9 +15,10 @@ from pipeline.router.logic import Outcome, Router, Source
 from tests.examples import encode, with_
 from tests.unit.fakes import Topics
 from topics.catalogue import Tier
+from topics.fields import ReplyStatus, ServedBy
 from topics.headers import REFRESH_HEADER, deadline_headers, is_refresh, now_ms, refresh_headers
 from topics.policy import RoutingPolicy
-from topics.schemas import ActiveNpc, Intent, Output, Reply, ReplyStatus, Request, ServedBy
+from topics.schemas import ActiveNpc, Intent, Output, Reply, Request
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.intents.refresh_step import RefreshServing
 from workers.intents.writer import IntentRefresh, Refreshed, intent_text

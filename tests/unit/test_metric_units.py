@@ -9,7 +9,8 @@ from prometheus_client import REGISTRY
 
 from pipeline.observability import families
 from topics.catalogue import Tier
-from topics.schemas import Latency, Reply, ReplyStatus, ServedBy
+from topics.fields import ReplyStatus, ServedBy
+from topics.schemas import Latency, Reply
 from workers.hooks import record_reply_metrics
 from workers.serving import Replied
 

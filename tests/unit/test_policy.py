@@ -6,8 +6,9 @@ import pytest
 
 from tests.examples import VALID_REQUEST
 from topics.catalogue import Tier
+from topics.fields import Sla
 from topics.policy import PolicyError, RoutingPolicy, Unroutable
-from topics.schemas import Request, Sla
+from topics.schemas import Request
 
 POLICY = RoutingPolicy.load()
 T0 = VALID_REQUEST["created_at_ms"]

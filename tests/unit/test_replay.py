@@ -21,18 +21,9 @@ from replay.report import WhatIf, render_table
 from replay.sandbox import REPLAY_OF_CONTEXT, Sandbox, SandboxError
 from replay.window import ReadStats, WindowReader, _Part
 from topics.catalogue import Tier
+from topics.fields import ReplyStatus, ServedBy, Sla
 from topics.policy import RoutingPolicy, Unroutable
-from topics.schemas import (
-    Latency,
-    Output,
-    Reply,
-    ReplyStatus,
-    Request,
-    RoutingDecision,
-    ServedBy,
-    Sla,
-    TokenUsage,
-)
+from topics.schemas import Latency, Output, Reply, Request, RoutingDecision, TokenUsage
 
 T = ("p.npc.requests", "p.npc.routing", "p.npc.outputs")
 

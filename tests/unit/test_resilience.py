@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pipeline.breakers import BreakerBoard, BreakerPolicy, MemoryStore, Op, State, transition
+from pipeline.breakers.board import BreakerBoard
+from pipeline.breakers.state import BreakerPolicy, MemoryStore, Op, State, transition
 from pipeline.config import ConfigError, ResilienceSettings, Settings
 from pipeline.router.breakers import RouterFallback
 from pipeline.router.logic import Router, Source
 from tests.examples import VALID_REQUEST, encode
 from topics.catalogue import Tier
+from topics.fields import ReplyStatus, Sla
 from topics.headers import (
     ATTEMPT_HEADER,
     FROM_HEADER,
@@ -25,7 +27,7 @@ from topics.headers import (
     refresh_headers,
 )
 from topics.policy import RoutingPolicy
-from topics.schemas import ReplyStatus, Request, RoutingDecision, Sla
+from topics.schemas import Request, RoutingDecision
 from workers.engines.base import EngineError, EngineResult, EngineUnavailable
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile
 from workers.resilience import BreakerOpen, DeadlineReached, TierResilience, wrap_engine
@@ -140,7 +142,7 @@ async def test_latency_trigger_opens_a_tier_whose_p95_exceeds_budget_times_facto
 
 
 def test_the_latency_window_is_judged_at_most_once_per_interval() -> None:
-    from pipeline.breakers import LatencyWindow
+    from pipeline.breakers.board import LatencyWindow
 
     window = LatencyWindow(min_samples=3, check_every_s=0.25)
     judged = []

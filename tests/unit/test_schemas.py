@@ -10,8 +10,9 @@ import pytest
 from tests.examples import INVALID_JSON_BODIES, INVALID_RAW_BODIES, VALID_REQUEST, encode, with_, without
 from topics.catalogue import Tier
 from topics.export import event_json_schema
+from topics.fields import ReplyStatus, ServedBy
 from topics.rejections import DeadLetter, parse_request
-from topics.schemas import GameStateUpdate, InvalidEvent, Reply, ReplyStatus, Request, ServedBy
+from topics.schemas import GameStateUpdate, InvalidEvent, Reply, Request
 
 
 def test_valid_request_round_trips() -> None:

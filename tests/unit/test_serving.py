@@ -13,9 +13,10 @@ from pipeline.config import Settings, WorkerSettings
 from pipeline.observability.cost import Pricing
 from tests.examples import VALID_REQUEST, encode
 from topics.catalogue import Tier
+from topics.fields import ReplyStatus, ServedBy
 from topics.headers import deadline_headers, now_ms
 from topics.policy import RoutingPolicy
-from topics.schemas import ReplyStatus, Request, ServedBy
+from topics.schemas import Request
 from workers.cache.result_step import ResultCacheStep
 from workers.engines.base import EngineResult
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile

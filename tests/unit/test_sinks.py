@@ -17,7 +17,8 @@ import pytest
 
 from pipeline.config import Settings, SinkSettings
 from topics.catalogue import Tier
-from topics.schemas import Output, Reply, ReplyStatus, Request, ServedBy, TierAttempt
+from topics.fields import ReplyStatus, ServedBy
+from topics.schemas import Output, Reply, Request, TierAttempt
 from workers.sinks import build_sink
 from workers.sinks.base import Sink, is_story_arc, latest_per_request
 from workers.sinks.exceptions import SinkSetupError, SinkUnavailable

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.unit.test_sinks import make_output
-from topics.schemas import ReplyStatus, ServedBy
+from topics.fields import ReplyStatus, ServedBy
 from workers.cache.results import ResultCache, normalise_prompt, prompt_hash
 
 

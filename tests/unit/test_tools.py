@@ -15,8 +15,9 @@ from mcp.server.mcpserver import MCPServer
 from pipeline.config import ConfigError, Settings
 from pipeline.config.tools import ToolSettings, parse_allowlist
 from topics.catalogue import Tier
+from topics.fields import ReplyStatus, ServedBy
 from topics.policy import RoutingPolicy
-from topics.schemas import Latency, Reply, ReplyStatus, Request, ServedBy, ToolCall
+from topics.schemas import Latency, Reply, Request, ToolCall
 from workers.cache.result_step import ResultCacheStep
 from workers.engines.base import CallContext
 from workers.engines.scripted import ScriptedEngine, ScriptedProfile

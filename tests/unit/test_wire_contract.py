@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from tests.examples import VALID_REQUEST
 from topics.export import event_json_schema
+from topics.fields import MAX_EVENT_BYTES
 from topics.rejections import DEAD_LETTER_OVERHEAD_BYTES, MAX_DEAD_LETTER_ERRORS, DeadLetter, parse_request
-from topics.schemas import MAX_EVENT_BYTES, InvalidEvent, Request
+from topics.schemas import InvalidEvent, Request
 
 PREFIX = ""
 SCHEMA = event_json_schema(Request, PREFIX)

@@ -44,7 +44,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from pipeline.lifecycle import Lifecycle
-from topics.schemas import InvalidEvent, Output, Reply, ReplyStatus, ServedBy
+from topics.fields import ReplyStatus, ServedBy
+from topics.schemas import InvalidEvent, Output, Reply
 
 log = logging.getLogger("npcflow.results")
 

@@ -36,7 +36,8 @@ from pipeline.intents import ARCHETYPE_KEY, GENERIC_PROMPT
 from pipeline.lifecycle import Lifecycle
 from pipeline.observability import families, metrics
 from topics.catalogue import ACTIVE
-from topics.schemas import ActiveNpc, InvalidEvent, Request, Sla
+from topics.fields import Sla
+from topics.schemas import ActiveNpc, InvalidEvent, Request
 from workers.intents.refresh_step import RefreshServing
 from workers.intents.schedule import ActiveEntry, RefreshSchedule
 from workers.resilience.admission import FairShare

@@ -20,7 +20,8 @@ from pipeline.config import Settings
 from pipeline.intents.store import IntentStore
 from pipeline.lifecycle import Lifecycle
 from topics.catalogue import INTENTS
-from topics.schemas import MAX_INTENT_CHARS, Intent, Request
+from topics.fields import MAX_INTENT_CHARS
+from topics.schemas import Intent, Request
 from workers.engines.base import EngineResult
 from workers.replies import Outbound
 

@@ -33,9 +33,10 @@ from pipeline.lifecycle import Lifecycle
 from pipeline.observability.cost import Pricing
 from pipeline.readiness import mark_ready
 from topics.catalogue import OUTPUTS, REPLIES, Tier
+from topics.fields import ReplyStatus
 from topics.headers import attempt
 from topics.policy import RoutingPolicy
-from topics.schemas import Output, Reply, ReplyStatus, Request, TierAttempt
+from topics.schemas import Output, Reply, Request, TierAttempt
 from workers.engines.base import EngineResult
 from workers.process import serve
 from workers.replies import build_reply

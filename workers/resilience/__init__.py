@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.breakers import BreakerBoard
+from pipeline.breakers.board import BreakerBoard
 from pipeline.config import Settings
 from topics.catalogue import Tier
 from topics.policy import FORWARD, SUBSTITUTE, RoutingPolicy

@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 
-from pipeline.breakers import Breaker
+from pipeline.breakers.board import Breaker
 from topics.schemas import Request
 from workers.engines.base import PLAIN_CALL, CallContext, Engine, EngineResult, EngineWrapper
 from workers.resilience.exceptions import BreakerOpen, DeadlineReached

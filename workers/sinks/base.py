@@ -20,7 +20,8 @@ from typing import Any, Generic, TypeVar, cast
 
 from pipeline.lifecycle import Lifecycle
 from topics.catalogue import Tier
-from topics.schemas import Output, ReplyStatus
+from topics.fields import ReplyStatus
+from topics.schemas import Output
 
 #: What a sink writes for one output: the output itself unless the sink encodes it.
 Item = TypeVar("Item")
