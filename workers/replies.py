@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from pipeline.observability.cost import Pricing
 from topics.catalogue import Tier
 from topics.fields import ReplyStatus, ServedBy
+from topics.headers import Headers
 from topics.policy import RoutingPolicy
 from topics.schemas import Latency, Reply, TierAttempt, TokenUsage
 from workers.engines.base import EngineResult
@@ -79,9 +80,6 @@ def build_reply(
         replied_at_ms=int(done_ms),
         tools=list(result.tool_calls) if result is not None and result.tool_calls else None,
     )
-
-
-Headers = list[tuple[str, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
